@@ -1,0 +1,64 @@
+# Every target installs what it needs and is safe to run again.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
+
+.PHONY: help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+dev: $(VENV)/.installed  ## virtualenv with the project (editable) and its dev tools
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@echo "==> creating $(VENV) and installing the project with its dev dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+prometheus:  ## prometheus and promtool from Debian's package
+	hack/install-prometheus.sh
+
+tools:  ## build etcd, Kubernetes, KWOK and helm from Go modules (cached outside git)
+	$(TESTBED) build
+
+lint: dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: dev
+	$(VENV)/bin/mypy
+
+imports: dev
+	$(VENV)/bin/lint-imports
+
+pytest: dev prometheus tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck imports pytest  ## ruff, mypy --strict, import-linter, then every test (unit, integration, e2e)
+
+cluster-up: tools  ## start the local cluster (or reuse the running one); kubeconfig in .cluster/
+	$(TESTBED) up
+
+cluster-down:  ## stop the local cluster and remove its state
+	$(TESTBED) down
+
+cluster-status:  ## what the running cluster looks like
+	$(TESTBED) status
+
+gateway-api: cluster-up  ## install the Gateway API CRDs (standard channel) into the cluster
+	$(TESTBED) gateway-api
+
+demo: cluster-up  ## the whole story on one machine (for now: the cluster and its state)
+	@echo
+	@echo "The local cluster is up. Try: KUBECONFIG=.cluster/kubeconfig kubectl get nodes -L topology.kubernetes.io/region"
+	@echo "Stop it with: make cluster-down"
+
+clean: cluster-down  ## remove the virtualenv and local state (the binary cache stays)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

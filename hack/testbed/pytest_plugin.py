@@ -1,0 +1,72 @@
+"""pytest fixtures for the test bed: the cluster, a namespace per test, Prometheus.
+
+Loaded by `tests/conftest.py` (`pytest_plugins`). Tests under `tests/e2e/` get the `e2e`
+marker and those under `tests/integration/` the `integration` marker from their folder.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import cluster as local_cluster
+from testbed.cluster import Cluster
+from testbed.prometheus import Prometheus
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("e2e", "integration"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The local cluster: the running one when there is one (left running), else a new one
+    (stopped at the end of the session)."""
+    running = local_cluster.running()
+    if running is not None:
+        yield running
+        return
+    started = local_cluster.up()
+    try:
+        yield started
+    finally:
+        local_cluster.down(started.state, quiet=True)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    base = request.node.name.lower().replace("_", "-")
+    name = f"t-{''.join(c for c in base if c.isalnum() or c == '-')[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    cluster.kubectl("create", "-f", "-", input=json.dumps(manifest))
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """Start Prometheus with given scrape configs and rule files; stopped after the test."""
+    started: list[Prometheus] = []
+
+    def start(
+        scrape_configs: list[dict[str, Any]], rule_files: Sequence[Path] = (), interval: str = "1s"
+    ) -> Prometheus:
+        server = Prometheus(
+            scrape_configs, rule_files, interval=interval, workdir=tmp_path / f"prometheus-{len(started)}"
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,246 @@
+"""Build the test bed's binaries from official Go modules, once per pin.
+
+Each tool has a wrapper module under `hack/tools/<name>/` whose go.mod and go.sum pin it.
+Binaries land in `<cache>/bin/<name>-<version>-<key>/`, where the key hashes go.mod, go.sum
+and the build flags: a changed pin builds into a new directory, an unchanged one is reused.
+A build writes into a `.partial` directory that is renamed only when every binary is
+there, so a killed build never leaves a cache that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.paths import TOOLS_DIR, cache_dir
+from testbed.progress import Progress, say
+
+MIN_GO = (1, 25)
+
+
+class ToolError(RuntimeError):
+    """A build cannot go on; the message says what to do."""
+
+
+def _k8s_ldflags(version: str) -> list[str]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = []
+    # kubectl reports client-go's version, the servers component-base's: stamp both, as
+    # hack/lib/version.sh does in the Kubernetes tree.
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return flags
+
+
+@dataclass(frozen=True)
+class GoTool:
+    name: str
+    module: str  # the pinned module, required by hack/tools/<name>/go.mod
+    binaries: Mapping[str, str]  # binary -> main package
+    ldflags: Callable[[str], list[str]] = lambda _version: []
+    root: Path = TOOLS_DIR
+
+    @property
+    def module_dir(self) -> Path:
+        return self.root / self.name
+
+    def version(self) -> str:
+        return pinned_version(self.module_dir / "go.mod", self.module)
+
+
+TOOLS: tuple[GoTool, ...] = (
+    GoTool(
+        "etcd",
+        "go.etcd.io/etcd/server/v3",
+        {"etcd": "go.etcd.io/etcd/server/v3"},
+    ),
+    GoTool(
+        "kubernetes",
+        "k8s.io/kubernetes",
+        {
+            name: f"k8s.io/kubernetes/cmd/{name}"
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+        },
+        _k8s_ldflags,
+    ),
+    GoTool(
+        "kwok",
+        "sigs.k8s.io/kwok",
+        {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        lambda v: [f"-X sigs.k8s.io/kwok/pkg/consts.Version={v.lstrip('v')}"],
+    ),
+    GoTool(
+        "helm",
+        "helm.sh/helm/v3",
+        {"helm": "helm.sh/helm/v3/cmd/helm"},
+        lambda v: [
+            f"-X helm.sh/helm/v3/internal/version.version={v}",
+            "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        ],
+    ),
+)
+
+# Modules pinned only for the files they ship (CRD manifests, KWOK stages).
+GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
+
+
+def pinned_version(go_mod: Path, module: str) -> str:
+    pattern = re.compile(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", re.MULTILINE)
+    match = pattern.search(go_mod.read_text())
+    if not match:
+        raise ToolError(f"{go_mod} does not require {module}")
+    return match.group(1)
+
+
+def go_binary() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise ToolError(
+            "no Go toolchain on PATH: the local cluster is compiled from Kubernetes' Go "
+            f"modules and needs Go {'.'.join(map(str, MIN_GO))} or newer. Install Go, put "
+            "`go` on PATH and run the command again."
+        )
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=True)
+    match = re.match(r"go(\d+)\.(\d+)", out.stdout.strip())
+    if match and (int(match.group(1)), int(match.group(2))) < MIN_GO:
+        raise ToolError(
+            f"{out.stdout.strip()} is too old to build the pinned Kubernetes release; "
+            f"Go {'.'.join(map(str, MIN_GO))} or newer is needed."
+        )
+    return go
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The wrapper modules pin their toolchain-independent deps; never switch toolchains.
+    env.setdefault("GOTOOLCHAIN", "local")
+    env["CGO_ENABLED"] = "0"
+    env["GOFLAGS"] = (env.get("GOFLAGS", "") + " -mod=readonly").strip()
+    return env
+
+
+def cache_key(tool: GoTool) -> str:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((tool.module_dir / name).read_bytes())
+    digest.update(json.dumps(tool.ldflags(tool.version())).encode())
+    return digest.hexdigest()[:12]
+
+
+def tool_dir(tool: GoTool) -> Path:
+    return cache_dir() / "bin" / f"{tool.name}-{tool.version()}-{cache_key(tool)}"
+
+
+def is_built(tool: GoTool) -> bool:
+    directory = tool_dir(tool)
+    return all(os.access(directory / binary, os.X_OK) for binary in tool.binaries)
+
+
+def build(tool: GoTool) -> Path:
+    """Build one tool into the cache unless this exact pin is there already."""
+    final = tool_dir(tool)
+    if is_built(tool):
+        return final
+    go = go_binary()
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        say(f"removing a half-finished build of {tool.name} left by an interrupted run")
+        shutil.rmtree(partial)
+    if final.exists():  # present but incomplete: never trust it
+        shutil.rmtree(final)
+    partial.mkdir(parents=True)
+    packages = list(tool.binaries.values())
+    env = _go_env()
+    total = _count_packages(go, tool, packages, env)
+    progress = Progress(f"build {tool.name} {tool.version()}")
+    progress.update(f"compiling up to {total} packages", force=True)
+    ldflags = " ".join(["-s", "-w", *tool.ldflags(tool.version())])
+    compiled = 0
+    for binary, package in tool.binaries.items():
+        command = [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(partial / binary), package]
+        compiled = _run_with_progress(command, tool, progress, (compiled, total), env)
+    partial.rename(final)
+    progress.done(", ".join(tool.binaries))
+    return final
+
+
+def _count_packages(go: str, tool: GoTool, packages: list[str], env: dict[str, str]) -> int:
+    out = subprocess.run(
+        [go, "list", "-deps", *packages],
+        cwd=tool.module_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise ToolError(f"`go list` failed in {tool.module_dir}:\n{out.stderr.strip()}")
+    return len(out.stdout.split())
+
+
+def _run_with_progress(
+    command: list[str],
+    tool: GoTool,
+    progress: Progress,
+    counts: tuple[int, int],
+    env: dict[str, str],
+) -> int:
+    """Run `go build -v`, counting the packages it compiles; returns the running count."""
+    compiled, total = counts
+    tail: list[str] = []
+    with subprocess.Popen(command, cwd=tool.module_dir, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.rstrip()
+            tail = [*tail, line][-30:]
+            if line and not line.startswith(("#", " ", "\t")):
+                compiled += 1
+                progress.update(f"{compiled}/{total} packages compiled")
+    if proc.returncode != 0:
+        raise ToolError(f"`{' '.join(command)}` failed:\n" + "\n".join(tail))
+    return compiled
+
+
+def module_source(tool_name: str, module: str) -> Path:
+    """Download (or find in the module cache) a pinned module and return its directory."""
+    go = go_binary()
+    module_dir = TOOLS_DIR / tool_name
+    out = subprocess.run(
+        [go, "mod", "download", "-json", module],
+        cwd=module_dir,
+        env=_go_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    info = json.loads(out.stdout or "{}")
+    if out.returncode != 0 or "Dir" not in info:
+        raise ToolError(f"cannot download {module}: {info.get('Error') or out.stderr.strip()}")
+    return Path(info["Dir"])
+
+
+def build_all() -> dict[str, Path]:
+    """Every binary of the test bed, built if needed: name -> path."""
+    missing = [tool for tool in TOOLS if not is_built(tool)]
+    if missing:
+        say(
+            "building the local cluster from Go modules (once per pin; a cold build takes "
+            f"several minutes): {', '.join(t.name for t in missing)}"
+        )
+    paths: dict[str, Path] = {}
+    for tool in TOOLS:
+        directory = build(tool)
+        paths.update({binary: directory / binary for binary in tool.binaries})
+    return paths

@@ -1,0 +1,1 @@
+"""The Distributed ImageServer: upload, store, serve and resize images (the data plane)."""
