@@ -119,10 +119,8 @@ def node_manifests(per_region: int) -> dict[str, Any]:
 
 
 def _kwok_config(stage_dir: Path) -> str:
-    docs = [
-        "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions:\n  enableCRI: false\n"
-    ]
-    docs += [(stage_dir / stage).read_text() for stage in KWOK_STAGES]
+    """The Stages KWOK plays; since v0.8 it has no built-in ones."""
+    docs = [(stage_dir / stage).read_text() for stage in KWOK_STAGES]
     return "\n---\n".join(doc.strip() for doc in docs) + "\n"
 
 

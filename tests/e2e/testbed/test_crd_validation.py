@@ -65,6 +65,5 @@ def test_cel_rule_rejects_an_invalid_object_with_its_message(cluster: Cluster, n
 
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=widget("fine", 1, 3))
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=widget("bad", 5, 3), check=False)
-    assert "is invalid" in refused
-    assert f'spec: Invalid value: "object": {MESSAGE}' in refused
+    assert f'The Widget "bad" is invalid: spec: Invalid value: {MESSAGE}' in refused
     assert "bad" not in cluster.kubectl("get", "widgets", "-n", namespace, "-o", "name")
