@@ -56,9 +56,7 @@ gateway-api: cluster-up  ## install the Gateway API CRDs (standard channel) into
 	$(TESTBED) gateway-api
 
 demo: cluster-up  ## the whole story on one machine (for now: the cluster and its state)
-	@echo
-	@echo "The local cluster is up. Try: KUBECONFIG=.cluster/kubeconfig kubectl get nodes -L topology.kubernetes.io/region"
-	@echo "Stop it with: make cluster-down"
+	@echo "The local cluster stays up for you to explore; make cluster-down stops it."
 
 clean: cluster-down  ## remove the virtualenv and local state (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -420,4 +420,9 @@ def describe(cluster: Cluster) -> str:
         ready = sum(1 for n in mine if is_ready(n))
         pods = sum(int(n["status"]["capacity"]["pods"]) for n in mine)
         lines.append(f"{region:<12}{len(mine):>6}{ready:>7}{pods:>15}")
+    lines += [
+        "",
+        f"try: {cluster.binaries['kubectl']} --kubeconfig={cluster.kubeconfig} "
+        f"get nodes -L {REGION_LABEL}",
+    ]
     return "\n".join(lines)
