@@ -422,7 +422,6 @@ def describe(cluster: Cluster) -> str:
         lines.append(f"{region:<12}{len(mine):>6}{ready:>7}{pods:>15}")
     lines += [
         "",
-        f"try: {cluster.binaries['kubectl']} --kubeconfig={cluster.kubeconfig} "
-        f"get nodes -L {REGION_LABEL}",
+        f"try: {cluster.binaries['kubectl']} --kubeconfig={cluster.kubeconfig} get nodes -L {REGION_LABEL}",
     ]
     return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""`imageserver serve|frontend|storage`: one program, three roles.
+
+Every option can also come from the environment (IMAGESERVER_<OPTION>), which is how the
+operator configures pods; datacenter and revision label every metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from imageserver import logs
+from imageserver.blobstore import BlobStore
+from imageserver.faults import Faults
+from imageserver.frontend import Settings, frontend_app
+from imageserver.imaging import Limits
+from imageserver.metrics import Metrics
+from imageserver.replication import ReplicatedStore
+from imageserver.storage_node import storage_app
+from imageserver.stores import LocalStore
+from imageserver.topology import TopologyWatcher
+from imageserver.variants import Size
+
+log = logging.getLogger("imageserver")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"IMAGESERVER_{name}", default)
+
+
+def _secret(file_option: str | None, env_name: str) -> str | None:
+    """A secret from a file (mounted Secret) or the environment; never from a flag value."""
+    if file_option:
+        return Path(file_option).read_text().strip() or None
+    return _env(env_name) or None
+
+
+def _sizes(text: str) -> tuple[Size, ...]:
+    try:
+        return tuple(Size.parse(part) for part in text.split(",") if part.strip())
+    except ValueError as why:
+        raise argparse.ArgumentTypeError(str(why)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    common.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080))
+    common.add_argument("--datacenter", default=_env("DATACENTER", "local"), help="labels metrics")
+    common.add_argument("--revision", default=_env("REVISION", "dev"), help="labels metrics")
+    common.add_argument(
+        "--max-upload-bytes", type=int, default=int(_env("MAX_UPLOAD_BYTES", str(25 << 20)) or 0)
+    )
+    common.add_argument("--max-pixels", type=int, default=int(_env("MAX_PIXELS", "50000000") or 0))
+    common.add_argument(
+        "--enable-admin",
+        action="store_true",
+        default=_env("ENABLE_ADMIN") == "true",
+        help="serve /admin/faults and /admin/drain (needs a token)",
+    )
+    common.add_argument(
+        "--admin-token-file",
+        default=_env("ADMIN_TOKEN_FILE"),
+        help="file holding the admin bearer token (or IMAGESERVER_ADMIN_TOKEN)",
+    )
+    common.add_argument(
+        "--fault-error-ratio",
+        type=float,
+        default=float(_env("FAULT_ERROR_RATIO", "0") or 0),
+        help="fail this share of data requests (game days)",
+    )
+    common.add_argument(
+        "--fault-latency",
+        type=float,
+        default=float(_env("FAULT_LATENCY_SECONDS", "0") or 0),
+        help="add this many seconds to data requests (game days)",
+    )
+    common.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    common.add_argument("--access-log", action="store_true", default=_env("ACCESS_LOG") == "true")
+
+    serving = argparse.ArgumentParser(add_help=False)
+    serving.add_argument(
+        "--variants",
+        type=_sizes,
+        default=_sizes(_env("VARIANTS", "300x300,1200x1200") or ""),
+        help="allowlisted fit-in sizes rendered at upload, e.g. 300x300,1200x1200",
+    )
+    serving.add_argument(
+        "--signing-key-file",
+        default=_env("SIGNING_KEY_FILE"),
+        help="HMAC key for on-demand variants (or IMAGESERVER_SIGNING_KEY); none: allowlist only",
+    )
+    serving.add_argument("--cache-bytes", type=int, default=int(_env("CACHE_BYTES", str(256 << 20)) or 0))
+    serving.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "1") or 1),
+        help="processes sharing the port (SO_REUSEPORT)",
+    )
+
+    top = argparse.ArgumentParser(prog="imageserver", description=__doc__)
+    roles = top.add_subparsers(dest="role", required=True)
+    serve = roles.add_parser("serve", parents=[common, serving], help="frontend and storage in one process")
+    serve.add_argument("--data", type=Path, required=True)
+    frontend = roles.add_parser(
+        "frontend", parents=[common, serving], help="stateless API over the storage nodes"
+    )
+    frontend.add_argument(
+        "--topology", type=Path, required=True, help="the shard map (JSON), reloaded on change"
+    )
+    storage = roles.add_parser("storage", parents=[common], help="a storage node")
+    storage.add_argument("--data", type=Path, required=True)
+    return top
+
+
+def _faults(args: argparse.Namespace) -> Faults:
+    faults = Faults(args.fault_error_ratio, args.fault_latency)
+    faults.validate()
+    return faults
+
+
+def _settings(args: argparse.Namespace, admin_token: str | None) -> Settings:
+    key = _secret(args.signing_key_file, "SIGNING_KEY")
+    return Settings(
+        datacenter=args.datacenter,
+        revision=args.revision,
+        limits=Limits(max_bytes=args.max_upload_bytes, max_pixels=args.max_pixels),
+        allowlist=args.variants,
+        signing_key=key.encode() if key else None,
+        admin_token=admin_token,
+        cache_bytes=args.cache_bytes,
+    )
+
+
+def build_app(args: argparse.Namespace) -> web.Application:
+    admin_token = _secret(args.admin_token_file, "ADMIN_TOKEN") if args.enable_admin else None
+    if args.enable_admin and not admin_token:
+        raise SystemExit("--enable-admin needs a token: --admin-token-file or IMAGESERVER_ADMIN_TOKEN")
+    metrics = Metrics(args.datacenter, args.revision, args.role)
+    faults = _faults(args)
+    if args.role == "storage":
+        store = BlobStore(args.data)
+        return storage_app(store, metrics, faults, max_bytes=args.max_upload_bytes, admin_token=admin_token)
+    settings = _settings(args, admin_token)
+    if args.role == "serve":
+        return frontend_app(LocalStore(BlobStore(args.data)), settings, metrics, faults)
+    watcher = TopologyWatcher(
+        args.topology, on_change=lambda t: metrics.topology_generation.set(t.generation)
+    )
+    replicated = ReplicatedStore(watcher, args.datacenter, metrics)
+    app = frontend_app(replicated, settings, metrics, faults)
+
+    async def start(_: web.Application) -> None:
+        watcher.refresh()
+        await replicated.start()
+        app["topology_task"] = asyncio.create_task(watcher.run())
+
+    async def stop(_: web.Application) -> None:
+        app["topology_task"].cancel()
+        await replicated.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return app
+
+
+def _run(args: argparse.Namespace, reuse_port: bool) -> None:
+    logs.setup(args.log_level, role=args.role, datacenter=args.datacenter, revision=args.revision)
+    app = build_app(args)
+    log.info("listening", extra={"host": args.host, "port": args.port, "pid": os.getpid()})
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        reuse_port=reuse_port or None,
+        print=None,
+        access_log=logging.getLogger("imageserver.access") if args.access_log else None,
+        shutdown_timeout=10,
+    )
+
+
+def _run_workers(args: argparse.Namespace, run: Callable[[argparse.Namespace, bool], None]) -> None:
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=run, args=(args, True), daemon=True) for _ in range(args.workers)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.role != "storage" and args.workers > 1:
+        _run_workers(args, _run)
+    else:
+        _run(args, reuse_port=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

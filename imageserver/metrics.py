@@ -1,0 +1,81 @@
+"""Prometheus metrics of one imageserver process, in its own registry.
+
+The request counter and latency histogram are what the SLOs are computed from: availability
+from `code`, latency from the bucket at the SLO threshold (hence the fixed bucket list).
+`datacenter` and `revision` label every request so burn can be attributed to either.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, datacenter: str, revision: str, role: str) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"datacenter": datacenter, "revision": revision}
+        reg = self.registry
+        self.requests = Counter(
+            "imageserver_http_requests",
+            "HTTP requests answered, by route and status code.",
+            ["route", "code", "datacenter", "revision"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "imageserver_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["route", "datacenter", "revision"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.storage_objects = Gauge(
+            "imageserver_storage_objects", "Blobs held by this storage node.", registry=reg
+        )
+        self.storage_bytes = Gauge(
+            "imageserver_storage_bytes", "Bytes held by this storage node.", registry=reg
+        )
+        self.replication_queue = Gauge(
+            "imageserver_replication_queue_depth", "Cross-datacenter copies waiting to be sent.", registry=reg
+        )
+        self.replications = Counter(
+            "imageserver_replications", "Cross-datacenter copy attempts, by result.", ["result"], registry=reg
+        )
+        self.repairs = Counter(
+            "imageserver_read_repairs", "Blobs written back to replicas that missed them.", registry=reg
+        )
+        self.topology_generation = Gauge(
+            "imageserver_topology_generation", "Generation of the shard map this frontend uses.", registry=reg
+        )
+        self.quorum_failures = Counter(
+            "imageserver_write_quorum_failures",
+            "Uploads refused because too few replicas acknowledged.",
+            registry=reg,
+        )
+        self.cache_hits = Counter(
+            "imageserver_variant_cache_hits", "On-demand variants served from memory.", registry=reg
+        )
+        self.cache_misses = Counter(
+            "imageserver_variant_cache_misses", "On-demand variants rendered.", registry=reg
+        )
+        self.faults = Counter(
+            "imageserver_faults_injected",
+            "Requests failed or delayed on purpose (game days).",
+            ["kind"],
+            registry=reg,
+        )
+        info = Gauge(
+            "imageserver_build_info",
+            "Constant 1, labelled with role, datacenter and revision.",
+            ["role", "datacenter", "revision"],
+            registry=reg,
+        )
+        info.labels(role=role, **self.labels).set(1)
+
+    def observe(self, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(route=route, code=str(code), **self.labels).inc()
+        self.duration.labels(route=route, **self.labels).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

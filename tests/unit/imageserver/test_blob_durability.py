@@ -1,0 +1,50 @@
+"""The storage node's disk: complete files only, idempotent writes, no path escapes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from imageserver.blobstore import BadBlob, BlobStore
+
+DATA = b"image bytes"
+ID = hashlib.sha256(DATA).hexdigest()
+
+
+def test_a_write_is_stored_under_its_name_and_counted_once(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    assert store.put(ID, DATA)
+    assert not store.put(ID, DATA)  # idempotent
+    assert store.put(f"{ID}.300x300", b"variant")
+    assert store.read(ID) == DATA
+    assert (store.count, store.bytes) == (2, len(DATA) + len(b"variant"))
+    assert BlobStore(tmp_path).count == 2  # counted again from disk after a restart
+    assert not any(store.tmp.iterdir())
+
+
+def test_an_original_must_match_its_sha256_name(tmp_path: Path) -> None:
+    with pytest.raises(BadBlob, match="content does not match"):
+        BlobStore(tmp_path).put(ID, b"other bytes")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc/passwd", f"{ID}/../../x", f"{ID}.300x300/../x", ID.upper(), ID[:-1], f"{ID}.jpg", "", "."],
+)
+def test_names_outside_the_pattern_never_reach_the_disk(tmp_path: Path, name: str) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(BadBlob):
+        store.put(name, DATA)
+    with pytest.raises(BadBlob):
+        store.open_path(name)
+
+
+def test_a_write_cut_short_by_a_crash_is_invisible_and_cleaned_at_start(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    (store.tmp / f"{ID}.deadbeef").write_bytes(DATA[:3])  # what a kill -9 mid-write leaves
+    assert store.open_path(ID) is None
+    restarted = BlobStore(tmp_path)
+    assert not any(restarted.tmp.iterdir())
+    assert restarted.count == 0

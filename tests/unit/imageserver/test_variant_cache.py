@@ -1,0 +1,74 @@
+"""The on-demand variant cache: a byte budget, LRU order, and one render per variant."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from imageserver.cache import ByteLRU
+
+
+def test_least_recently_used_entries_go_first_when_over_budget() -> None:
+    cache: ByteLRU[bytes] = ByteLRU(10, len)
+    cache.put("a", b"aaaa")
+    cache.put("b", b"bbbb")
+    assert cache.get("a") == b"aaaa"  # a is now the most recent
+    cache.put("c", b"cccc")
+    assert cache.get("b") is None
+    assert cache.get("a") == b"aaaa" and cache.get("c") == b"cccc"
+    assert cache.used == 8
+    cache.put("huge", b"x" * 11)  # larger than the budget: not cached, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 2
+
+
+async def test_concurrent_requests_for_one_variant_render_it_once() -> None:
+    renders = 0
+    hits: list[int] = []
+    cache: ByteLRU[bytes] = ByteLRU(1 << 20, len, on_hit=lambda: hits.append(1))
+
+    async def render() -> bytes:
+        nonlocal renders
+        renders += 1
+        await asyncio.sleep(0.05)
+        return b"variant"
+
+    results = await asyncio.gather(*(cache.get_or_make("k", render) for _ in range(20)))
+    assert results == [b"variant"] * 20
+    assert renders == 1
+    assert len(hits) == 19
+    assert await cache.get_or_make("k", render) == b"variant" and renders == 1
+
+
+async def test_a_failed_render_reaches_every_waiter_and_is_not_cached() -> None:
+    cache: ByteLRU[bytes] = ByteLRU(1 << 20, len)
+
+    async def broken() -> bytes:
+        await asyncio.sleep(0.01)
+        raise ValueError("cannot render")
+
+    outcomes = await asyncio.gather(
+        *(cache.get_or_make("k", broken) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(o, ValueError) for o in outcomes)
+
+    async def fine() -> bytes:
+        return b"ok"
+
+    assert await cache.get_or_make("k", fine) == b"ok"
+
+
+async def test_a_cancelled_render_cancels_its_waiters_instead_of_hanging_them() -> None:
+    cache: ByteLRU[bytes] = ByteLRU(1 << 20, len)
+
+    async def slow() -> bytes:
+        await asyncio.sleep(10)
+        return b"never"
+
+    first = asyncio.ensure_future(cache.get_or_make("k", slow))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.get_or_make("k", slow))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(second, 1)
