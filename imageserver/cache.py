@@ -51,6 +51,9 @@ class ByteLRU(Generic[V]):
             self.used -= self._size_of(evicted)
 
     async def get_or_make(self, key: str, make: Callable[[], Awaitable[V]]) -> V:
+        if self.budget <= 0:  # caching off means every request renders, even concurrent ones
+            self._on_miss()
+            return await make()
         cached = self.get(key)
         if cached is not None:
             self._on_hit()

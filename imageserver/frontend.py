@@ -149,15 +149,25 @@ class Frontend:
         if variant is None:
             return await self.store.get(image_id, name)
         if variants.is_allowlisted(variant, self.settings.allowlist):
-            stored = await self.store.get(image_id, name)
-            if stored is not None:
-                return stored
+            return await self._stored_variant(image_id, variant, name)
+        return await self._render(image_id, variant)
+
+    async def _stored_variant(self, image_id: str, variant: Variant, name: str) -> Blob | None:
+        """Allowlisted variants are small and immutable: after the first read they are
+        answered from memory, which costs less than opening the file again."""
+        cached = self.cache.get(name)
+        if cached is not None:
+            return cached[0]
+        stored = await self.store.get(image_id, name)
+        if stored is None:
             # Uploaded before this size was allowlisted: render it once and keep it.
             rendered = await self._render(image_id, variant)
             if rendered is not None:
                 await self.store.put(image_id, {name: rendered})
             return rendered
-        return await self._render(image_id, variant)
+        data = await asyncio.to_thread(stored.read_bytes) if isinstance(stored, Path) else stored
+        self.cache.put(name, (data, ""))
+        return data
 
     async def _render(self, image_id: str, variant: Variant) -> bytes | None:
         key = variants.blob_name(image_id, variant)

@@ -7,6 +7,8 @@ from `code`, latency from the bucket at the SLO threshold (hence the fixed bucke
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -16,6 +18,7 @@ class Metrics:
     def __init__(self, datacenter: str, revision: str, role: str) -> None:
         self.registry = CollectorRegistry()
         self.labels = {"datacenter": datacenter, "revision": revision}
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         reg = self.registry
         self.requests = Counter(
             "imageserver_http_requests",
@@ -74,8 +77,16 @@ class Metrics:
         info.labels(role=role, **self.labels).set(1)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(route=route, code=str(code), **self.labels).inc()
-        self.duration.labels(route=route, **self.labels).observe(seconds)
+        # Label lookups cost more than the increments on the hot path: keep the children.
+        children = self._children.get((route, code))
+        if children is None:
+            children = (
+                self.requests.labels(route=route, code=str(code), **self.labels),
+                self.duration.labels(route=route, **self.labels),
+            )
+            self._children[(route, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,6 +40,20 @@ async def test_concurrent_requests_for_one_variant_render_it_once() -> None:
     assert await cache.get_or_make("k", render) == b"variant" and renders == 1
 
 
+async def test_a_zero_budget_turns_caching_and_coalescing_off() -> None:
+    renders = 0
+    cache: ByteLRU[bytes] = ByteLRU(0, len)
+
+    async def render() -> bytes:
+        nonlocal renders
+        renders += 1
+        await asyncio.sleep(0.01)
+        return b"variant"
+
+    await asyncio.gather(*(cache.get_or_make("k", render) for _ in range(5)))
+    assert renders == 5 and len(cache) == 0
+
+
 async def test_a_failed_render_reaches_every_waiter_and_is_not_cached() -> None:
     cache: ByteLRU[bytes] = ByteLRU(1 << 20, len)
 

@@ -1,0 +1,418 @@
+"""`make bench`: the data plane side by side with its peers, on one corpus, in one run.
+
+  (a) allowlisted variant GET (300x300)      vs thumbor 7, uncached fit-in/300x300
+  (b) signed on-demand variant, uncached     vs thumbor 7, uncached 300x200 crop, and the
+      (300x200 cover)                           raw Pillow limit measured in this run
+  (c) original GET                           vs nginx serving the same files (sendfile)
+  (d) uploads of 6 MP JPEGs (variants rendered, written to R=2 replicas, W=2, copied to a
+      second datacenter)                     vs the raw Pillow cost of the same rendering
+
+Load comes from wrk on 127.0.0.1. Servers get the same processes (1) and render threads
+(2) as thumbor. Results: a table on stdout and in bench/out/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import samples
+from servers import SIGNING_KEY, Processes, Server
+
+from imageserver import imaging, variants
+from imageserver.imaging import Limits
+from imageserver.variants import Size, Variant
+from testbed.paths import REPO_ROOT, cache_dir
+from testbed.processes import State, free_port, spawn, stop, wait_until
+from testbed.progress import say
+
+THUMBOR = "thumbor>=7,<8"
+CORPUS_SIZE = (3000, 2000)  # 6 MP
+
+
+@dataclass
+class Result:
+    scenario: str
+    server: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def ensure_peers() -> Path:
+    """wrk and nginx from Debian, thumbor 7 from PyPI into its own virtualenv."""
+    missing = [p for p, binary in (("wrk", "wrk"), ("nginx-light", "nginx")) if shutil.which(binary) is None]
+    if missing:
+        say(f"installing {', '.join(missing)} from Debian")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    venv = cache_dir() / "bench" / "thumbor-venv"
+    if not (venv / "bin" / "thumbor").exists():
+        say("installing thumbor 7 into its own virtualenv")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", THUMBOR], check=True)
+    return venv
+
+
+def corpus(count: int) -> list[Path]:
+    directory = cache_dir() / "bench" / f"corpus-{CORPUS_SIZE[0]}x{CORPUS_SIZE[1]}-{count}"
+    directory.mkdir(parents=True, exist_ok=True)
+    files = [directory / f"photo-{i:02d}.jpg" for i in range(count)]
+    todo = [f for f in files if not f.exists()]
+    if todo:
+        say(f"making {len(todo)} photo-like 6 MP JPEGs (deterministic, cached)")
+        with ThreadPoolExecutor(2) as pool:
+            for path, data in zip(
+                todo, pool.map(lambda f: samples.jpeg(*CORPUS_SIZE, seed=int(f.stem[-2:])), todo), strict=True
+            ):
+                path.write_bytes(data)
+    return files
+
+
+# -- wrk --------------------------------------------------------------------------------------
+
+LUA_ROTATE = """
+paths = {%s}
+counter = 0
+setup = function(thread) thread:set("offset", math.random(1, #paths)) end
+request = function()
+  counter = counter + 1
+  return wrk.format(%s, paths[((counter + (offset or 0)) %% #paths) + 1], %s, %s)
+end
+"""
+LUA_UPLOAD = """
+bodies = {}
+for _, name in ipairs({%s}) do
+  local f = io.open(name, "rb"); bodies[#bodies + 1] = f:read("*all"); f:close()
+end
+counter = 0
+setup = function(thread) thread:set("seed", math.random(1, 1000000)) end
+request = function()
+  counter = counter + 1
+  -- Bytes after the JPEG end marker are ignored by decoders but give every upload a new id.
+  local body = bodies[(counter %% #bodies) + 1] .. "upload-" .. (seed or 0) .. "-" .. counter
+  return wrk.format("POST", "/v1/images", {["Content-Type"] = "image/jpeg"}, body)
+end
+"""
+
+
+def _lua_list(items: list[str]) -> str:
+    return ", ".join(json.dumps(item) for item in items)
+
+
+def _number(pattern: str, out: str) -> re.Match[str]:
+    match = re.search(pattern, out, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"cannot read {pattern!r} in wrk's output:\n{out}")
+    return match
+
+
+def _percentile_ms(percent: int, out: str) -> float:
+    value, unit = _number(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", out).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(
+    base: str, script: str, *, seconds: int, connections: int, warmup: int = 2
+) -> tuple[float, float, float, int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script)
+    try:
+
+        def run(duration: int) -> str:
+            return subprocess.run(
+                [
+                    "wrk",
+                    "-t2",
+                    f"-c{connections}",
+                    f"-d{duration}s",
+                    "--latency",
+                    "--timeout",
+                    "30s",
+                    "-s",
+                    lua.name,
+                    base,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+
+        if warmup:
+            run(warmup)
+        out = run(seconds)
+    finally:
+        Path(lua.name).unlink()
+    rps = float(_number(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50, p99 = _percentile_ms(50, out), _percentile_ms(99, out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    count = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        count += sum(int(g) for g in socket_errors.groups())
+    return rps, p50, p99, count
+
+
+def rotate(paths: list[str], method: str = "nil") -> str:
+    return LUA_ROTATE % (_lua_list(paths), method if method == "nil" else json.dumps(method), "nil", "nil")
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+def start_thumbor(state: State, venv: Path, root: Path) -> str:
+    port = free_port()
+    conf = state.directory / "thumbor.conf"
+    conf.write_text(
+        f"LOADER = 'thumbor.loaders.file_loader'\n"
+        f"FILE_LOADER_ROOT_PATH = {str(root)!r}\n"
+        "STORAGE = 'thumbor.storages.no_storage'\n"
+        "RESULT_STORAGE = None\n"
+        "ENGINE_THREADPOOL_SIZE = 2\n"
+        "QUALITY = 85\n"
+        "RESPECT_ORIENTATION = True\n"
+        "ALLOW_UNSAFE_URL = True\n"
+        "SECURITY_KEY = 'bench-only-key'\n"
+    )
+    managed = spawn(
+        state,
+        "thumbor",
+        [
+            str(venv / "bin" / "thumbor"),
+            "-p",
+            str(port),
+            "-i",
+            "127.0.0.1",
+            "-c",
+            str(conf),
+            "--processes",
+            "1",
+            "-l",
+            "warning",
+        ],
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until("thumbor", lambda: _ok(f"{url}/healthcheck"), managed, 60)
+    return url
+
+
+def start_nginx(state: State, root: Path) -> str:
+    port = free_port()
+    prefix = state.directory / "nginx"
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(
+        f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n"
+        f"  client_body_temp_path {prefix}/tmp;\n  types {{ image/jpeg jpg; }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n"
+    )
+    managed = spawn(state, "nginx", ["nginx", "-p", str(prefix), "-c", str(conf)])
+    url = f"http://127.0.0.1:{port}"
+    wait_until("nginx", lambda: _ok(f"{url}/photo-00.jpg"), managed, 20)
+    return url
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def raw_pillow_rate(work: Callable[[bytes], object], images: list[bytes], seconds: float) -> float:
+    """Operations per second of `work` on 2 threads, nothing else running: the ceiling."""
+    deadline = time.monotonic() + seconds
+    done = 0
+
+    def loop(offset: int) -> int:
+        count = 0
+        while time.monotonic() < deadline:
+            work(images[(offset + count) % len(images)])
+            count += 1
+        return count
+
+    with ThreadPoolExecutor(2) as pool:
+        done = sum(pool.map(loop, [0, len(images) // 2]))
+    return done / seconds
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def run(seconds: int, count: int) -> list[Result]:
+    venv = ensure_peers()
+    files = corpus(count)
+    originals = [f.read_bytes() for f in files]
+    limits = Limits()
+    cover = Variant(Size(300, 200), "cover")
+    results: list[Result] = []
+    work = Path(tempfile.mkdtemp(prefix="imageserver-bench-"))
+    state = State(work / "peers")
+    state.directory.mkdir(parents=True)
+    processes = Processes(work / "processes")
+    try:
+        ours = processes.start("serve", "--data", str(work / "data"))
+        uncached = processes.start("serve", "--data", str(work / "data"), "--cache-bytes", "0")
+        ids = []
+        for data in originals:
+            answer = requests.post(f"{ours.url}/v1/images", data=data, timeout=60)
+            answer.raise_for_status()
+            ids.append(answer.json()["id"])
+        thumbor = start_thumbor(state, venv, files[0].parent)
+        nginx = start_nginx(state, files[0].parent)
+        names = [f.name for f in files]
+
+        def measure(scenario: str, server: str, base: str, script: str, connections: int = 4) -> None:
+            say(f"{scenario}: {server}")
+            rps, p50, p99, errors = wrk(base, script, seconds=seconds, connections=connections)
+            results.append(Result(scenario, server, rps, p50, p99, errors))
+
+        measure(
+            "a",
+            "imageserver (allowlisted 300x300)",
+            ours.url,
+            rotate([f"/v1/images/{i}?w=300&h=300" for i in ids]),
+        )
+        measure(
+            "a",
+            "thumbor 7 (fit-in/300x300, uncached)",
+            thumbor,
+            rotate([f"/unsafe/fit-in/300x300/{n}" for n in names]),
+        )
+
+        key = SIGNING_KEY.encode()
+        signed = []
+        for i in ids:
+            query = {"w": "300", "h": "200", "fit": "cover"}
+            signed.append(
+                f"/v1/images/{i}?w=300&h=200&fit=cover&sig={variants.sign(key, f'/v1/images/{i}', query)}"
+            )
+        measure("b", "imageserver (signed 300x200 cover, uncached)", uncached.url, rotate(signed))
+        measure(
+            "b",
+            "thumbor 7 (300x200 crop, uncached)",
+            thumbor,
+            rotate([f"/unsafe/300x200/{n}" for n in names]),
+        )
+        say("b: raw Pillow limit (same work, in-process, 2 threads)")
+        raw = raw_pillow_rate(lambda data: imaging.render(data, cover, limits), originals, seconds)
+        results.append(Result("b", "raw Pillow limit (2 threads)", raw, 0, 0, 0))
+
+        measure(
+            "c",
+            "imageserver (original, sendfile)",
+            ours.url,
+            rotate([f"/v1/images/{i}" for i in ids]),
+            connections=8,
+        )
+        measure(
+            "c", "nginx 1.22 (same files, sendfile)", nginx, rotate([f"/{n}" for n in names]), connections=8
+        )
+
+        cluster = start_upload_cluster(processes, work)
+        measure(
+            "d",
+            "imageserver upload (2 DCs, R=2, W=2)",
+            cluster.url,
+            LUA_UPLOAD % _lua_list([str(f) for f in files]),
+            connections=4,
+        )
+        say("d: raw Pillow limit of the upload rendering (2 threads)")
+        raw_upload = raw_pillow_rate(
+            lambda data: imaging.render_allowlisted(data, variants.default_allowlist(), limits),
+            originals,
+            seconds,
+        )
+        results.append(Result("d", "raw Pillow limit of the rendering (2 threads)", raw_upload, 0, 0, 0))
+    finally:
+        processes.stop_all()
+        for managed in state.processes.values():
+            stop(managed)
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def start_upload_cluster(processes: Processes, work: Path) -> Server:
+    nodes = {
+        (dc, r): processes.start("storage", "--data", str(work / f"upload-{dc}-{r}"), "--datacenter", dc)
+        for dc in ("dc-a", "dc-b")
+        for r in range(2)
+    }
+    topology = work / "topology.json"
+    topology.write_text(
+        json.dumps(
+            {
+                "writeQuorum": 2,
+                "datacenters": [
+                    {
+                        "name": dc,
+                        "shards": [{"name": "s0", "replicas": [nodes[(dc, r)].url for r in range(2)]}],
+                    }
+                    for dc in ("dc-a", "dc-b")
+                ],
+            }
+        )
+    )
+    frontend = processes.start("frontend", "--topology", str(topology), "--datacenter", "dc-a")
+    wait_until("upload frontend ready", lambda: _ok(f"{frontend.url}/readyz"), None, 10)
+    return frontend
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| scenario | server | req/s | p50 ms | p99 ms | errors | ratio |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for scenario in "abcd":
+        rows = [r for r in results if r.scenario == scenario]
+        ours = next(r for r in rows if r.server.startswith("imageserver"))
+        for r in rows:
+            ratio = "" if r is ours else f"imageserver = {ours.rps / r.rps:.2f} x {r.server.split(' (')[0]}"
+            p50 = f"{r.p50_ms:.1f}" if r.p50_ms else "—"
+            p99 = f"{r.p99_ms:.1f}" if r.p99_ms else "—"
+            lines.append(f"| {scenario} | {r.server} | {r.rps:.1f} | {p50} | {p99} | {r.errors} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=10, help="measured seconds per run (after 2 s warm-up)"
+    )
+    parser.add_argument("--images", type=int, default=16, help="photos in the corpus")
+    args = parser.parse_args()
+    results = run(args.seconds, args.images)
+    text = table(results)
+    out = REPO_ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    print(text)
+    say("results in bench/out/results.md and bench/out/results.json")
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
