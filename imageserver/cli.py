@@ -104,7 +104,8 @@ def parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=int(_env("WORKERS", "1") or 1),
-        help="processes sharing the port (SO_REUSEPORT)",
+        help="processes sharing the port (SO_REUSEPORT); metrics are per process, "
+        "so under Prometheus keep 1 and scale pods instead",
     )
 
     top = argparse.ArgumentParser(prog="imageserver", description=__doc__)
@@ -152,7 +153,9 @@ def build_app(args: argparse.Namespace) -> web.Application:
         return storage_app(store, metrics, faults, max_bytes=args.max_upload_bytes, admin_token=admin_token)
     settings = _settings(args, admin_token)
     if args.role == "serve":
-        return frontend_app(LocalStore(BlobStore(args.data)), settings, metrics, faults)
+        blobs = BlobStore(args.data)
+        metrics.watch_store(blobs)
+        return frontend_app(LocalStore(blobs), settings, metrics, faults)
     watcher = TopologyWatcher(
         args.topology, on_change=lambda t: metrics.topology_generation.set(t.generation)
     )

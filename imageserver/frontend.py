@@ -25,15 +25,7 @@ from imageserver.imaging import Limits, Rejected
 from imageserver.metrics import Metrics
 from imageserver.stores import Blob, ImageStore, Unavailable
 from imageserver.variants import IMAGE_ID, BadVariant, Size, Variant
-from imageserver.web import (
-    FAULTS_KEY,
-    METRICS_KEY,
-    READINESS_KEY,
-    add_admin_routes,
-    add_operational_routes,
-    error,
-    observe,
-)
+from imageserver.web import application, error
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "1"}
@@ -193,18 +185,14 @@ class _Missing(Exception):
 
 
 def frontend_app(store: ImageStore, settings: Settings, metrics: Metrics, faults: Faults) -> web.Application:
-    app = web.Application(middlewares=[observe], client_max_size=settings.limits.max_bytes)
+    app = application(
+        metrics, faults, store.readiness, max_body=settings.limits.max_bytes, admin_token=settings.admin_token
+    )
     frontend = Frontend(store, settings, metrics)
-    app[METRICS_KEY] = metrics
-    app[FAULTS_KEY] = faults
-    app[READINESS_KEY] = store.readiness
     app.router.add_post("/v1/images", frontend.upload, name="upload")
     original = app.router.add_resource("/v1/images/{id}", name="original")
     original.add_route("GET", frontend.get_image)
     original.add_route("HEAD", frontend.get_image)
-    add_operational_routes(app)
-    if settings.admin_token:
-        add_admin_routes(app, settings.admin_token)
 
     async def shutdown(_: web.Application) -> None:
         frontend.pool.shutdown(wait=False, cancel_futures=True)

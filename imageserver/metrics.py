@@ -7,9 +7,12 @@ from `code`, latency from the bucket at the SLO threshold (hence the fixed bucke
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from imageserver.blobstore import BlobStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -75,6 +78,11 @@ class Metrics:
             registry=reg,
         )
         info.labels(role=role, **self.labels).set(1)
+
+    def watch_store(self, store: BlobStore) -> None:
+        """Report the store's counts at every scrape."""
+        self.storage_objects.set_function(lambda: store.count)
+        self.storage_bytes.set_function(lambda: store.bytes)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         # Label lookups cost more than the increments on the hot path: keep the children.

@@ -134,24 +134,21 @@ class ReplicatedStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def _write_quorum(
-        self, dc: Datacenter, quorum: int, image_id: str, blobs: Mapping[str, bytes]
-    ) -> int:
+    async def _replicate(self, dc: Datacenter, image_id: str, blobs: Mapping[str, bytes]) -> int:
+        """Write to every replica of the owner shard in `dc`; returns how many hold it all."""
         shard = dc.shards_for(image_id)[0]
         acks = await asyncio.gather(*(self._put_all(base, blobs, image_id) for base in shard.replicas))
         return sum(acks)
 
     async def put(self, image_id: str, blobs: Mapping[str, bytes]) -> None:
         topology, local = self._current()
-        acked = await self._write_quorum(local, topology.write_quorum, image_id, blobs)
+        acked = await self._replicate(local, image_id, blobs)
         if acked < topology.write_quorum:
             self.metrics.quorum_failures.inc()
             raise Unavailable(f"only {acked} of {topology.write_quorum} required replicas stored the image")
         others = topology.others(self.datacenter)
         if topology.cross_datacenter == "sync":
-            results = await asyncio.gather(
-                *(self._write_quorum(dc, topology.write_quorum, image_id, blobs) for dc in others)
-            )
+            results = await asyncio.gather(*(self._replicate(dc, image_id, blobs) for dc in others))
             short = [dc.name for dc, n in zip(others, results, strict=True) if n < topology.write_quorum]
             if short:
                 self.metrics.quorum_failures.inc()
@@ -178,7 +175,7 @@ class ReplicatedStore:
         if topology is None or dc is None:
             self.metrics.replications.labels(result="dropped").inc()
             return
-        acked = await self._write_quorum(dc, topology.write_quorum, copy.image_id, copy.blobs)
+        acked = await self._replicate(dc, copy.image_id, copy.blobs)
         if acked >= topology.write_quorum:
             self.metrics.replications.labels(result="ok").inc()
             return

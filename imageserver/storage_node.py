@@ -10,15 +10,7 @@ from imageserver.blobstore import BadBlob, BlobStore
 from imageserver.faults import Faults
 from imageserver.files import blob_response
 from imageserver.metrics import Metrics
-from imageserver.web import (
-    FAULTS_KEY,
-    METRICS_KEY,
-    READINESS_KEY,
-    add_admin_routes,
-    add_operational_routes,
-    error,
-    observe,
-)
+from imageserver.web import application, error
 
 STORE_KEY = web.AppKey("store", BlobStore)
 
@@ -48,16 +40,9 @@ def storage_app(
     store: BlobStore, metrics: Metrics, faults: Faults, *, max_bytes: int, admin_token: str | None
 ) -> web.Application:
     # A blob is an original (≤ max_bytes) or a variant, which is smaller.
-    app = web.Application(middlewares=[observe], client_max_size=max_bytes + 1024)
+    app = application(metrics, faults, lambda: None, max_body=max_bytes + 1024, admin_token=admin_token)
     app[STORE_KEY] = store
-    app[METRICS_KEY] = metrics
-    app[FAULTS_KEY] = faults
-    app[READINESS_KEY] = lambda: None
-    metrics.storage_objects.set_function(lambda: store.count)
-    metrics.storage_bytes.set_function(lambda: store.bytes)
+    metrics.watch_store(store)
     app.router.add_put("/v1/blobs/{name}", put_blob, name="blob_put")
     app.router.add_get("/v1/blobs/{name}", get_blob, name="blob_get", allow_head=True)
-    add_operational_routes(app)
-    if admin_token:
-        add_admin_routes(app, admin_token)
     return app

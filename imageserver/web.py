@@ -93,6 +93,25 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+def application(
+    metrics: Metrics,
+    faults: Faults,
+    readiness: Callable[[], str | None],
+    *,
+    max_body: int,
+    admin_token: str | None,
+) -> web.Application:
+    """An app of either role: measured, with health, readiness, metrics, and admin when enabled."""
+    app = web.Application(middlewares=[observe], client_max_size=max_body)
+    app[METRICS_KEY] = metrics
+    app[FAULTS_KEY] = faults
+    app[READINESS_KEY] = readiness
+    add_operational_routes(app)
+    if admin_token:
+        add_admin_routes(app, admin_token)
+    return app
+
+
 def add_operational_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz, name="healthz", allow_head=True)
     app.router.add_get("/readyz", readyz, name="readyz", allow_head=True)

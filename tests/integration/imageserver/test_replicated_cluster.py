@@ -239,3 +239,22 @@ def test_sync_mode_acknowledges_only_after_every_datacenter_has_a_quorum(
     refused = requests.post(f"{frontend.url}/v1/images", data=samples.jpeg(64, 48, seed=78), timeout=30)
     assert refused.status_code == 503
     assert "synchronous copy to dc-b did not reach its quorum" in refused.json()["error"]
+
+
+def test_storage_node_paths_cannot_be_escaped(imageserver: Processes, tmp_path: Path) -> None:
+    node = imageserver.start("storage", "--data", str(tmp_path / "node"), "--datacenter", "dc-a")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the store")
+    for name in (
+        "..%2F..%2Fsecret.txt",
+        "..%2Fnode%2Fobjects",
+        "%2e%2e",
+        "a" * 64 + "%2F..%2F..%2Fsecret.txt",
+    ):
+        answer = requests.get(f"{node.url}/v1/blobs/{name}", timeout=5)
+        assert answer.status_code in (400, 404), (name, answer.status_code)
+        assert "outside the store" not in answer.text
+        assert requests.put(f"{node.url}/v1/blobs/{name}", data=b"x", timeout=5).status_code in (400, 404)
+    wrong = requests.put(f"{node.url}/v1/blobs/{'ab' * 32}", data=b"not those bytes", timeout=5)
+    assert wrong.status_code == 400 and "does not match" in wrong.json()["error"]
+    assert requests.get(f"{node.url}/metrics", timeout=5).text.count('code="500"') == 0
