@@ -1,0 +1,189 @@
+"""CustomResourceDefinitions generated from the pydantic models (`models.py`).
+
+pydantic's JSON Schema becomes a structural OpenAPI v3 schema: references inlined, optional
+fields unwrapped, titles dropped, defaults kept (so the API server fills them in, nested
+objects included), and the models' CEL rules carried over as `x-kubernetes-validations`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from imageserver_operator.models import GROUP, VERSION, ImageServerSpec, ImageServerStatus
+
+# Keywords a structural schema may carry; anything else pydantic emits is dropped.
+KEPT = {
+    "type",
+    "description",
+    "default",
+    "enum",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "items",
+    "properties",
+    "required",
+    "x-kubernetes-validations",
+}
+
+
+def _resolved(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Follow a $ref, and turn Optional[X] into X (an absent field already means None)."""
+    if "$ref" in node:
+        target = dict(defs[node["$ref"].rsplit("/", 1)[-1]])
+        target.update({k: v for k, v in node.items() if k != "$ref"})
+        return _resolved(target, defs)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {node['anyOf']}")
+        merged = {**{k: v for k, v in node.items() if k not in ("anyOf", "default")}, **branches[0]}
+        if node.get("default") is not None:
+            merged["default"] = node["default"]
+        return _resolved(merged, defs)
+    return node
+
+
+def _exclusive_bounds(node: dict[str, Any]) -> None:
+    """JSON Schema 2020 exclusive bounds are numbers; OpenAPI v3.0 (CRDs) has booleans."""
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = node.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            node[bound] = node.pop(exclusive)
+            node[exclusive] = True
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in _resolved(node, defs).items():
+        if key == "properties":
+            out[key] = {name: _structural(child, defs) for name, child in value.items()}
+        elif key == "items":
+            out[key] = _structural(value, defs)
+        elif key in KEPT:
+            out[key] = value
+    if "properties" in out:
+        out.setdefault("type", "object")
+    _exclusive_bounds(out)
+    return out
+
+
+def _factory_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
+    """pydantic leaves out defaults made by default_factory; the API server needs them to
+    default nested objects, so they are written in from the model."""
+    for name, field in model.model_fields.items():
+        child = node.get("properties", {}).get(field.alias or name)
+        if child is None:
+            continue
+        if field.default_factory is not None:
+            value = field.default_factory()  # type: ignore[call-arg]
+            child["default"] = (
+                value.model_dump(by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
+            )
+        annotation = field.annotation
+        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if nested is None:
+            nested = next(
+                (
+                    a
+                    for a in getattr(annotation, "__args__", ())
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
+        if nested is not None:
+            _factory_defaults(nested, child.get("items", child) if child.get("type") == "array" else child)
+
+
+def openapi(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    structural = dict(_structural(schema, schema.get("$defs", {})))
+    _factory_defaults(model, structural)
+    return structural
+
+
+def _column(name: str, type_: str, path: str, description: str, priority: int = 0) -> dict[str, Any]:
+    column = {"name": name, "type": type_, "jsonPath": path, "description": description}
+    return {**column, "priority": priority} if priority else column
+
+
+def imageserver_crd() -> dict[str, Any]:
+    spec = openapi(ImageServerSpec)
+    spec["description"] = "What to run: image and version, datacenters, shards, storage, SLOs and automation."
+    status = openapi(ImageServerStatus)
+    status["description"] = "What the operator sees and has done."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"imageservers.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": "ImageServer",
+                "listKind": "ImageServerList",
+                "plural": "imageservers",
+                "singular": "imageserver",
+                "shortNames": ["imgs"],
+                "categories": ["imageserver"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        _column(
+                            "Ready",
+                            "string",
+                            '.status.conditions[?(@.type=="Ready")].status',
+                            "Every workload is ready.",
+                        ),
+                        _column("Datacenters", "string", ".spec.datacenters[*].name", "Datacenters served."),
+                        _column("Shards", "integer", ".spec.shards", "Shards per datacenter."),
+                        _column("Revision", "string", ".status.revisions.current", "Version running now."),
+                        _column("Budget", "string", ".status.errorBudgetRemaining", "Error budget left."),
+                        _column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A distributed image service: sharded, replicated storage and "
+                            "stateless "
+                            "frontends in one or more datacenters, watched against its SLOs.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name in crds/ → CRD."""
+    return {f"{GROUP}_imageservers.yaml": imageserver_crd()}
+
+
+def to_yaml(crd: dict[str, Any]) -> str:
+    header = "# Generated by `imageserver-operator crds` from the operator's models.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=100, allow_unicode=True)

@@ -1,0 +1,266 @@
+"""The ImageServer and Postmortem APIs as pydantic models: the one source of truth.
+
+The CRD schema (`crds.py`) is generated from these classes, descriptions become
+`kubectl explain` text, and the rules the schema cannot say by type alone are CEL rules
+(`x-kubernetes-validations`) attached here, next to the fields they guard, with messages a
+person understands.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "imageserver.dev"
+VERSION = "v1alpha1"
+DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DURATION = r"^[0-9]+(s|m|h|d)$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+# Latency thresholds must be a bucket boundary of imageserver_http_request_duration_seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def cel(rule: str, message: str, **extra: str) -> JsonDict:
+    """An x-kubernetes-validations rule; `message` is what the person who applied it reads."""
+    return {"rule": rule, "message": message, **extra}
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class DatacenterSpec(Model):
+    name: str = Field(
+        description="Datacenter name, used in object names and metric labels (a DNS label).",
+        pattern=DNS_LABEL,
+        max_length=20,
+    )
+    region: str = Field(
+        "",
+        description="Value of the nodes' topology.kubernetes.io/region label that pins this datacenter's "
+        "pods. Empty: the datacenter name.",
+        max_length=63,
+    )
+    frontend_replicas: int = Field(2, ge=1, le=100, description="Frontend pods in this datacenter.")
+    weight: int = Field(
+        100, ge=0, le=1000, description="Share of traffic routed here, relative to the other datacenters."
+    )
+
+
+class StorageSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.writeQuorum <= self.replicas",
+                    "writeQuorum (W) must not be greater than replicas (R): "
+                    "a write could never be acknowledged",
+                    fieldPath=".writeQuorum",
+                ),
+            ]
+        }
+    )
+    replicas: int = Field(3, ge=1, le=7, description="Replicas of every shard in every datacenter (R).")
+    write_quorum: int = Field(
+        2, ge=1, le=7, description="Replicas that must hold an upload before it is acknowledged (W ≤ R)."
+    )
+    volume_size: str = Field("10Gi", pattern=QUANTITY, description="Size of each storage replica's volume.")
+    storage_class_name: str = Field(
+        "", max_length=253, description="StorageClass of the volumes. Empty: the cluster's default."
+    )
+    cross_datacenter: Literal["async", "sync"] = Field(
+        "async",
+        description="How uploads reach the other datacenters: async (queued after the acknowledgement) or "
+        "sync (before it).",
+    )
+
+
+class ResourceList(Model):
+    cpu: str = Field("", pattern=r"^$|" + QUANTITY[1:], description="CPU, e.g. 250m.")
+    memory: str = Field("", pattern=r"^$|" + QUANTITY[1:], description="Memory, e.g. 256Mi.")
+
+
+class Resources(Model):
+    requests: ResourceList = Field(default_factory=ResourceList, description="Guaranteed resources.")
+    limits: ResourceList = Field(default_factory=ResourceList, description="Resource ceilings.")
+
+
+class ResourcesSpec(Model):
+    frontend: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="250m", memory="256Mi"), limits=ResourceList(memory="1Gi")
+        ),
+        description="Resources of each frontend pod.",
+    )
+    storage: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="100m", memory="128Mi"), limits=ResourceList(memory="512Mi")
+        ),
+        description="Resources of each storage pod.",
+    )
+
+
+class AvailabilitySLO(Model):
+    objective: float = Field(
+        99.9, gt=0, lt=100, description="Percent of requests that must not fail with a 5xx, e.g. 99.9."
+    )
+
+
+class LatencySLO(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.thresholdSeconds in {list(LATENCY_BUCKETS)}",
+                    "thresholdSeconds must be a latency bucket boundary: "
+                    + ", ".join(f"{b:g}" for b in LATENCY_BUCKETS),
+                    fieldPath=".thresholdSeconds",
+                ),
+            ]
+        }
+    )
+    objective: float = Field(99.0, gt=0, lt=100, description="Percent of requests faster than the threshold.")
+    threshold_seconds: float = Field(0.5, gt=0, description="The latency threshold in seconds.")
+
+
+class SLOSpec(Model):
+    availability: AvailabilitySLO = Field(default_factory=AvailabilitySLO, description="Availability SLO.")
+    latency: LatencySLO = Field(default_factory=LatencySLO, description="Latency SLO.")
+    window: str = Field(
+        "30d", pattern=r"^[0-9]+d$", description="SLO window (error budget period), e.g. 30d."
+    )
+
+
+class RollbackPolicy(Model):
+    enabled: bool = Field(True, description="Roll back a revision that burns the budget at page level.")
+    window: str = Field(
+        "1h", pattern=DURATION, description="How long after a rollout a revision is a rollback candidate."
+    )
+
+
+class DrainPolicy(Model):
+    enabled: bool = Field(True, description="Drain a datacenter whose burn is concentrated there.")
+    max_drained: int = Field(1, ge=0, le=7, description="Datacenters drained at once, at most.")
+    headroom_percent: int = Field(
+        20,
+        ge=0,
+        le=100,
+        description="Spare capacity the remaining datacenters must keep after absorbing a drained "
+        "one's weight.",
+    )
+    healthy_period: str = Field(
+        "10m", pattern=DURATION, description="How long a drained datacenter must be healthy before undrain."
+    )
+
+
+class RemediationSpec(Model):
+    mode: Literal["auto", "dryRun", "off"] = Field(
+        "auto", description="auto: act; dryRun: decide and report, never act; off: watch only."
+    )
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy, description="Automatic rollback.")
+    drain: DrainPolicy = Field(default_factory=DrainPolicy, description="Automatic datacenter drain.")
+    cooldown: str = Field("10m", pattern=DURATION, description="Minimum time between two automated actions.")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(
+        description="Secret name, in the ImageServer's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
+    )
+    key: str = Field("token", max_length=253, description="Key in the Secret.")
+
+
+class SlackSpec(Model):
+    channel: str = Field(description="Channel to post incidents to, e.g. #imageserver-oncall.", max_length=80)
+    token_secret_ref: SecretKeyRef = Field(description="Secret holding the Slack bot token.")
+
+
+class NotificationsSpec(Model):
+    slack: SlackSpec | None = Field(None, description="Slack notifications. Absent: none.")
+
+
+class ImageServerSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.datacenters.all(d, self.datacenters.filter(e, e.name == d.name).size() == 1)",
+                    "datacenter names must be unique",
+                    fieldPath=".datacenters",
+                ),
+                cel(
+                    "self.shards >= oldSelf.shards",
+                    "shards cannot be decreased: the images on the removed shards would be stranded",
+                    fieldPath=".shards",
+                ),
+            ]
+        }
+    )
+    image: str = Field(
+        "ghcr.io/imageserver-sre/imageserver", max_length=253, description="Container image, without the tag."
+    )
+    version: str = Field(
+        description="Image tag to run; also the revision label on every metric.",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+    )
+    datacenters: list[DatacenterSpec] = Field(
+        min_length=1,
+        max_length=8,
+        description="Datacenters to run in; each gets its own frontends and shards.",
+    )
+    shards: int = Field(1, ge=1, le=64, description="Shards per datacenter. Can grow, never shrink.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Storage replication and volumes.")
+    variants: list[str] = Field(
+        default_factory=lambda: ["300x300", "1200x1200"],
+        max_length=16,
+        description="Allowlisted fit-in sizes rendered at upload, e.g. 300x300.",
+        json_schema_extra={
+            "items": {"type": "string", "pattern": r"^[0-9]{1,4}x[0-9]{1,4}$", "maxLength": 9}
+        },
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pod resources.")
+    slo: SLOSpec = Field(default_factory=SLOSpec, description="Service level objectives.")
+    remediation: RemediationSpec = Field(
+        default_factory=RemediationSpec, description="What the operator may do."
+    )
+    notifications: NotificationsSpec = Field(
+        default_factory=NotificationsSpec, description="Who hears of it."
+    )
+
+
+class Condition(Model):
+    type: str = Field(description="Ready, Progressing, Degraded, SLOHealthy or AutomationPaused.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field("", description="One CamelCase word.")
+    message: str = Field("", description="What a person should know.")
+    last_transition_time: str = Field("", description="When status last changed (RFC 3339).")
+    observed_generation: int = Field(0, description="The spec generation this condition is about.")
+
+
+class DatacenterStatus(Model):
+    name: str
+    weight: int = Field(0, description="Traffic weight in effect (0 while drained).")
+    drained: bool = Field(False, description="Drained by the operator or by hand.")
+    ready_frontends: int = Field(0, description="Frontend pods ready.")
+    ready_storage: int = Field(0, description="Storage pods ready, over all shards.")
+
+
+class Revisions(Model):
+    current: str = Field("", description="The version running now.")
+    previous: str = Field("", description="The version before it (the rollback target).")
+
+
+class ImageServerStatus(Model):
+    observed_generation: int = Field(0, description="The spec generation last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ….")
+    datacenters: list[DatacenterStatus] = Field(default_factory=list, description="Per-datacenter state.")
+    revisions: Revisions = Field(default_factory=Revisions, description="Current and previous revision.")
+    error_budget_remaining: str = Field("", description="Share of the window's error budget left, e.g. 87%.")
+
+
+def spec_from(raw: Any) -> ImageServerSpec:
+    """Validate a custom resource's spec (as the API server stored it)."""
+    return ImageServerSpec.model_validate(raw)

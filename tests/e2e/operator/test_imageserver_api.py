@@ -1,0 +1,125 @@
+"""The API server refuses bad ImageServers with messages a person understands, fills in
+defaults, and teaches the API through `kubectl explain`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from testbed.cluster import Cluster
+
+
+def imageserver(name: str, **spec: Any) -> str:
+    body = {"version": "1.0.0", "datacenters": [{"name": "dc-a"}], **spec}
+    return json.dumps(
+        {
+            "apiVersion": "imageserver.dev/v1alpha1",
+            "kind": "ImageServer",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+    )
+
+
+def test_a_minimal_imageserver_is_accepted_with_defaults(
+    cluster: Cluster, imageserver_crd: str, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=imageserver("minimal"))
+    stored = json.loads(cluster.kubectl("get", "imgs", "minimal", "-n", namespace, "-o", "json"))["spec"]
+    assert stored["shards"] == 1
+    assert stored["storage"] == {
+        "replicas": 3,
+        "writeQuorum": 2,
+        "volumeSize": "10Gi",
+        "storageClassName": "",
+        "crossDatacenter": "async",
+    }
+    assert stored["datacenters"] == [{"name": "dc-a", "region": "", "frontendReplicas": 2, "weight": 100}]
+    assert stored["slo"]["window"] == "30d"
+    assert stored["remediation"]["mode"] == "auto"
+    assert stored["variants"] == ["300x300", "1200x1200"]
+    table = cluster.kubectl("get", "imgs", "-n", namespace)
+    assert table.split("\n")[0].split() == [
+        "NAME",
+        "READY",
+        "DATACENTERS",
+        "SHARDS",
+        "REVISION",
+        "BUDGET",
+        "AGE",
+    ]
+
+
+def test_kubectl_explain_teaches_the_fields(cluster: Cluster, imageserver_crd: str) -> None:
+    text = cluster.kubectl("explain", "imageserver.spec.storage.writeQuorum")
+    assert "Replicas that must hold an upload before it is acknowledged (W ≤ R)." in text
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"shards": 0},
+            "spec.shards: Invalid value: 0: spec.shards in body should be greater than or equal to 1",
+        ),
+        ({"shards": -3}, "spec.shards in body should be greater than or equal to 1"),
+        (
+            {"storage": {"replicas": 0, "writeQuorum": 0}},
+            "spec.storage.replicas: Invalid value: 0: "
+            "spec.storage.replicas in body should be greater than or equal to 1",
+        ),
+        (
+            {"storage": {"replicas": 2, "writeQuorum": 3}},
+            "spec.storage.writeQuorum: Invalid value: writeQuorum (W) must not be greater than replicas (R): "
+            "a write could never be acknowledged",
+        ),
+        (
+            {"datacenters": [{"name": "dc-a"}, {"name": "dc-a"}]},
+            "spec.datacenters: Invalid value: datacenter names must be unique",
+        ),
+        (
+            {"datacenters": [{"name": "dc-a", "frontendReplicas": 0}]},
+            "spec.datacenters[0].frontendReplicas in body should be greater than or equal to 1",
+        ),
+        ({"datacenters": []}, "spec.datacenters in body should have at least 1 items"),
+        (
+            {"slo": {"availability": {"objective": 100}}},
+            "spec.slo.availability.objective in body should be less than 100",
+        ),
+        (
+            {"slo": {"availability": {"objective": 0}}},
+            "spec.slo.availability.objective in body should be greater than 0",
+        ),
+        (
+            {"slo": {"latency": {"thresholdSeconds": 0.3}}},
+            "thresholdSeconds must be a latency bucket boundary",
+        ),
+        (
+            {"remediation": {"mode": "yolo"}},
+            'Unsupported value: "yolo": supported values: "auto", "dryRun", "off"',
+        ),
+        ({"replicaz": 3}, 'unknown field "spec.replicaz"'),
+    ],
+)
+def test_bad_specs_are_refused_with_a_clear_message(
+    cluster: Cluster, imageserver_crd: str, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    refused = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=imageserver("bad", **spec), check=False
+    )
+    assert message in refused, refused
+
+
+def test_shards_can_grow_but_never_shrink(cluster: Cluster, imageserver_crd: str, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=imageserver("grow", shards=3))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=imageserver("grow", shards=4))
+    refused = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=imageserver("grow", shards=2), check=False
+    )
+    assert (
+        "spec.shards: Invalid value: shards cannot be decreased: "
+        "the images on the removed shards would be stranded" in refused
+    ), refused
+    assert cluster.kubectl("get", "imgs", "grow", "-n", namespace, "-o", "jsonpath={.spec.shards}") == "4"
