@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from imageserver_operator.models import GROUP, VERSION, ImageServerSpec, ImageServerStatus
+from imageserver_operator.models import GROUP, MAX_NAME, VERSION, ImageServerSpec, ImageServerStatus, cel
 
 # Keywords a structural schema may carry; anything else pydantic emits is dropped.
 KEPT = {
@@ -164,6 +164,13 @@ def imageserver_crd() -> dict[str, Any]:
                             "stateless "
                             "frontends in one or more datacenters, watched against its SLOs.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                cel(
+                                    f"self.metadata.name.size() <= {MAX_NAME}",
+                                    f"the name must be at most {MAX_NAME} characters: the names of the "
+                                    "objects it owns add the datacenter and shard to it",
+                                )
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -15,6 +15,9 @@ from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 GROUP = "imageserver.dev"
+# Child names add up to "-storage-<datacenter>-s<shard>" and a StatefulSet's revision hash to
+# the ImageServer's name; a label value holds 63 characters.
+MAX_NAME = 24
 VERSION = "v1alpha1"
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -37,7 +40,7 @@ class DatacenterSpec(Model):
     name: str = Field(
         description="Datacenter name, used in object names and metric labels (a DNS label).",
         pattern=DNS_LABEL,
-        max_length=20,
+        max_length=12,
     )
     region: str = Field(
         "",
@@ -182,6 +185,11 @@ class NotificationsSpec(Model):
     slack: SlackSpec | None = Field(None, description="Slack notifications. Absent: none.")
 
 
+class GatewayRef(Model):
+    name: str = Field("imageserver", pattern=DNS_SUBDOMAIN, max_length=253, description="Gateway name.")
+    namespace: str = Field("", max_length=63, description="Gateway namespace. Empty: the ImageServer's.")
+
+
 class ImageServerSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -203,8 +211,9 @@ class ImageServerSpec(Model):
         "ghcr.io/imageserver-sre/imageserver", max_length=253, description="Container image, without the tag."
     )
     version: str = Field(
-        description="Image tag to run; also the revision label on every metric.",
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        description="Image tag to run; also the revision label on pods and metrics "
+        "(a label value: at most 63 characters, starting and ending with a letter or digit).",
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$",
     )
     datacenters: list[DatacenterSpec] = Field(
         min_length=1,
@@ -228,6 +237,10 @@ class ImageServerSpec(Model):
     )
     notifications: NotificationsSpec = Field(
         default_factory=NotificationsSpec, description="Who hears of it."
+    )
+    gateway_ref: GatewayRef = Field(
+        default_factory=GatewayRef,
+        description="Gateway the HTTPRoute attaches to (when the Gateway API is installed).",
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cluster import Cluster
+from testbed.cluster import Cluster, install_gateway_api
 
 CRDS = Path(__file__).resolve().parents[3] / "crds"
 
@@ -19,3 +19,9 @@ def imageserver_crd(cluster: Cluster) -> str:
         "wait", "--for=condition=Established", "--timeout=30s", "crd/imageservers.imageserver.dev"
     )
     return "imageservers.imageserver.dev"
+
+
+@pytest.fixture(scope="session")
+def gateway_api(cluster: Cluster) -> list[str]:
+    """The Gateway API CRDs, so HTTPRoutes can be written."""
+    return install_gateway_api(cluster)

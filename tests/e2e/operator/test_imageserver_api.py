@@ -101,6 +101,7 @@ def test_kubectl_explain_teaches_the_fields(cluster: Cluster, imageserver_crd: s
             'Unsupported value: "yolo": supported values: "auto", "dryRun", "off"',
         ),
         ({"replicaz": 3}, 'unknown field "spec.replicaz"'),
+        ({"version": "1.0."}, "spec.version in body should match"),
     ],
 )
 def test_bad_specs_are_refused_with_a_clear_message(

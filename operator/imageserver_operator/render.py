@@ -1,0 +1,414 @@
+"""ImageServer spec → the Kubernetes objects that run it. Pure: same input, same objects.
+
+Per datacenter: a StatefulSet, headless Service and PodDisruptionBudget per shard, and a
+frontend Deployment, Service and PodDisruptionBudget. Once: the topology ConfigMap the
+frontends read, a NetworkPolicy that lets only frontends (and Prometheus) reach storage,
+an HTTPRoute with per-datacenter weights and a ServiceMonitor when their APIs exist.
+Every object is owned by the ImageServer, so deleting it deletes them all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from imageserver_operator.models import GROUP, VERSION, DatacenterSpec, ImageServerSpec, Resources
+
+Manifest = dict[str, Any]
+PORT = 8080
+UID = 10001
+TOPOLOGY_MOUNT = "/etc/imageserver"
+LABEL_PREFIX = GROUP  # our own labels: imageserver.dev/datacenter, /shard, /revision
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Facts about the cluster and the automation that shape the objects."""
+
+    drained: frozenset[str] = field(default_factory=frozenset)  # datacenters routed no traffic
+    gateway_api: bool = False  # HTTPRoute CRD installed
+    service_monitor: bool = False  # monitoring.coreos.com ServiceMonitor CRD installed
+
+
+def _labels(owner: Owner, component: str, **extra: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "imageserver",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "imageserver-operator",
+        **{f"{LABEL_PREFIX}/{key}": value for key, value in extra.items()},
+    }
+
+
+def _selector(owner: Owner, component: str, **extra: str) -> dict[str, str]:
+    labels = _labels(owner, component, **extra)
+    del labels["app.kubernetes.io/managed-by"]
+    return labels
+
+
+def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ImageServer",
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def storage_name(owner: Owner, dc: str, shard: int) -> str:
+    return f"{owner.name}-storage-{dc}-s{shard}"
+
+
+def frontend_name(owner: Owner, dc: str) -> str:
+    return f"{owner.name}-frontend-{dc}"
+
+
+def topology_name(owner: Owner) -> str:
+    return f"{owner.name}-topology"
+
+
+def _resources(resources: Resources) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("requests", "limits"):
+        values = {k: v for k, v in getattr(resources, kind).model_dump().items() if v}
+        if values:
+            out[kind] = values
+    return out
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _region_affinity(dc: DatacenterSpec, anti: dict[str, str], required: bool) -> dict[str, Any]:
+    spread = {"labelSelector": {"matchLabels": anti}, "topologyKey": "kubernetes.io/hostname"}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {
+                                "key": "topology.kubernetes.io/region",
+                                "operator": "In",
+                                "values": [dc.region or dc.name],
+                            }
+                        ]
+                    }
+                ]
+            }
+        },
+        "podAntiAffinity": (
+            {"requiredDuringSchedulingIgnoredDuringExecution": [spread]}
+            if required
+            else {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": spread}
+                ]
+            }
+        ),
+    }
+
+
+def _container(spec: ImageServerSpec, dc: str, args: list[str], resources: Resources) -> dict[str, Any]:
+    env = {
+        "IMAGESERVER_DATACENTER": dc,
+        "IMAGESERVER_REVISION": spec.version,
+        "IMAGESERVER_HOST": "0.0.0.0",
+        "IMAGESERVER_PORT": str(PORT),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return {
+        "name": "imageserver",
+        "image": f"{spec.image}:{spec.version}",
+        "args": args,
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": _resources(resources),
+        "securityContext": _container_security(),
+    }
+
+
+def _scrape_annotations() -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
+
+
+def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, shard: int) -> list[Manifest]:
+    name = storage_name(owner, dc.name, shard)
+    selector = _selector(owner, "storage", datacenter=dc.name, shard=f"s{shard}")
+    labels = _labels(owner, "storage", datacenter=dc.name, shard=f"s{shard}")
+    claim: dict[str, Any] = {
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.storage.volume_size}},
+        },
+    }
+    if spec.storage.storage_class_name:
+        claim["spec"]["storageClassName"] = spec.storage.storage_class_name
+    container = _container(spec, dc.name, ["storage", "--data", "/data"], spec.resources.storage)
+    container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {
+            "serviceName": name,
+            "replicas": spec.storage.replicas,
+            "podManagementPolicy": "Parallel",  # replicas are peers, not a chain
+            "selector": {"matchLabels": selector},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": labels, "annotations": _scrape_annotations()},
+                "spec": {
+                    "affinity": _region_affinity(dc, selector, required=True),
+                    "securityContext": _pod_security(),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # replicas are addressed by name, ready or not
+            "selector": selector,
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, name, labels),
+        # Evicting more than R - W replicas would leave the shard unable to acknowledge writes.
+        "spec": {
+            "maxUnavailable": spec.storage.replicas - spec.storage.write_quorum,
+            "selector": {"matchLabels": selector},
+        },
+    }
+    return [statefulset, service, budget]
+
+
+def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) -> list[Manifest]:
+    name = frontend_name(owner, dc.name)
+    selector = _selector(owner, "frontend", datacenter=dc.name)
+    labels = _labels(owner, "frontend", datacenter=dc.name)
+    args = [
+        "frontend",
+        "--topology",
+        f"{TOPOLOGY_MOUNT}/topology.json",
+        "--variants",
+        ",".join(spec.variants),
+    ]
+    container = _container(spec, dc.name, args, spec.resources.frontend)
+    container["volumeMounts"] = [{"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True}]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {
+            "replicas": dc.frontend_replicas,
+            "selector": {"matchLabels": selector},
+            # Never below capacity during a rollout: add one, then remove one.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {
+                    "labels": {**labels, f"{LABEL_PREFIX}/revision": spec.version},
+                    "annotations": _scrape_annotations(),
+                },
+                "spec": {
+                    "affinity": _region_affinity(dc, selector, required=False),
+                    "securityContext": _pod_security(),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": [{"name": "topology", "configMap": {"name": topology_name(owner)}}],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
+    return [deployment, service, budget]
+
+
+def weight(dc: DatacenterSpec, env: Environment) -> int:
+    return 0 if dc.name in env.drained else dc.weight
+
+
+def topology(owner: Owner, spec: ImageServerSpec, env: Environment) -> dict[str, Any]:
+    """The shard map in the shape `imageserver frontend --topology` reads."""
+    return {
+        "generation": owner.generation,
+        "writeQuorum": spec.storage.write_quorum,
+        "crossDatacenter": spec.storage.cross_datacenter,
+        "datacenters": [
+            {
+                "name": dc.name,
+                "weight": weight(dc, env),
+                "drained": dc.name in env.drained,
+                "shards": [
+                    {
+                        "name": f"s{i}",
+                        "replicas": [
+                            f"http://{storage_name(owner, dc.name, i)}-{r}.{storage_name(owner, dc.name, i)}"
+                            f".{owner.namespace}.svc:{PORT}"
+                            for r in range(spec.storage.replicas)
+                        ],
+                    }
+                    for i in range(spec.shards)
+                ],
+            }
+            for dc in spec.datacenters
+        ],
+    }
+
+
+def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> list[Manifest]:
+    labels = _labels(owner, "imageserver")
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, topology_name(owner), labels),
+        "data": {"topology.json": json.dumps(topology(owner, spec, env), indent=2, sort_keys=True) + "\n"},
+    }
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, f"{owner.name}-storage", labels),
+        "spec": {
+            "podSelector": {"matchLabels": _selector(owner, "storage")},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": _selector(owner, "frontend")}},
+                        # Prometheus scrapes /metrics on the same port.
+                        {
+                            "namespaceSelector": {},
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+                        },
+                    ],
+                    "ports": [{"protocol": "TCP", "port": PORT}],
+                }
+            ],
+        },
+    }
+    objects = [config, policy]
+    if env.gateway_api:
+        parent: dict[str, Any] = {"name": spec.gateway_ref.name}
+        if spec.gateway_ref.namespace:
+            parent["namespace"] = spec.gateway_ref.namespace
+        objects.append(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": _metadata(owner, owner.name, labels),
+                "spec": {
+                    "parentRefs": [parent],
+                    "rules": [
+                        {
+                            "matches": [{"path": {"type": "PathPrefix", "value": "/v1/images"}}],
+                            "backendRefs": [
+                                {"name": frontend_name(owner, dc.name), "port": 80, "weight": weight(dc, env)}
+                                for dc in spec.datacenters
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
+    if env.service_monitor:
+        objects.append(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "ServiceMonitor",
+                "metadata": _metadata(owner, owner.name, labels),
+                "spec": {
+                    "selector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/instance": owner.name,
+                            "app.kubernetes.io/name": "imageserver",
+                        }
+                    },
+                    "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+                },
+            }
+        )
+    return objects
+
+
+def render(owner: Owner, spec: ImageServerSpec, env: Environment) -> list[Manifest]:
+    """Every object the ImageServer owns, in apply order (storage before frontends)."""
+    objects = shared_objects(owner, spec, env)
+    for dc in spec.datacenters:
+        for shard in range(spec.shards):
+            objects += storage_objects(owner, spec, dc, shard)
+    for dc in spec.datacenters:
+        objects += frontend_objects(owner, spec, dc)
+    # Plain JSON trees that share nothing: callers may change one object without touching another.
+    return list(json.loads(json.dumps(objects)))
+
+
+def key(obj: Manifest) -> tuple[str, str, str]:
+    """Identity of an object within its namespace."""
+    return obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
