@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +36,49 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    # Imported here: only `run` should pay for kopf and register the handlers.
+    import kopf  # noqa: PLC0415
+
+    from imageserver_operator import handlers  # noqa: F401, PLC0415
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kopf").setLevel(logging.WARNING)  # else a line per handled watch event
+    os.environ["IMAGESERVER_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
+    os.environ["IMAGESERVER_OPERATOR_LEADER_ELECTION"] = "false" if args.no_leader_election else "true"
+    os.environ.setdefault("IMAGESERVER_OPERATOR_NAMESPACE", args.lease_namespace)
+    kopf.run(
+        standalone=True,  # leadership is a Lease (see leader.py); kopf only watches
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from imageserver_operator.drain import DrainRefused, set_drained  # noqa: PLC0415
+    from imageserver_operator.kube import Kube, api_client  # noqa: PLC0415
+
+    drain = args.command == "drain"
+    try:
+        after = set_drained(
+            Kube(api_client()),
+            args.n,
+            args.name,
+            args.datacenter,
+            drain=drain,
+            reason=args.reason or f"by hand ({getpass.getuser()})",
+        )
+    except DrainRefused as why:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: drained datacenters now: {', '.join(sorted(after)) or 'none'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="imageserver-operator", description="The ImageServer operator.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -41,6 +87,38 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--write", type=Path, metavar="DIR", help="write them into DIR (crds/)")
     where.add_argument("--check", type=Path, metavar="DIR", help="fail when DIR differs from the models")
     crd.set_defaults(func=_crds)
+
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    run.add_argument("--lease-namespace", default="default", help="namespace of the leader-election Lease")
+    run.add_argument(
+        "--no-leader-election", action="store_true", help="act without a Lease (one replica only)"
+    )
+    run.add_argument("--resync-seconds", type=float, default=60.0, help="reconcile everything this often")
+    run.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(func=_run)
+
+    for verb, text in (
+        ("drain", "route no traffic to a datacenter"),
+        ("undrain", "route traffic to it again"),
+    ):
+        sub = commands.add_parser(verb, help=text)
+        sub.add_argument("name", help="ImageServer name")
+        sub.add_argument("datacenter")
+        sub.add_argument("-n", default="default", metavar="NAMESPACE")
+        sub.add_argument("--reason", default="", help="recorded in the Event")
+        sub.set_defaults(func=_drain)
     return top
 
 

@@ -151,7 +151,12 @@ def imageserver_crd() -> dict[str, Any]:
                             '.status.conditions[?(@.type=="Ready")].status',
                             "Every workload is ready.",
                         ),
-                        _column("Datacenters", "string", ".spec.datacenters[*].name", "Datacenters served."),
+                        _column(
+                            "Datacenters",
+                            "string",
+                            ".status.datacenterSummary",
+                            "Datacenters, drained marked.",
+                        ),
                         _column("Shards", "integer", ".spec.shards", "Shards per datacenter."),
                         _column("Revision", "string", ".status.revisions.current", "Version running now."),
                         _column("Budget", "string", ".status.errorBudgetRemaining", "Error budget left."),

@@ -272,6 +272,7 @@ class ImageServerStatus(Model):
     datacenters: list[DatacenterStatus] = Field(default_factory=list, description="Per-datacenter state.")
     revisions: Revisions = Field(default_factory=Revisions, description="Current and previous revision.")
     error_budget_remaining: str = Field("", description="Share of the window's error budget left, e.g. 87%.")
+    datacenter_summary: str = Field("", description="Datacenters for kubectl get, drained ones marked.")
 
 
 def spec_from(raw: Any) -> ImageServerSpec:

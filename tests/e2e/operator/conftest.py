@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from operator_processes import OperatorProcesses
 
 from testbed.cluster import Cluster, install_gateway_api
 
@@ -25,3 +27,12 @@ def imageserver_crd(cluster: Cluster) -> str:
 def gateway_api(cluster: Cluster) -> list[str]:
     """The Gateway API CRDs, so HTTPRoutes can be written."""
     return install_gateway_api(cluster)
+
+
+@pytest.fixture
+def operators(
+    cluster: Cluster, imageserver_crd: str, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcesses]:
+    processes = OperatorProcesses(cluster, namespace, tmp_path / "operators")
+    yield processes
+    processes.stop_all()

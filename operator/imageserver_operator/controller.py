@@ -1,0 +1,169 @@
+"""The reconcile loop: a de-duplicating queue of ImageServers, fed by watch events and a
+periodic resync, worked by a few workers that act only while this replica leads.
+
+One reconcile: read the ImageServer and its children from the store, render the desired
+objects, apply the ones that differ (server-side apply), compute the status and write it if
+it changed, and tell people what happened in Events. Nothing is read from the API and
+nothing is written when nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from imageserver_operator import reconcile, status
+from imageserver_operator.kube import Kube
+from imageserver_operator.models import GROUP, ImageServerSpec
+from imageserver_operator.render import Environment, Owner, render
+from imageserver_operator.store import ObjectKey, Store, status_of
+
+log = logging.getLogger(__name__)
+DRAINED_ANNOTATION = f"{GROUP}/drained"  # comma-separated datacenters, written by drain/undrain
+PAUSED_ANNOTATION = f"{GROUP}/paused"  # "true" stops all automation
+Clock = Callable[[], datetime.datetime]
+
+
+def drained_of(body: dict[str, Any]) -> frozenset[str]:
+    raw = (body["metadata"].get("annotations") or {}).get(DRAINED_ANNOTATION, "")
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def paused_of(body: dict[str, Any]) -> bool:
+    return bool((body["metadata"].get("annotations") or {}).get(PAUSED_ANNOTATION, "").lower() == "true")
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    def __init__(
+        self,
+        store: Store,
+        kube: Kube,
+        *,
+        is_leader: Callable[[], bool],
+        resync_seconds: float = 60.0,
+        workers: int = 4,
+        clock: Clock = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self.store = store
+        self.kube = kube
+        self.is_leader = is_leader
+        self.resync_seconds = resync_seconds
+        self.workers = workers
+        self.clock = clock
+        self.apis = {"gateway_api": False, "service_monitor": False}
+        self._queue: asyncio.Queue[ObjectKey] = asyncio.Queue()
+        self._queued: set[ObjectKey] = set()
+        self._running: set[ObjectKey] = set()
+        self._again: set[ObjectKey] = set()
+
+    def enqueue(self, where: ObjectKey) -> None:
+        if where in self._running:
+            self._again.add(where)  # reconcile once more after the current pass
+        elif where not in self._queued:
+            self._queued.add(where)
+            self._queue.put_nowait(where)
+
+    def enqueue_all(self) -> None:
+        for where in self.store.names():
+            self.enqueue(where)
+
+    async def run(self) -> None:
+        workers = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+        try:
+            while True:
+                try:
+                    self.apis = await asyncio.to_thread(self.kube.optional_apis)
+                except Exception:
+                    log.exception("could not check for optional APIs; keeping the last answer")
+                self.enqueue_all()
+                await asyncio.sleep(self.resync_seconds)
+        finally:
+            for worker in workers:
+                worker.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            where = await self._queue.get()
+            self._queued.discard(where)
+            self._running.add(where)
+            try:
+                if self.is_leader():
+                    await self.reconcile(where)
+            except Exception:
+                log.exception("reconcile failed; retrying in 5s", extra={"imageserver": "/".join(where)})
+                asyncio.get_running_loop().call_later(5, self.enqueue, where)
+            finally:
+                self._running.discard(where)
+                if where in self._again:
+                    self._again.discard(where)
+                    self.enqueue(where)
+
+    async def reconcile(self, where: ObjectKey) -> None:
+        body = self.store.get(where)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # deleted: owner references let the garbage collector remove the rest
+        meta = body["metadata"]
+        owner = Owner(meta["name"], meta["namespace"], meta["uid"], meta.get("generation", 1))
+        problems: list[str] = []
+        try:
+            spec: ImageServerSpec | None = ImageServerSpec.model_validate(body.get("spec", {}))
+        except ValidationError as error:
+            spec = None
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5]]
+        if spec is not None:
+            problems = reconcile.semantic_problems(spec)
+        drained = drained_of(body)
+        children = self.store.children(owner.uid)
+        applied: list[str] = []
+        if spec is not None and not problems:
+            env = Environment(drained=drained, **self.apis)
+            for obj in reconcile.plan(render(owner, spec, env), children):
+                await asyncio.to_thread(self.kube.apply, obj)
+                applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        observed = status.Observation(
+            generation=owner.generation,
+            spec=spec if not problems else None,
+            children=children,
+            drained=drained,
+            paused=paused_of(body),
+            problems=tuple(problems),
+        )
+        old = status_of(body)
+        new = status.compute(observed, old, rfc3339(self.clock()))
+        if applied:
+            await self._event(body, "Normal", "Applied", f"applied {len(applied)}: {', '.join(applied[:12])}")
+        if new != dict(old):
+            await asyncio.to_thread(self.kube.patch_status, owner.namespace, owner.name, new)
+            await self._announce(body, old, new)
+
+    async def _announce(self, body: dict[str, Any], old: Any, new: dict[str, Any]) -> None:
+        """An Event for each condition that changed status."""
+        before = {c["type"]: c for c in old.get("conditions", [])}
+        for condition in new["conditions"]:
+            previous = before.get(condition["type"], {})
+            if (
+                previous.get("status") == condition["status"]
+                and previous.get("reason") == condition["reason"]
+            ):
+                continue
+            if not previous and condition["status"] != "True":
+                continue  # a first status that only says "nothing to report"
+            warning = condition["type"] == "Degraded" and condition["status"] == "True"
+            await self._event(
+                body,
+                "Warning" if warning else "Normal",
+                condition["reason"] or condition["type"],
+                f"{condition['type']}={condition['status']}: {condition['message']}".rstrip(": "),
+            )
+
+    async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        await asyncio.to_thread(self.kube.event, body, type_, reason, message)

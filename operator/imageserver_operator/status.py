@@ -1,0 +1,157 @@
+"""The ImageServer's status as a pure function of what the operator observes and a clock.
+
+`Ready` means every workload has rolled out the current spec and all its pods are ready;
+`Progressing` is true while any has not; `Degraded` carries InvalidSpec when the spec cannot
+be run. A condition's lastTransitionTime moves only when its status does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from imageserver_operator.models import ImageServerSpec
+from imageserver_operator.render import Manifest
+
+CONDITIONS = ("Ready", "Progressing", "Degraded", "SLOHealthy", "AutomationPaused")
+
+
+@dataclass(frozen=True)
+class Observation:
+    generation: int
+    spec: ImageServerSpec | None  # None when the spec could not be read
+    children: Mapping[tuple[str, str, str], Manifest]
+    drained: frozenset[str]
+    paused: bool
+    problems: tuple[str, ...] = ()  # why the spec cannot be run (InvalidSpec)
+
+
+def rollout_pending(obj: Manifest) -> str | None:
+    """Why a Deployment or StatefulSet is not done rolling out, or None when it is."""
+    spec, status = obj.get("spec", {}), obj.get("status", {})
+    wanted = spec.get("replicas", 1)
+    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 0):
+        return f"{name}: change not yet seen by its controller"
+    if obj["kind"] == "StatefulSet" and status.get("currentRevision") != status.get("updateRevision"):
+        return f"{name}: {status.get('updatedReplicas', 0)}/{wanted} updated"
+    if status.get("updatedReplicas", 0) < wanted:
+        return f"{name}: {status.get('updatedReplicas', 0)}/{wanted} updated"
+    if status.get("readyReplicas", 0) < wanted:
+        return f"{name}: {status.get('readyReplicas', 0)}/{wanted} ready"
+    if status.get("replicas", 0) > wanted:
+        return f"{name}: {status['replicas'] - wanted} old pods still running"
+    return None
+
+
+def _workloads(children: Iterable[Manifest]) -> list[Manifest]:
+    return [c for c in children if c["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _condition(
+    old: Mapping[str, Any], type_: str, status: str, reason: str, message: str, *, generation: int, now: str
+) -> dict[str, Any]:
+    previous = old.get(type_, {})
+    changed = previous.get("status") != status
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now
+        if changed or not previous.get("lastTransitionTime")
+        else previous["lastTransitionTime"],
+        "observedGeneration": generation,
+    }
+
+
+def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The status to write. `now` is RFC 3339, injected so tests control time."""
+    old = {c["type"]: c for c in old_status.get("conditions", [])}
+    gen = observed.generation
+
+    def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return _condition(old, type_, status, reason, message, generation=gen, now=now)
+
+    spec = observed.spec
+    if spec is None or observed.problems:
+        message = "; ".join(observed.problems) or "the spec could not be read"
+        conditions = [
+            cond("Ready", "False", "InvalidSpec", "nothing was applied: " + message),
+            cond("Progressing", "False", "InvalidSpec", "waiting for a spec that can be run"),
+            cond("Degraded", "True", "InvalidSpec", message),
+        ]
+    else:
+        pending = [p for p in (rollout_pending(w) for w in _workloads(observed.children.values())) if p]
+        expected = len(spec.datacenters) * (spec.shards + 1)
+        missing = expected - len(_workloads(observed.children.values()))
+        if missing > 0:
+            pending.insert(0, f"{missing} workloads not created yet")
+        if pending:
+            conditions = [
+                cond("Ready", "False", "RollingOut", "; ".join(pending[:5])),
+                cond("Progressing", "True", "RollingOut", f"rolling out {spec.version}"),
+            ]
+        else:
+            conditions = [
+                cond("Ready", "True", "AllWorkloadsReady", f"{spec.version} runs in every datacenter"),
+                cond("Progressing", "False", "RolloutComplete", f"{spec.version} rolled out"),
+            ]
+        conditions.append(cond("Degraded", "False", "AsExpected", ""))
+    conditions.append(
+        old.get("SLOHealthy") or cond("SLOHealthy", "Unknown", "NotEvaluated", "no SLO evaluation yet")
+    )
+    conditions.append(
+        cond("AutomationPaused", "True", "PauseAnnotation", "automation paused by annotation")
+        if observed.paused
+        else cond("AutomationPaused", "False", "Active", "")
+    )
+    return {
+        "observedGeneration": gen,
+        "conditions": conditions,
+        "datacenters": _datacenters(observed) if spec else old_status.get("datacenters", []),
+        "revisions": _revisions(spec, old_status),
+        "errorBudgetRemaining": old_status.get("errorBudgetRemaining", ""),
+        "datacenterSummary": _summary(spec, observed.drained)
+        if spec
+        else old_status.get("datacenterSummary", ""),
+    }
+
+
+def _summary(spec: ImageServerSpec, drained: frozenset[str]) -> str:
+    return ",".join(f"{dc.name}(drained)" if dc.name in drained else dc.name for dc in spec.datacenters)
+
+
+def _datacenters(observed: Observation) -> list[dict[str, Any]]:
+    assert observed.spec is not None
+    rows = []
+    for dc in observed.spec.datacenters:
+        mine = [
+            w
+            for w in _workloads(observed.children.values())
+            if w["metadata"].get("labels", {}).get("imageserver.dev/datacenter") == dc.name
+        ]
+        ready = {
+            kind: sum(w.get("status", {}).get("readyReplicas", 0) for w in mine if w["kind"] == kind)
+            for kind in ("Deployment", "StatefulSet")
+        }
+        drained = dc.name in observed.drained
+        rows.append(
+            {
+                "name": dc.name,
+                "weight": 0 if drained else dc.weight,
+                "drained": drained,
+                "readyFrontends": ready["Deployment"],
+                "readyStorage": ready["StatefulSet"],
+            }
+        )
+    return rows
+
+
+def _revisions(spec: ImageServerSpec | None, old_status: Mapping[str, Any]) -> dict[str, str]:
+    old = old_status.get("revisions", {}) or {}
+    current, previous = old.get("current", ""), old.get("previous", "")
+    if spec is not None and spec.version != current:
+        previous, current = current or previous, spec.version
+    return {"current": current, "previous": previous}
