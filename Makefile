@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
 
-.PHONY: bench help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean
+.PHONY: bench bench-operator help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ demo: cluster-up  ## the whole story on one machine (for now: the cluster and it
 
 bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not a test)
 	PYTHONPATH=hack:tests $(PY) bench/imageserver_bench.py $(BENCH_ARGS)
+
+bench-operator: dev cluster-up  ## the operator on the local cluster: apply → Ready, 200 ImageServers, idle cost
+	PYTHONPATH=hack:tests $(PY) bench/operator_bench.py $(BENCH_ARGS)
 
 clean: cluster-down  ## remove the virtualenv and local state (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
