@@ -124,11 +124,16 @@ class Controller:
         drained = drained_of(body)
         children = self.store.children(owner.uid)
         applied: list[str] = []
+        pruned: list[str] = []
         if spec is not None and not problems:
-            env = Environment(drained=drained, **self.apis)
-            for obj in reconcile.plan(render(owner, spec, env), children):
+            desired = render(owner, spec, Environment(drained=drained, **self.apis))
+            for obj in reconcile.plan(desired, children):
                 await asyncio.to_thread(self.kube.apply, obj)
                 applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+            # Volumes stay: StatefulSets keep their claims, so a removed datacenter's data is not lost.
+            for obj in reconcile.stale(desired, children):
+                await asyncio.to_thread(self.kube.delete, obj)
+                pruned.append(f"{obj['kind']}/{obj['metadata']['name']}")
         observed = status.Observation(
             generation=owner.generation,
             spec=spec if not problems else None,
@@ -141,6 +146,10 @@ class Controller:
         new = status.compute(observed, old, rfc3339(self.clock()))
         if applied:
             await self._event(body, "Normal", "Applied", f"applied {len(applied)}: {', '.join(applied[:12])}")
+        if pruned:
+            await self._event(
+                body, "Normal", "Pruned", f"deleted {len(pruned)} no longer wanted: {', '.join(pruned[:12])}"
+            )
         if new != dict(old):
             await asyncio.to_thread(self.kube.patch_status, owner.namespace, owner.name, new)
             await self._announce(body, old, new)

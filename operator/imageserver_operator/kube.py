@@ -65,6 +65,18 @@ class Kube:
             force_conflicts=True,
         )
 
+    def delete(self, obj: Manifest) -> None:
+        resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        try:
+            resource.delete(
+                name=obj["metadata"]["name"],
+                namespace=obj["metadata"].get("namespace"),
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, "imageservers", name, {"status": status}

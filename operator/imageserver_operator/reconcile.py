@@ -33,6 +33,12 @@ def plan(desired: list[Manifest], live: Mapping[tuple[str, str, str], Manifest])
     return [obj for obj in desired if not is_subset(obj, live.get(key(obj)))]
 
 
+def stale(desired: list[Manifest], live: Mapping[tuple[str, str, str], Manifest]) -> list[Manifest]:
+    """Owned objects no longer rendered (a removed datacenter, an API no longer used)."""
+    wanted = {key(obj) for obj in desired}
+    return [obj for k, obj in sorted(live.items()) if k not in wanted]
+
+
 def semantic_problems(spec: ImageServerSpec) -> list[str]:
     """What the schema cannot see but would make a broken service."""
     problems = []

@@ -125,6 +125,22 @@ def test_create_scale_roll_out_and_delete(
     reasons = [e["reason"] for e in events(cluster, namespace, "shop")]
     assert reasons.count("RollingOut") >= 2
 
+    # Fewer datacenters: the removed one's objects are deleted (its volumes stay).
+    apply(
+        cluster,
+        namespace,
+        "shop",
+        version="1.1.0",
+        shards=3,
+        datacenters=[{"name": "dc-a", "frontendReplicas": 3}, {"name": "dc-b"}],
+    )
+    wait_for("dc-c pruned", lambda: not any("dc-c" in name for name in children(cluster, namespace)))
+    wait_for("Ready on two datacenters", ready(cluster, namespace, "shop", generation=4))
+    assert len(children(cluster, namespace)) == 2 * (3 * 3 + 3) + 2
+    assert "Pruned" in [e["reason"] for e in events(cluster, namespace, "shop")]
+    claims = get(cluster, namespace, "pvc")["items"]
+    assert any("dc-c" in c["metadata"]["name"] for c in claims)
+
     # Delete: owner references take every child with it.
     cluster.kubectl("delete", "imgs", "shop", "-n", namespace, "--wait=true", "--timeout=30s")
     wait_for("children garbage-collected", lambda: not children(cluster, namespace), 60)

@@ -12,7 +12,8 @@ import yaml
 
 from imageserver import topology as frontend_topology
 from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Environment, Owner, render, topology
+from imageserver_operator.reconcile import plan, stale
+from imageserver_operator.render import Environment, Owner, key, render, topology
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "operator" / "render"
 SAMPLES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -125,3 +126,13 @@ def test_optional_apis_only_when_installed() -> None:
     assert "HTTPRoute" not in kinds and "ServiceMonitor" not in kinds
     kinds = {o["kind"] for o in render(owner, spec, Environment(gateway_api=True, service_monitor=True))}
     assert {"HTTPRoute", "ServiceMonitor"} <= kinds
+
+
+def test_objects_no_longer_rendered_are_stale_and_nothing_else_is() -> None:
+    owner, spec, env = load("three-datacenters")
+    before = {key(o): o for o in render(owner, spec, env)}
+    fewer = spec.model_copy(update={"datacenters": spec.datacenters[:2]})
+    after = render(owner, fewer, env)
+    gone = {o["metadata"]["name"] for o in stale(after, before)}
+    assert gone and all("dc-c" in name for name in gone)
+    assert plan(after, before) == [o for o in after if o["kind"] in ("ConfigMap", "HTTPRoute")]
