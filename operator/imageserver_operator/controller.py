@@ -59,7 +59,7 @@ class Controller:
         self.resync_seconds = resync_seconds
         self.workers = workers
         self.clock = clock
-        self.apis = {"gateway_api": False, "service_monitor": False}
+        self.apis = {"gateway_api": False, "service_monitor": False, "prometheus_rule": False}
         self._queue: asyncio.Queue[ObjectKey] = asyncio.Queue()
         self._queued: set[ObjectKey] = set()
         self._running: set[ObjectKey] = set()

@@ -33,6 +33,7 @@ CHILD_KINDS = (
     ("networking.k8s.io/v1", "networkpolicies"),
     ("gateway.networking.k8s.io/v1", "httproutes"),
     ("monitoring.coreos.com/v1", "servicemonitors"),
+    ("monitoring.coreos.com/v1", "prometheusrules"),
 )
 STORE = Store()
 

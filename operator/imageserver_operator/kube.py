@@ -23,6 +23,7 @@ FIELD_MANAGER = "imageserver-operator"
 OPTIONAL_APIS = {
     "gateway_api": "httproutes.gateway.networking.k8s.io",
     "service_monitor": "servicemonitors.monitoring.coreos.com",
+    "prometheus_rule": "prometheusrules.monitoring.coreos.com",
 }
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageserver_operator import slo
 from imageserver_operator.models import GROUP, VERSION, DatacenterSpec, ImageServerSpec, Resources
 
 Manifest = dict[str, Any]
@@ -37,6 +38,7 @@ class Environment:
     drained: frozenset[str] = field(default_factory=frozenset)  # datacenters routed no traffic
     gateway_api: bool = False  # HTTPRoute CRD installed
     service_monitor: bool = False  # monitoring.coreos.com ServiceMonitor CRD installed
+    prometheus_rule: bool = False  # monitoring.coreos.com PrometheusRule CRD installed
 
 
 def _labels(owner: Owner, component: str, **extra: str) -> dict[str, str]:
@@ -353,7 +355,23 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
             ],
         },
     }
-    objects = [config, policy]
+    rules = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, f"{owner.name}-slo-rules", labels),
+        # Always here, so any Prometheus can load it as a rule file.
+        "data": {"rules.yml": slo.rule_file(owner.namespace, owner.name, spec.slo)},
+    }
+    objects = [config, rules, policy]
+    if env.prometheus_rule:
+        objects.append(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "PrometheusRule",
+                "metadata": _metadata(owner, f"{owner.name}-slo", labels),
+                "spec": slo.rule_groups(owner.namespace, owner.name, spec.slo),
+            }
+        )
     if env.gateway_api:
         parent: dict[str, Any] = {"name": spec.gateway_ref.name}
         if spec.gateway_ref.namespace:
@@ -390,7 +408,22 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
                             "app.kubernetes.io/name": "imageserver",
                         }
                     },
-                    "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+                    "endpoints": [
+                        {
+                            "port": "http",
+                            "path": "/metrics",
+                            "interval": "15s",
+                            # The SLO rules select series by ImageServer.
+                            "relabelings": [
+                                {
+                                    "sourceLabels": [
+                                        "__meta_kubernetes_pod_label_app_kubernetes_io_instance"
+                                    ],
+                                    "targetLabel": "imageserver",
+                                }
+                            ],
+                        }
+                    ],
                 },
             }
         )

@@ -16,6 +16,7 @@ from operator_processes import OperatorProcesses
 from testbed.cluster import Cluster
 
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+SHARED = 3  # topology ConfigMap, SLO rules ConfigMap, NetworkPolicy (no Gateway API here)
 
 
 def apply(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
@@ -79,9 +80,8 @@ def test_create_scale_roll_out_and_delete(
     apply(cluster, namespace, "shop", shards=2, datacenters=[{"name": "dc-a"}, {"name": "dc-b"}])
     seconds = wait_for("Ready after create", ready(cluster, namespace, "shop"))
     assert seconds < 10
-    assert (
-        len(children(cluster, namespace)) == 2 * (2 * 3 + 3) + 2
-    )  # per dc: 2 shards x 3 + frontend x 3; cm, netpol
+    # Per datacenter: 2 shards x (StatefulSet, Service, PDB) and the frontend's three.
+    assert len(children(cluster, namespace)) == 2 * (2 * 3 + 3) + SHARED
     reasons = [e["reason"] for e in events(cluster, namespace, "shop")]
     assert "Applied" in reasons and "AllWorkloadsReady" in reasons
 
@@ -136,7 +136,7 @@ def test_create_scale_roll_out_and_delete(
     )
     wait_for("dc-c pruned", lambda: not any("dc-c" in name for name in children(cluster, namespace)))
     wait_for("Ready on two datacenters", ready(cluster, namespace, "shop", generation=4))
-    assert len(children(cluster, namespace)) == 2 * (3 * 3 + 3) + 2
+    assert len(children(cluster, namespace)) == 2 * (3 * 3 + 3) + SHARED
     assert "Pruned" in [e["reason"] for e in events(cluster, namespace, "shop")]
     claims = get(cluster, namespace, "pvc")["items"]
     assert any("dc-c" in c["metadata"]["name"] for c in claims)
@@ -213,13 +213,13 @@ def test_killed_mid_reconcile_and_restarted_converges_without_duplicates(
         return bool(children(cluster, namespace))
 
     wait_for("first objects applied", some_applied, 30)
-    os.kill(first.pid, signal.SIGKILL)  # in the middle of applying 47 objects
+    os.kill(first.pid, signal.SIGKILL)  # in the middle of applying 48 objects
     at_kill = len(children(cluster, namespace))
-    print(f"objects present when the operator was killed: {at_kill} of 47")
-    assert at_kill < 47, "the kill came after the reconcile had finished: nothing was interrupted"
+    print(f"objects present when the operator was killed: {at_kill} of 48")
+    assert at_kill < 48, "the kill came after the reconcile had finished: nothing was interrupted"
     operators.start()  # takes over once the dead one's lease expires
     wait_for("Ready after restart", ready(cluster, namespace, "crash"), 60)
-    assert len(children(cluster, namespace)) == 3 * (4 * 3 + 3) + 2
+    assert len(children(cluster, namespace)) == 3 * (4 * 3 + 3) + SHARED
     assert len(get(cluster, namespace, "sts")["items"]) == 12
     pods = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=storage")["items"]
     assert len(pods) == 12 * 3

@@ -25,7 +25,9 @@ def load(sample: str) -> tuple[Owner, ImageServerSpec, Environment]:
     return (
         Owner(**raw["owner"]),
         ImageServerSpec.model_validate(raw["spec"]),
-        Environment(frozenset(env["drained"]), env["gatewayApi"], env["serviceMonitor"]),
+        Environment(
+            frozenset(env["drained"]), env["gatewayApi"], env["serviceMonitor"], env["serviceMonitor"]
+        ),
     )
 
 
@@ -100,7 +102,7 @@ def test_a_drained_datacenter_gets_no_traffic_in_the_route_or_the_topology() -> 
     (route,) = by_kind(objects, "HTTPRoute")
     weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
     assert weights == {"photos-frontend-dc-a": 50, "photos-frontend-dc-b": 50, "photos-frontend-dc-c": 0}
-    (config,) = by_kind(objects, "ConfigMap")
+    (config,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == "photos-topology"]
     shard_map = json.loads(config["data"]["topology.json"])
     assert [(d["name"], d["weight"], d["drained"]) for d in shard_map["datacenters"]] == [
         ("dc-a", 50, False),
@@ -124,8 +126,13 @@ def test_optional_apis_only_when_installed() -> None:
     owner, spec, _ = load("minimal")
     kinds = {o["kind"] for o in render(owner, spec, Environment())}
     assert "HTTPRoute" not in kinds and "ServiceMonitor" not in kinds
-    kinds = {o["kind"] for o in render(owner, spec, Environment(gateway_api=True, service_monitor=True))}
-    assert {"HTTPRoute", "ServiceMonitor"} <= kinds
+    kinds = {
+        o["kind"]
+        for o in render(
+            owner, spec, Environment(gateway_api=True, service_monitor=True, prometheus_rule=True)
+        )
+    }
+    assert {"HTTPRoute", "ServiceMonitor", "PrometheusRule"} <= kinds
 
 
 def test_objects_no_longer_rendered_are_stale_and_nothing_else_is() -> None:
@@ -135,4 +142,7 @@ def test_objects_no_longer_rendered_are_stale_and_nothing_else_is() -> None:
     after = render(owner, fewer, env)
     gone = {o["metadata"]["name"] for o in stale(after, before)}
     assert gone and all("dc-c" in name for name in gone)
-    assert plan(after, before) == [o for o in after if o["kind"] in ("ConfigMap", "HTTPRoute")]
+    changed = [o for o in after if o["kind"] in ("ConfigMap", "HTTPRoute")]
+    assert plan(after, before) == [o for o in changed if o["metadata"]["name"] == "photos-topology"] + [
+        o for o in changed if o["kind"] == "HTTPRoute"
+    ]

@@ -1,0 +1,150 @@
+"""SLOs as Prometheus rules, the SRE Workbook way: multiwindow, multi-burn-rate.
+
+For one ImageServer: recording rules of request, error and slow rates by datacenter and
+revision over every window the alerts use, error ratios for the whole service, per
+datacenter and per revision, and four alerts (availability and latency, each as a page and
+a ticket). Burn rate = error ratio / error budget, where the budget is 1 - objective.
+
+| severity | long window | short window | burn rate | budget spent when it fires |
+|----------|-------------|--------------|-----------|----------------------------|
+| page     | 1h          | 5m           | 14.4      | 2 % in an hour             |
+| page     | 6h          | 30m          | 6         | 5 % in six hours           |
+| ticket   | 1d          | 2h           | 3         | 10 % in a day              |
+| ticket   | 3d          | 6h           | 1         | 10 % in three days         |
+
+Series must carry `namespace` and `imageserver` labels (the ServiceMonitor relabels the pod's
+app.kubernetes.io/instance label into `imageserver`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from imageserver_operator.models import SLOSpec
+
+WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+DATA_ROUTES = "upload|original|variant"
+REQUESTS = "imageserver_http_requests_total"
+BUCKETS = "imageserver_http_request_duration_seconds_bucket"
+GROUPINGS = {"": (), "_by_datacenter": ("datacenter",), "_by_revision": ("revision",)}
+DETAIL = ("datacenter", "revision")
+RUNBOOK_BASE = "runbooks"
+
+
+@dataclass(frozen=True)
+class BurnAlert:
+    severity: str
+    long: str
+    short: str
+    factor: float
+
+
+BURN_ALERTS = (
+    BurnAlert("page", "1h", "5m", 14.4),
+    BurnAlert("page", "6h", "30m", 6.0),
+    BurnAlert("ticket", "1d", "2h", 3.0),
+    BurnAlert("ticket", "3d", "6h", 1.0),
+)
+SLIS = {"availability": "errors", "latency": "slow"}
+
+
+def budget(objective_percent: float) -> float:
+    """The error budget as a ratio: 99.9 % → 0.001."""
+    return round(1 - objective_percent / 100, 10)
+
+
+def _by(*labels: str) -> str:
+    return ", ".join(("namespace", "imageserver", *labels))
+
+
+def _recording(namespace: str, name: str, threshold: float) -> list[dict[str, Any]]:
+    match = f'namespace="{namespace}", imageserver="{name}", route=~"{DATA_ROUTES}"'
+    le = f"{threshold:g}" if threshold != int(threshold) else f"{threshold:.1f}"
+    rules = []
+    for window in WINDOWS:
+        rules += [
+            {
+                "record": f"imageserver:requests:rate{window}",
+                "expr": f"sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}}}[{window}]))",
+            },
+            # "or 0 x requests": a revision with no 5xx at all has ratio 0, not "no data".
+            {
+                "record": f"imageserver:errors:rate{window}",
+                "expr": f'sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}, code=~"5.."}}[{window}]))'
+                f" or 0 * sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}}}[{window}]))",
+            },
+            # Slow = every request minus those faster than the threshold (the bucket at le).
+            {
+                "record": f"imageserver:slow:rate{window}",
+                "expr": f'sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="+Inf"}}[{window}]))'
+                f' - sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="{le}"}}[{window}]))',
+            },
+        ]
+        mine = f'{{namespace="{namespace}", imageserver="{name}"}}'
+        for suffix, labels in GROUPINGS.items():
+            for sli, bad in SLIS.items():
+                rules.append(
+                    {
+                        "record": f"imageserver:{sli}_error_ratio{suffix}:rate{window}",
+                        "expr": f"sum by ({_by(*labels)}) (imageserver:{bad}:rate{window}{mine})"
+                        f" / sum by ({_by(*labels)}) (imageserver:requests:rate{window}{mine})",
+                    }
+                )
+    return rules
+
+
+def _alerts(namespace: str, name: str, slo: SLOSpec) -> list[dict[str, Any]]:
+    objectives = {"availability": slo.availability.objective, "latency": slo.latency.objective}
+    alerts = []
+    for sli, objective in objectives.items():
+        error_budget = budget(objective)
+        for severity in ("page", "ticket"):
+            conditions = []
+            for alert in (a for a in BURN_ALERTS if a.severity == severity):
+                threshold = f"{alert.factor * error_budget:.10g}"
+                selector = f'{{namespace="{namespace}", imageserver="{name}"}}'
+                conditions.append(
+                    f"(imageserver:{sli}_error_ratio:rate{alert.long}{selector} > {threshold}"
+                    f" and imageserver:{sli}_error_ratio:rate{alert.short}{selector} > {threshold})"
+                )
+            title = "Page" if severity == "page" else "Ticket"
+            what = (
+                "failing requests"
+                if sli == "availability"
+                else f"requests slower than {slo.latency.threshold_seconds:g}s"
+            )
+            alerts.append(
+                {
+                    "alert": f"ImageServer{sli.capitalize()}Burn{title}",
+                    "expr": "\n  or ".join(conditions),
+                    "labels": {"severity": severity, "slo": sli, "imageserver": name, "namespace": namespace},
+                    "annotations": {
+                        "summary": f"{namespace}/{name} is burning its {sli} error budget too fast",
+                        "description": f"{what} exceed the {objective:g}% objective's budget "
+                        f"({error_budget:.4g} of requests over {slo.window}).",
+                        "runbook_url": f"{RUNBOOK_BASE}/slo-burn-{severity}.md",
+                    },
+                }
+            )
+    return alerts
+
+
+def rule_groups(namespace: str, name: str, slo: SLOSpec) -> dict[str, Any]:
+    """The rule file (Prometheus `groups:`) for one ImageServer."""
+    threshold = slo.latency.threshold_seconds
+    return {
+        "groups": [
+            {
+                "name": f"imageserver-{namespace}-{name}-recording",
+                "rules": _recording(namespace, name, threshold),
+            },
+            {"name": f"imageserver-{namespace}-{name}-alerts", "rules": _alerts(namespace, name, slo)},
+        ]
+    }
+
+
+def rule_file(namespace: str, name: str, slo: SLOSpec) -> str:
+    return yaml.safe_dump(rule_groups(namespace, name, slo), sort_keys=False, width=200)

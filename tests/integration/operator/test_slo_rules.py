@@ -1,0 +1,191 @@
+"""The generated SLO rules, checked and unit-tested by promtool (Debian's Prometheus)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imageserver_operator import slo
+from imageserver_operator.models import SLOSpec
+from testbed.prometheus import promtool
+
+LABELS = 'namespace="prod", imageserver="photos", datacenter="dc-a", revision="1.0.0", route="original"'
+PAGE = {"severity": "page", "slo": "availability", "imageserver": "photos", "namespace": "prod"}
+SUMMARY = {"runbook_url": "runbooks/slo-burn-page.md"}
+
+
+def expected(sli: str, what: str, objective: str, budget: str) -> dict[str, Any]:
+    return {
+        "exp_labels": {**PAGE, "slo": sli},
+        "exp_annotations": {
+            **SUMMARY,
+            "summary": f"prod/photos is burning its {sli} error budget too fast",
+            "description": f"{what} exceed the {objective}% objective's budget "
+            f"({budget} of requests over 30d).",
+        },
+    }
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yml"
+    path.write_text(slo.rule_file("prod", "photos", SLOSpec()))
+    return path
+
+
+def run_test(tmp_path: Path, rules: Path, tests: list[dict[str, Any]]) -> None:
+    spec = {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def requests(code: str, per_minute: float, minutes: int, extra: str = "") -> dict[str, str]:
+    return {
+        "series": f'imageserver_http_requests_total{{{LABELS}, code="{code}"{extra}}}',
+        "values": f"0+{per_minute:g}x{minutes}",
+    }
+
+
+def test_the_generated_rules_pass_promtool_check(rules: Path) -> None:
+    checked = promtool("check", "rules", str(rules))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    groups = yaml.safe_load(rules.read_text())["groups"]
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    assert {a["alert"] for a in alerts} == {
+        "ImageServerAvailabilityBurnPage",
+        "ImageServerAvailabilityBurnTicket",
+        "ImageServerLatencyBurnPage",
+        "ImageServerLatencyBurnTicket",
+    }
+    assert all(a["annotations"]["runbook_url"].startswith("runbooks/slo-burn-") for a in alerts)
+    # 99.9 %: page at 14.4 x 0.001 over 1h and 5m, or 6 x 0.001 over 6h and 30m.
+    page = next(a for a in alerts if a["alert"] == "ImageServerAvailabilityBurnPage")
+    assert "availability_error_ratio:rate1h" in page["expr"] and "> 0.0144" in page["expr"]
+    assert "availability_error_ratio:rate6h" in page["expr"] and "> 0.006" in page["expr"]
+
+
+def test_a_total_outage_pages_within_two_minutes(tmp_path: Path, rules: Path) -> None:
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [requests("500", 600, 30)],
+                "alert_rule_test": [
+                    {"alertname": "ImageServerAvailabilityBurnPage", "eval_time": "0m", "exp_alerts": []},
+                    {
+                        "alertname": "ImageServerAvailabilityBurnPage",
+                        "eval_time": "2m",
+                        "exp_alerts": [expected("availability", "failing requests", "99.9", "0.001")],
+                    },
+                ],
+            }
+        ],
+    )
+
+
+def test_a_half_budget_burn_never_pages_nor_tickets(tmp_path: Path, rules: Path) -> None:
+    minutes = 12 * 60
+    checks: list[dict[str, Any]] = [
+        {"alertname": name, "eval_time": at, "exp_alerts": []}
+        for name in ("ImageServerAvailabilityBurnPage", "ImageServerAvailabilityBurnTicket")
+        for at in ("10m", "1h", "6h", "12h")
+    ]
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                # 0.5 x the 0.1 % budget: 0.05 % of 1000 requests a minute fail.
+                "input_series": [requests("200", 999.5, minutes), requests("500", 0.5, minutes)],
+                "alert_rule_test": checks,
+                "promql_expr_test": [
+                    {
+                        "expr": 'imageserver:availability_error_ratio:rate1h{imageserver="photos"}',
+                        "eval_time": "6h",
+                        "exp_samples": [
+                            {
+                                "labels": 'imageserver:availability_error_ratio:rate1h{imageserver="photos", '
+                                'namespace="prod"}',
+                                "value": 0.0005,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    )
+
+
+def test_slow_requests_page_on_the_latency_slo(tmp_path: Path, rules: Path) -> None:
+    bucket = "imageserver_http_request_duration_seconds_bucket"
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    requests("200", 600, 30),
+                    {"series": f'{bucket}{{{LABELS}, le="0.5"}}', "values": "0+0x30"},
+                    {"series": f'{bucket}{{{LABELS}, le="+Inf"}}', "values": "0+600x30"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "alertname": "ImageServerLatencyBurnPage",
+                        "eval_time": "3m",
+                        "exp_alerts": [expected("latency", "requests slower than 0.5s", "99", "0.01")],
+                    },
+                    {"alertname": "ImageServerAvailabilityBurnPage", "eval_time": "3m", "exp_alerts": []},
+                ],
+            }
+        ],
+    )
+
+
+def test_burn_is_attributed_to_datacenter_and_revision(tmp_path: Path, rules: Path) -> None:
+    by_revision = "imageserver:availability_error_ratio_by_revision:rate5m"
+    by_datacenter = "imageserver:availability_error_ratio_by_datacenter:rate5m"
+    bad = LABELS.replace('revision="1.0.0"', 'revision="1.1.0"').replace("dc-a", "dc-b")
+    mine = 'imageserver="photos", namespace="prod"'
+
+    def sample(name: str, labels: str, value: float) -> dict[str, Any]:
+        return {"labels": f"{name}{{{labels}}}", "value": value}
+
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    requests("200", 600, 30),
+                    {"series": f'imageserver_http_requests_total{{{bad}, code="500"}}', "values": "0+300x30"},
+                    {"series": f'imageserver_http_requests_total{{{bad}, code="200"}}', "values": "0+300x30"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f'{by_revision}{{imageserver="photos"}}',
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            sample(by_revision, f'{mine}, revision="1.0.0"', 0),
+                            sample(by_revision, f'{mine}, revision="1.1.0"', 0.5),
+                        ],
+                    },
+                    {
+                        "expr": f'{by_datacenter}{{datacenter="dc-b"}}',
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            sample(by_datacenter, f'datacenter="dc-b", {mine}', 0.5),
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
