@@ -158,6 +158,13 @@ class DrainPolicy(Model):
     healthy_period: str = Field(
         "10m", pattern=DURATION, description="How long a drained datacenter must be healthy before undrain."
     )
+    replica_capacity_rps: int = Field(
+        100,
+        ge=1,
+        le=100000,
+        description="Requests per second one frontend pod can serve; with headroomPercent it decides whether "
+        "the other datacenters can absorb a drained one's traffic.",
+    )
 
 
 class RemediationSpec(Model):
@@ -264,6 +271,7 @@ class DatacenterStatus(Model):
 class Revisions(Model):
     current: str = Field("", description="The version running now.")
     previous: str = Field("", description="The version before it (the rollback target).")
+    since: str = Field("", description="When the current version was first applied (RFC 3339).")
 
 
 class ImageServerStatus(Model):

@@ -111,7 +111,7 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
         "observedGeneration": gen,
         "conditions": conditions,
         "datacenters": _datacenters(observed) if spec else old_status.get("datacenters", []),
-        "revisions": _revisions(spec, old_status),
+        "revisions": _revisions(spec, old_status, now),
         "errorBudgetRemaining": old_status.get("errorBudgetRemaining", ""),
         "datacenterSummary": _summary(spec, observed.drained)
         if spec
@@ -149,9 +149,9 @@ def _datacenters(observed: Observation) -> list[dict[str, Any]]:
     return rows
 
 
-def _revisions(spec: ImageServerSpec | None, old_status: Mapping[str, Any]) -> dict[str, str]:
+def _revisions(spec: ImageServerSpec | None, old_status: Mapping[str, Any], now: str) -> dict[str, str]:
     old = old_status.get("revisions", {}) or {}
-    current, previous = old.get("current", ""), old.get("previous", "")
+    current, previous, since = old.get("current", ""), old.get("previous", ""), old.get("since", "")
     if spec is not None and spec.version != current:
-        previous, current = current or previous, spec.version
-    return {"current": current, "previous": previous}
+        previous, current, since = current or previous, spec.version, now
+    return {"current": current, "previous": previous, "since": since}

@@ -1,0 +1,227 @@
+"""Remediation policy: observations + state + clock → actions, each with its reason.
+
+Pure, so every rule is a table test and every safety promise a property:
+- no action without data (Prometheus down, no series, or too little traffic to judge);
+- no action inside the cooldown after the last one;
+- never drain the last healthy datacenter, never more than maxDrained at once, and only
+  when the others can absorb the traffic with the spec's headroom;
+- dryRun decides and reports but marks nothing executable; off and the pause annotation act
+  on nothing.
+
+Burn rates are multiples of the error budget (1.0 = spending exactly the budget over the
+window). "Page level" is the SRE Workbook's fast burn: over 14.4 on both 1h and 5m, or over
+6 on both 6h and 30m.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from imageserver_operator.models import RemediationSpec
+
+Burn = Mapping[str, float]  # window ("5m", "1h", …) → burn rate
+ActionKind = Literal["rollback", "drain", "undrain", "page", "notify_unknown"]
+HEALTHY_BURN = 1.0  # at or under budget
+
+
+def duration(text: str) -> datetime.timedelta:
+    match = re.fullmatch(r"(\d+)(s|m|h|d)", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return datetime.timedelta(**{unit: int(match.group(1))})
+
+
+def page_level(burn: Burn) -> bool:
+    def over(window: str, factor: float) -> bool:
+        return burn.get(window, 0.0) > factor
+
+    return (over("1h", 14.4) and over("5m", 14.4)) or (over("6h", 6) and over("30m", 6))
+
+
+def ticket_level(burn: Burn) -> bool:
+    def over(window: str, factor: float) -> bool:
+        return burn.get(window, 0.0) > factor
+
+    return (over("1d", 3) and over("2h", 3)) or (over("3d", 1) and over("6h", 1))
+
+
+def healthy(burn: Burn) -> bool:
+    return bool(burn) and burn.get("5m", 0.0) <= HEALTHY_BURN and burn.get("1h", 0.0) <= HEALTHY_BURN
+
+
+def _describe(burn: Burn) -> str:
+    return ", ".join(f"{burn[w]:.1f}x over {w}" for w in ("5m", "1h", "6h") if w in burn)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What Prometheus said this cycle. `reachable` False or empty burns mean: no data."""
+
+    reachable: bool
+    requests_per_second: float = 0.0
+    service: Burn = field(default_factory=dict)
+    by_datacenter: Mapping[str, Burn] = field(default_factory=dict)
+    by_revision: Mapping[str, Burn] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Datacenter:
+    name: str
+    frontend_replicas: int
+    drained: bool = False
+    healthy_since: datetime.datetime | None = None  # for drained ones: healthy continuously since
+
+
+@dataclass(frozen=True)
+class State:
+    """What the ImageServer says: its policy, datacenters, revisions, past actions."""
+
+    remediation: RemediationSpec
+    datacenters: tuple[Datacenter, ...]
+    current_revision: str
+    previous_revision: str = ""
+    current_since: datetime.datetime | None = None
+    last_action_at: datetime.datetime | None = None
+    paused: bool = False
+    unknown_notified: bool = False  # "no data" already told once
+    min_requests_per_second: float = 0.1  # the low-traffic guard
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    reason: str
+    target: str = ""  # revision for rollback, datacenter for (un)drain
+    execute: bool = True  # False in dryRun, off or paused: report only
+
+
+@dataclass(frozen=True)
+class Decision:
+    slo_healthy: Literal["True", "False", "Unknown"]
+    summary: str
+    actions: tuple[Action, ...] = ()
+
+
+def decide(observed: Observation, state: State, now: datetime.datetime) -> Decision:
+    if not observed.reachable or not observed.service:
+        why = "Prometheus is unreachable" if not observed.reachable else "Prometheus has no SLO data yet"
+        return _unknown(state, why)
+    if observed.requests_per_second < state.min_requests_per_second:
+        return _unknown(state, f"too little traffic to judge ({observed.requests_per_second:.2f} req/s)")
+
+    actions = _planned(observed, state, now)
+    burning = page_level(observed.service) or ticket_level(observed.service)
+    summary = f"burn {_describe(observed.service)}" if observed.service else "no burn"
+    act = state.remediation.mode == "auto" and not state.paused
+    in_cooldown = state.last_action_at is not None and now - state.last_action_at < duration(
+        state.remediation.cooldown
+    )
+    final = []
+    for action in actions:
+        if action.kind in ("rollback", "drain", "undrain") and in_cooldown:
+            continue  # never twice inside the cooldown
+        final.append(Action(action.kind, action.reason, action.target, execute=act or action.kind == "page"))
+    return Decision("False" if burning else "True", summary, tuple(final))
+
+
+def _unknown(state: State, why: str) -> Decision:
+    actions = () if state.unknown_notified else (Action("notify_unknown", f"no action: {why}"),)
+    return Decision("Unknown", why, actions)
+
+
+def _planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
+    rollback = _rollback(observed, state, now)
+    if rollback:
+        return [rollback]
+    drains = _drains(observed, state)
+    if drains:
+        return drains
+    undrains = _undrains(observed, state, now)
+    if page_level(observed.service):
+        return [
+            *undrains,
+            Action(
+                "page",
+                f"the whole service burns ({_describe(observed.service)}) and no "
+                "single revision or datacenter explains it: no automatic action",
+            ),
+        ]
+    return undrains
+
+
+def _rollback(observed: Observation, state: State, now: datetime.datetime) -> Action | None:
+    policy = state.remediation.rollback
+    current = observed.by_revision.get(state.current_revision, {})
+    if not policy.enabled or not state.previous_revision or not page_level(current):
+        return None
+    if state.current_since is None or now - state.current_since > duration(policy.window):
+        return None  # not a recent rollout: the revision is not the likely cause
+    previous = observed.by_revision.get(state.previous_revision, {})
+    if page_level(previous):
+        return None  # the previous revision burned too: rolling back would not help
+    age = int((now - state.current_since).total_seconds() // 60)
+    return Action(
+        "rollback",
+        f"revision {state.current_revision}, rolled out {age} min ago, burns {_describe(current)} the error "
+        f"budget (page level) while {state.previous_revision} did not: rolling back to "
+        f"{state.previous_revision}",
+        target=state.previous_revision,
+    )
+
+
+def _drains(observed: Observation, state: State) -> list[Action]:
+    policy = state.remediation.drain
+    if not policy.enabled:
+        return []
+    active = [dc for dc in state.datacenters if not dc.drained]
+    sick = [dc for dc in active if page_level(observed.by_datacenter.get(dc.name, {}))]
+    others = [dc for dc in active if dc not in sick]
+    if not sick or not others:
+        return []  # nothing concentrated, or it burns everywhere
+    if not all(healthy(observed.by_datacenter.get(dc.name, {})) for dc in others):
+        return []  # the others are not healthy: not concentrated in one place
+    already = len(state.datacenters) - len(active)
+    room = policy.max_drained - already
+    if room < len(sick):
+        return []  # would exceed maxDrained
+    capacity = sum(dc.frontend_replicas for dc in others) * policy.replica_capacity_rps
+    limit = 1 - policy.headroom_percent / 100
+    load = observed.requests_per_second / capacity if capacity else float("inf")
+    if load > limit:
+        return []  # the others could not absorb the traffic with the required headroom
+    names = ", ".join(dc.name for dc in others)
+    return [
+        Action(
+            "drain",
+            f"{dc.name} burns {_describe(observed.by_datacenter[dc.name])} the error budget (page level) "
+            f"while {names} are healthy; they absorb its traffic at {load:.0%} of their capacity "
+            f"(limit {limit:.0%} with {policy.headroom_percent}% headroom)",
+            target=dc.name,
+        )
+        for dc in sick
+    ]
+
+
+def _undrains(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
+    period = duration(state.remediation.drain.healthy_period)
+    actions = []
+    for dc in state.datacenters:
+        if not dc.drained or dc.healthy_since is None or not healthy(observed.by_datacenter.get(dc.name, {})):
+            continue
+        if now - dc.healthy_since >= period:
+            minutes = int((now - dc.healthy_since).total_seconds() // 60)
+            actions.append(
+                Action(
+                    "undrain",
+                    f"{dc.name} has been healthy for {minutes} min "
+                    f"(at least {state.remediation.drain.healthy_period}): routing traffic "
+                    "to it again",
+                    target=dc.name,
+                )
+            )
+    return actions
