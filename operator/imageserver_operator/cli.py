@@ -79,6 +79,16 @@ def _drain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _postmortem_export(args: argparse.Namespace) -> int:
+    from imageserver_operator.kube import Kube, api_client  # noqa: PLC0415
+    from imageserver_operator.models import PostmortemSpec  # noqa: PLC0415
+    from imageserver_operator.postmortems import markdown  # noqa: PLC0415
+
+    body = Kube(api_client()).get_postmortem(args.n, args.name)
+    print(markdown(args.name, PostmortemSpec.model_validate(body["spec"])), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="imageserver-operator", description="The ImageServer operator.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -108,6 +118,13 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=_run)
+
+    postmortem = commands.add_parser("postmortem", help="work with Postmortems")
+    postmortem_commands = postmortem.add_subparsers(dest="postmortem_command", required=True)
+    export = postmortem_commands.add_parser("export", help="print a Postmortem as markdown")
+    export.add_argument("name")
+    export.add_argument("-n", default="default", metavar="NAMESPACE")
+    export.set_defaults(func=_postmortem_export)
 
     for verb, text in (
         ("drain", "route no traffic to a datacenter"),

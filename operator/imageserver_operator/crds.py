@@ -12,7 +12,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from imageserver_operator.models import GROUP, MAX_NAME, VERSION, ImageServerSpec, ImageServerStatus, cel
+from imageserver_operator.models import (
+    GROUP,
+    MAX_NAME,
+    VERSION,
+    ImageServerSpec,
+    ImageServerStatus,
+    PostmortemSpec,
+    cel,
+)
 
 # Keywords a structural schema may carry; anything else pydantic emits is dropped.
 KEPT = {
@@ -191,9 +199,64 @@ def imageserver_crd() -> dict[str, Any]:
     }
 
 
+def postmortem_crd() -> dict[str, Any]:
+    spec = openapi(PostmortemSpec)
+    spec["description"] = (
+        "The incident, in the Google SRE postmortem form: drafted by the operator, finished by people."
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"postmortems.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": "Postmortem",
+                "listKind": "PostmortemList",
+                "plural": "postmortems",
+                "singular": "postmortem",
+                "shortNames": ["pm"],
+                "categories": ["imageserver"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": [
+                        _column("ImageServer", "string", ".spec.imageServer", "The ImageServer hit."),
+                        _column("State", "string", ".spec.state", "Open or Resolved."),
+                        _column("Title", "string", ".spec.title", "What happened."),
+                        _column("Started", "string", ".spec.startedAt", "First burn seen."),
+                        _column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "One incident of an ImageServer, exportable as markdown "
+                            "(imageserver-operator postmortem export NAME).",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name in crds/ → CRD."""
-    return {f"{GROUP}_imageservers.yaml": imageserver_crd()}
+    return {
+        f"{GROUP}_imageservers.yaml": imageserver_crd(),
+        f"{GROUP}_postmortems.yaml": postmortem_crd(),
+    }
 
 
 def to_yaml(crd: dict[str, Any]) -> str:

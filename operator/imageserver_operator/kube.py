@@ -94,6 +94,11 @@ class Kube:
         assert isinstance(body, dict)
         return body
 
+    def get_postmortem(self, namespace: str, name: str) -> dict[str, Any]:
+        body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", name)
+        assert isinstance(body, dict)
+        return body
+
     def event(self, owner: Manifest, type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the ImageServer (kubectl describe imgs NAME shows them)."""
         meta = owner["metadata"]

@@ -286,3 +286,68 @@ class ImageServerStatus(Model):
 def spec_from(raw: Any) -> ImageServerSpec:
     """Validate a custom resource's spec (as the API server stored it)."""
     return ImageServerSpec.model_validate(raw)
+
+
+# -- Postmortem: one per incident, written by the operator, finished by people ------------
+
+
+class TimelineEntry(Model):
+    time: str = Field(description="When (RFC 3339).", max_length=40)
+    event: str = Field(description="What was seen or done.", max_length=2000)
+    actor: Literal["operator", "alert", "human"] = Field("operator", description="Who saw or did it.")
+
+
+class BurnRate(Model):
+    window: str = Field(description="Window, e.g. 1h.", pattern=DURATION)
+    burn_rate: float = Field(description="Multiple of the error budget spent over the window.")
+
+
+class Impact(Model):
+    duration_seconds: int = Field(0, ge=0, description="From the first burn to the resolution.")
+    error_budget_consumed_percent: float = Field(0, ge=0, description="Share of the window's budget spent.")
+    failed_requests_estimate: int = Field(0, ge=0, description="Requests that failed, estimated from rates.")
+
+
+class Detection(Model):
+    alert: str = Field("", description="The alert or the operator's own evaluation that saw it first.")
+    detected_at: str = Field("", description="When (RFC 3339).")
+    burn_rates: list[BurnRate] = Field(default_factory=list, max_length=8, description="Burn at detection.")
+
+
+class LessonsLearned(Model):
+    what_went_well: list[str] = Field(default_factory=list, max_length=50, description="For people to fill.")
+    what_went_wrong: list[str] = Field(default_factory=list, max_length=50, description="For people to fill.")
+    where_we_got_lucky: list[str] = Field(
+        default_factory=list, max_length=50, description="For people to fill."
+    )
+
+
+class Links(Model):
+    runbooks: list[str] = Field(default_factory=list, max_length=20, description="Runbook pages used.")
+    slack_thread: str = Field("", description="Permalink of the incident's Slack thread.")
+
+
+class PostmortemSpec(Model):
+    image_server: str = Field(description="The ImageServer this incident hit.", max_length=253)
+    title: str = Field(description="One line.", max_length=200)
+    state: Literal["Open", "Resolved"] = Field("Open", description="Open while the incident lasts.")
+    started_at: str = Field("", description="First burn seen (RFC 3339).")
+    resolved_at: str = Field("", description="Burn back under budget (RFC 3339).")
+    summary: str = Field("", description="What happened, in two sentences.", max_length=4000)
+    impact: Impact = Field(default_factory=Impact, description="How users were hurt.")
+    trigger: str = Field("", description="What set it off, as far as the operator can tell.", max_length=4000)
+    detection: Detection = Field(default_factory=Detection, description="How it was noticed.")
+    resolution: str = Field("", description="What ended it.", max_length=4000)
+    root_causes: str = Field(
+        "TODO: for people. The operator knows symptoms, not causes.",
+        max_length=8000,
+        description="Why it happened.",
+    )
+    timeline: list[TimelineEntry] = Field(default_factory=list, max_length=500, description="Oldest first.")
+    action_items: list[str] = Field(
+        default_factory=lambda: ["TODO: prevent recurrence", "TODO: improve detection or mitigation"],
+        max_length=50,
+        description="Follow-ups for people.",
+    )
+    lessons_learned: LessonsLearned = Field(default_factory=LessonsLearned, description="For people to fill.")
+    links: Links = Field(default_factory=Links, description="Runbooks and the Slack thread.")

@@ -1,0 +1,90 @@
+"""A Postmortem as markdown in the Google SRE postmortem form. Pure: object in, text out."""
+
+from __future__ import annotations
+
+from imageserver_operator.models import PostmortemSpec
+
+
+def _items(values: list[str], empty: str = "TODO") -> str:
+    return "\n".join(f"- {v}" for v in values) if values else f"- {empty}"
+
+
+def markdown(name: str, spec: PostmortemSpec) -> str:
+    impact = spec.impact
+    minutes = impact.duration_seconds // 60
+    burn = (
+        ", ".join(f"{b.burn_rate:.1f}x over {b.window}" for b in spec.detection.burn_rates) or "not recorded"
+    )
+    actions = "\n".join(f"| {item} | TODO | TODO |" for item in spec.action_items) or "| TODO | TODO | TODO |"
+    timeline = "\n".join(f"| {e.time} | {e.actor} | {e.event} |" for e in spec.timeline) or "| | | |"
+    lessons = spec.lessons_learned
+    return f"""# Postmortem: {spec.title}
+
+| | |
+|---|---|
+| Postmortem | `{name}` |
+| ImageServer | `{spec.image_server}` |
+| Status | {spec.state} |
+| Started | {spec.started_at or "unknown"} |
+| Resolved | {spec.resolved_at or "not yet"} |
+| Authors | imageserver-operator (draft); TODO: the people who finish it |
+
+This is a blameless postmortem: it is about systems and processes, not people.
+
+## Summary
+
+{spec.summary or "TODO"}
+
+## Impact
+
+- Duration: {minutes} min
+- Error budget consumed: {impact.error_budget_consumed_percent:.1f} % of the SLO window's budget
+- Failed requests (estimated): {impact.failed_requests_estimate}
+
+## Root causes
+
+{spec.root_causes}
+
+## Trigger
+
+{spec.trigger or "TODO"}
+
+## Resolution
+
+{spec.resolution or "TODO"}
+
+## Detection
+
+{spec.detection.alert or "TODO"} at {spec.detection.detected_at or "unknown"}; burn rates: {burn}.
+
+## Action items
+
+| Action item | Owner | Bug |
+|---|---|---|
+{actions}
+
+## Lessons learned
+
+### What went well
+
+{_items(lessons.what_went_well)}
+
+### What went wrong
+
+{_items(lessons.what_went_wrong)}
+
+### Where we got lucky
+
+{_items(lessons.where_we_got_lucky)}
+
+## Timeline
+
+| Time (UTC) | Who | What |
+|---|---|---|
+{timeline}
+
+## Supporting information
+
+- Runbooks: {", ".join(spec.links.runbooks) or "none"}
+- Slack thread: {spec.links.slack_thread or "none"}
+"""
