@@ -112,7 +112,9 @@ def test_create_scale_roll_out_and_delete(
     )
     wait_for("Ready on 1.1.0", ready(cluster, namespace, "shop", generation=3))
     imgs = get(cluster, namespace, "imgs", "shop")
-    assert imgs["status"]["revisions"] == {"current": "1.1.0", "previous": "1.0.0"}
+    revisions = imgs["status"]["revisions"]
+    assert (revisions["current"], revisions["previous"]) == ("1.1.0", "1.0.0")
+    assert revisions["since"].endswith("Z")  # when 1.1.0 was applied: the rollback window starts there
     replica_sets = get(cluster, namespace, "rs", "-l", "app.kubernetes.io/instance=shop")["items"]
     images = {
         rs["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[1] for rs in replica_sets
