@@ -1,3 +1,19 @@
-"""Shared test setup: the test bed's fixtures (cluster, namespace, prometheus)."""
+"""Shared test setup: the test bed's fixtures (cluster, namespace, prometheus) and imageserver processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import Processes
 
 pytest_plugins = ["testbed.pytest_plugin"]
+
+
+@pytest.fixture
+def imageserver(tmp_path: Path) -> Iterator[Processes]:
+    """Real imageserver processes on 127.0.0.1, started per test and stopped after it."""
+    processes = Processes(tmp_path / "processes")
+    yield processes
+    processes.stop_all()

@@ -1,0 +1,86 @@
+"""Burn rates for every ImageServer from two Prometheus answers. Pure.
+
+The SLO rules (`slo.py`) name each error ratio by SLI, grouping and window, so one query on
+`__name__` returns every ratio of every ImageServer at once, and one more returns request
+rates for the low-traffic guard: a fixed number of queries per cycle, however many
+ImageServers there are. Burn = ratio / budget; availability and latency are folded into the
+worse of the two per window.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from imageserver_operator.policy import Observation
+
+Key = tuple[str, str]  # namespace, name
+RATIO_QUERY = (
+    '{__name__=~"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision)?'
+    ':rate(5m|30m|1h|2h|6h|1d|3d)"}'
+)
+TRAFFIC_QUERY = "sum by (namespace, imageserver) (imageserver:requests:rate5m)"
+NAME = re.compile(r"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision)?:rate(\w+)")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    availability: float  # 1 - objective, as a ratio
+    latency: float
+
+
+def _value(sample: Mapping[str, Any]) -> float | None:
+    try:
+        value = float(sample["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value  # NaN (0/0: no requests) is no data
+
+
+def observations(
+    ratios: Iterable[Mapping[str, Any]],
+    traffic: Iterable[Mapping[str, Any]],
+    budgets: Mapping[Key, Budgets],
+) -> dict[Key, Observation]:
+    """One Observation per ImageServer in `budgets`; those without series get empty burns."""
+    service: defaultdict[Key, dict[str, float]] = defaultdict(dict)
+    by_dc: defaultdict[Key, defaultdict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    by_rev: defaultdict[Key, defaultdict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for sample in ratios:
+        metric = sample.get("metric", {})
+        match = NAME.fullmatch(metric.get("__name__", ""))
+        key = (metric.get("namespace", ""), metric.get("imageserver", ""))
+        value = _value(sample)
+        if match is None or key not in budgets or value is None:
+            continue
+        sli, grouping, window = match.groups()
+        burn = value / max(getattr(budgets[key], sli), 1e-9)
+        if grouping == "_by_datacenter":
+            target = by_dc[key][metric.get("datacenter", "")]
+        elif grouping == "_by_revision":
+            target = by_rev[key][metric.get("revision", "")]
+        else:
+            target = service[key]
+        target[window] = max(target.get(window, 0.0), burn)  # the worse SLI decides
+    rates = {
+        (s.get("metric", {}).get("namespace", ""), s.get("metric", {}).get("imageserver", "")): _value(s)
+        for s in traffic
+    }
+    return {
+        key: Observation(
+            reachable=True,
+            requests_per_second=rates.get(key) or 0.0,
+            service=dict(service.get(key, {})),
+            by_datacenter={dc: dict(b) for dc, b in by_dc.get(key, {}).items()},
+            by_revision={rev: dict(b) for rev, b in by_rev.get(key, {}).items()},
+        )
+        for key in budgets
+    }
+
+
+def unreachable(budgets: Mapping[Key, Budgets]) -> dict[Key, Observation]:
+    return {key: Observation(reachable=False) for key in budgets}

@@ -1,0 +1,82 @@
+"""Burn rates seen through real Prometheus: generated rules, a real imageserver failing on
+purpose, and the evaluation's two queries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from servers import Processes
+
+from imageserver_operator import slo
+from imageserver_operator.evaluation import Budgets
+from imageserver_operator.models import SLOSpec
+from imageserver_operator.policy import page_level
+from imageserver_operator.prom import Prometheus
+from testbed.prometheus import Prometheus as PrometheusServer
+
+KEY = ("prod", "photos")
+BUDGETS = {KEY: Budgets(availability=0.001, latency=0.01), ("prod", "quiet"): Budgets(0.001, 0.01)}
+
+
+def test_a_failing_revision_burns_at_page_level_and_is_attributed(
+    imageserver: Processes, prometheus: Callable[..., PrometheusServer], tmp_path: Path
+) -> None:
+    good = imageserver.start(
+        "serve",
+        "--data",
+        str(tmp_path / "a"),
+        env={"IMAGESERVER_DATACENTER": "dc-a", "IMAGESERVER_REVISION": "1.0.0"},
+    )
+    bad = imageserver.start(
+        "serve",
+        "--data",
+        str(tmp_path / "b"),
+        env={
+            "IMAGESERVER_DATACENTER": "dc-b",
+            "IMAGESERVER_REVISION": "1.1.0",
+            "IMAGESERVER_FAULT_ERROR_RATIO": "0.5",
+        },
+    )
+    rules = tmp_path / "rules.yml"
+    rules.write_text(slo.rule_file("prod", "photos", SLOSpec()))
+    labels = {"namespace": "prod", "imageserver": "photos"}
+    server = prometheus(
+        [
+            {
+                "job_name": "imageserver",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{good.port}", f"127.0.0.1:{bad.port}"], "labels": labels}
+                ],
+            }
+        ],
+        [rules],
+    )
+
+    deadline = time.monotonic() + 60
+    observed = None
+    while time.monotonic() < deadline:
+        for target in (good, bad):
+            for _ in range(20):
+                requests.get(f"{target.url}/v1/images/{'0' * 64}", timeout=5)  # 404s, or injected 500s
+        client = Prometheus(server.url)
+        observed = client.observe(BUDGETS)
+        assert client.queries == 2  # fixed, however many ImageServers
+        revisions = observed[KEY].by_revision
+        if page_level(revisions.get("1.1.0", {})) and "1.0.0" in revisions:
+            break
+        time.sleep(1)
+    assert observed is not None
+    photos = observed[KEY]
+    assert photos.reachable and photos.requests_per_second > 0
+    assert page_level(photos.by_revision["1.1.0"]) and page_level(photos.by_datacenter["dc-b"])
+    assert not page_level(photos.by_revision["1.0.0"]) and photos.by_revision["1.0.0"]["5m"] == 0
+    assert 300 < photos.by_revision["1.1.0"]["5m"] < 700  # about half the requests fail: 500x the budget
+    assert observed[("prod", "quiet")].service == {}  # no series: no data, never a guess
+
+
+def test_prometheus_down_means_unreachable_not_healthy() -> None:
+    observed = Prometheus("http://127.0.0.1:9", timeout=1).observe(BUDGETS)
+    assert all(not o.reachable for o in observed.values())

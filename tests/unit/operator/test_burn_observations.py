@@ -1,0 +1,40 @@
+"""From Prometheus answers to the policy's observations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from imageserver_operator.evaluation import Budgets, observations
+
+KEY = ("prod", "photos")
+
+
+def sample(name: str, value: str, **labels: str) -> dict[str, Any]:
+    return {
+        "metric": {"__name__": name, "namespace": "prod", "imageserver": "photos", **labels},
+        "value": [0, value],
+    }
+
+
+def test_ratios_become_burn_rates_per_scope_and_the_worse_sli_decides() -> None:
+    ratios = [
+        sample("imageserver:availability_error_ratio:rate5m", "0.002"),
+        sample("imageserver:latency_error_ratio:rate5m", "0.05"),  # 5x its 1 % budget
+        sample("imageserver:availability_error_ratio_by_datacenter:rate1h", "0.0144", datacenter="dc-b"),
+        sample("imageserver:availability_error_ratio_by_revision:rate30m", "NaN", revision="1.1.0"),
+        sample("imageserver:availability_error_ratio:rate5m", "1", imageserver="someone-else"),
+        sample("not_ours", "1"),
+    ]
+    traffic = [{"metric": {"namespace": "prod", "imageserver": "photos"}, "value": [0, "12.5"]}]
+    seen = observations(ratios, traffic, {KEY: Budgets(0.001, 0.01)})[KEY]
+    assert seen.reachable and seen.requests_per_second == 12.5
+    assert seen.service == {"5m": 5.0}  # latency's 5x beats availability's 2x
+    assert seen.by_datacenter == {"dc-b": {"1h": pytest.approx(14.4)}}
+    assert seen.by_revision == {}  # NaN (no requests) is no data
+
+
+def test_imageservers_without_series_get_no_data() -> None:
+    seen = observations([], [], {KEY: Budgets(0.001, 0.01)})[KEY]
+    assert seen.reachable and seen.service == {} and seen.requests_per_second == 0.0
