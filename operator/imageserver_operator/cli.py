@@ -49,6 +49,11 @@ def _run(args: argparse.Namespace) -> int:
     os.environ["IMAGESERVER_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
     os.environ["IMAGESERVER_OPERATOR_LEADER_ELECTION"] = "false" if args.no_leader_election else "true"
     os.environ.setdefault("IMAGESERVER_OPERATOR_NAMESPACE", args.lease_namespace)
+    if args.prometheus_url:
+        os.environ["IMAGESERVER_OPERATOR_PROMETHEUS_URL"] = args.prometheus_url
+    if args.slack_base_url:
+        os.environ["IMAGESERVER_OPERATOR_SLACK_BASE_URL"] = args.slack_base_url
+    os.environ["IMAGESERVER_OPERATOR_SLO_SECONDS"] = str(args.slo_seconds)
     kopf.run(
         standalone=True,  # leadership is a Lease (see leader.py); kopf only watches
         clusterwide=not args.namespace,
@@ -116,6 +121,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
+    run.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("IMAGESERVER_OPERATOR_PROMETHEUS_URL", ""),
+        help="watch SLO burn there and remediate; empty: reconcile only",
+    )
+    run.add_argument("--slo-seconds", type=float, default=15.0, help="SLO evaluation interval")
+    run.add_argument("--slack-base-url", default="", help="Slack Web API base URL (default: Slack's)")
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=_run)
 

@@ -18,24 +18,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from imageserver_operator import reconcile, status
+from imageserver_operator.annotations import drained_of, paused_of
 from imageserver_operator.kube import Kube
-from imageserver_operator.models import GROUP, ImageServerSpec
+from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.render import Environment, Owner, render
 from imageserver_operator.store import ObjectKey, Store, status_of
 
 log = logging.getLogger(__name__)
-DRAINED_ANNOTATION = f"{GROUP}/drained"  # comma-separated datacenters, written by drain/undrain
-PAUSED_ANNOTATION = f"{GROUP}/paused"  # "true" stops all automation
+
+
 Clock = Callable[[], datetime.datetime]
-
-
-def drained_of(body: dict[str, Any]) -> frozenset[str]:
-    raw = (body["metadata"].get("annotations") or {}).get(DRAINED_ANNOTATION, "")
-    return frozenset(part.strip() for part in raw.split(",") if part.strip())
-
-
-def paused_of(body: dict[str, Any]) -> bool:
-    return bool((body["metadata"].get("annotations") or {}).get(PAUSED_ANNOTATION, "").lower() == "true")
 
 
 def rfc3339(moment: datetime.datetime) -> str:

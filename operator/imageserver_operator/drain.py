@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imageserver_operator.controller import DRAINED_ANNOTATION, drained_of
+from imageserver_operator.annotations import DRAINED_ANNOTATION, drained_of
 from imageserver_operator.kube import Kube
 
 

@@ -20,6 +20,9 @@ from imageserver_operator.controller import Controller
 from imageserver_operator.kube import Kube, api_client
 from imageserver_operator.leader import LeaderElection
 from imageserver_operator.models import GROUP, VERSION
+from imageserver_operator.notifications import SlackRouter
+from imageserver_operator.prom import Prometheus
+from imageserver_operator.remediation import Remediator
 from imageserver_operator.store import Store
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,22 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     election.on_elected = controller.enqueue_all
     Runtime.controller = controller
+    prometheus_url = os.environ.get("IMAGESERVER_OPERATOR_PROMETHEUS_URL", "")
+    if prometheus_url:
+        router = SlackRouter(
+            STORE, kube, base_url=os.environ.get("IMAGESERVER_OPERATOR_SLACK_BASE_URL") or None
+        )
+        remediator = Remediator(
+            STORE,
+            kube,
+            Prometheus(prometheus_url).observe,
+            is_leader=controller.is_leader,
+            notify=router,
+            interval_seconds=float(os.environ.get("IMAGESERVER_OPERATOR_SLO_SECONDS", "15")),
+        )
+        Runtime.tasks.append(asyncio.create_task(remediator.run()))
     Runtime.election = None if standalone else election
-    Runtime.tasks = [asyncio.create_task(controller.run())]
+    Runtime.tasks.insert(0, asyncio.create_task(controller.run()))
     if not standalone:
         Runtime.tasks.append(asyncio.create_task(election.run()))
     log.info("operator started", extra={"identity": identity, "leader_election": not standalone})

@@ -6,8 +6,10 @@ operator writes goes through `FIELD_MANAGER` with server-side apply.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -32,7 +34,8 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        # The client reads $KUBECONFIG once, at import; read it now instead.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -93,6 +96,69 @@ class Kube:
         body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "imageservers", name)
         assert isinstance(body, dict)
         return body
+
+    def set_version(self, namespace: str, name: str, version: str, annotations: dict[str, str]) -> None:
+        """A rollback: the spec itself names the previous version, so reconciles keep it."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "imageservers",
+            name,
+            {"metadata": {"annotations": annotations}, "spec": {"version": version}},
+        )
+
+    def create_postmortem(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Postmortem",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        try:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", body)
+        except ApiException as error:
+            if error.status != 409:  # already there: opened before a restart
+                raise
+
+    def append_timeline(self, namespace: str, name: str, entry: dict[str, str]) -> None:
+        body = self.get_postmortem(namespace, name)
+        timeline = [*body.get("spec", {}).get("timeline", []), entry]
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "postmortems", name, {"spec": {"timeline": timeline}}
+        )
+
+    def resolve_postmortem(self, namespace: str, name: str, resolved_at: str) -> None:
+        body = self.get_postmortem(namespace, name)
+        spec = body.get("spec", {})
+        started = spec.get("startedAt", resolved_at)
+        seconds = int(
+            (
+                datetime.datetime.fromisoformat(resolved_at.replace("Z", "+00:00"))
+                - datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
+            ).total_seconds()
+        )
+        timeline = [
+            *spec.get("timeline", []),
+            {"time": resolved_at, "event": "incident resolved: burn back under budget", "actor": "operator"},
+        ]
+        patch = {
+            "spec": {
+                "state": "Resolved",
+                "resolvedAt": resolved_at,
+                "timeline": timeline,
+                "impact": {**spec.get("impact", {}), "durationSeconds": max(seconds, 0)},
+            }
+        }
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", name, patch)
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str:
+        """One key of one Secret, read by name (the operator may not list Secrets)."""
+        secret = self.core.read_namespaced_secret(name, namespace)
+        data = (secret.data or {}).get(key)
+        if data is None:
+            raise KeyError(f"secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data).decode().strip()
 
     def get_postmortem(self, namespace: str, name: str) -> dict[str, Any]:
         body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", name)

@@ -1,0 +1,378 @@
+"""The SLO loop: every cycle, burn for all ImageServers (two Prometheus queries), a decision
+per ImageServer (policy.py), and its execution: rollback, drain, undrain, pages, with an
+Event, a Slack message in the incident's thread and a Postmortem timeline entry each.
+
+An action is recorded on the ImageServer *before* it is taken, so a crash between deciding
+and acting cannot make a second one: the record feeds the policy's cooldown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from imageserver_operator import drain, incidents, policy
+from imageserver_operator.annotations import drained_of
+from imageserver_operator.evaluation import Budgets, Key
+from imageserver_operator.kube import Kube
+from imageserver_operator.messages import IncidentMessage
+from imageserver_operator.models import GROUP, ImageServerSpec
+from imageserver_operator.slo import budget
+from imageserver_operator.store import Store, status_of
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime.datetime]
+Observe = Callable[[Mapping[Key, Budgets]], Mapping[Key, policy.Observation]]
+ROLLBACK_REASON_ANNOTATION = f"{GROUP}/rollback-reason"
+RUNBOOKS = {
+    "rollback": "runbooks/rollback.md",
+    "drain": "runbooks/drain.md",
+    "undrain": "runbooks/undrain.md",
+    "page": "runbooks/slo-burn-page.md",
+    "notify_unknown": "runbooks/slo-unknown.md",
+}
+PAST = {"rollback": "Rolled back", "drain": "Drained", "undrain": "Undrained"}
+REASONS = {"rollback": "RolledBack", "drain": "Drained", "undrain": "Undrained"}  # Event reasons
+
+
+def _parse_time(text: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+class Remediator:
+    def __init__(
+        self,
+        store: Store,
+        kube: Kube,
+        observe: Observe,
+        *,
+        is_leader: Callable[[], bool],
+        notify: Callable[[IncidentMessage], None] = lambda _message: None,
+        interval_seconds: float = 15.0,
+        clock: Clock = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self.store = store
+        self.kube = kube
+        self.observe = observe
+        self.is_leader = is_leader
+        self.notify = notify
+        self.interval_seconds = interval_seconds
+        self.clock = clock
+        self._healthy_since: dict[tuple[Key, str], datetime.datetime] = {}
+        self._healthy_streak: dict[Key, int] = {}
+        self._reported: set[tuple[str, str, str]] = set()  # (incident, kind, target) told once
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if self.is_leader():
+                    await self.cycle()
+            except Exception:
+                log.exception("SLO cycle failed")
+            await asyncio.sleep(self.interval_seconds)
+
+    async def cycle(self) -> None:
+        specs: dict[Key, tuple[dict[str, Any], ImageServerSpec]] = {}
+        for key in self.store.names():
+            body = self.store.get(key)
+            if body is None:
+                continue
+            try:
+                specs[key] = (body, ImageServerSpec.model_validate(body.get("spec", {})))
+            except ValidationError:
+                continue  # Degraded already says why; nothing to judge
+        budgets = {
+            k: Budgets(budget(s.slo.availability.objective), budget(s.slo.latency.objective))
+            for k, (_, s) in specs.items()
+        }
+        if not budgets:
+            return
+        observed = await asyncio.to_thread(self.observe, budgets)
+        for key, (body, spec) in specs.items():
+            await self.handle(key, body, spec, observed.get(key, policy.Observation(False)))
+
+    def _state(
+        self, key: Key, body: dict[str, Any], spec: ImageServerSpec, seen: policy.Observation
+    ) -> policy.State:
+        annotations = dict(body["metadata"].get("annotations") or {})
+        drained = drained_of(body)
+        now = self.clock()
+        datacenters = []
+        for dc in spec.datacenters:
+            if policy.healthy(seen.by_datacenter.get(dc.name, {})):
+                self._healthy_since.setdefault((key, dc.name), now)
+            else:
+                self._healthy_since.pop((key, dc.name), None)
+            datacenters.append(
+                policy.Datacenter(
+                    dc.name, dc.frontend_replicas, dc.name in drained, self._healthy_since.get((key, dc.name))
+                )
+            )
+        revisions = status_of(body).get("revisions", {}) or {}
+        base = policy.State(
+            remediation=spec.remediation,
+            datacenters=tuple(datacenters),
+            current_revision=revisions.get("current") or spec.version,
+            previous_revision=revisions.get("previous", ""),
+            current_since=_parse_time(revisions.get("since", "")),
+        )
+        return incidents.state_with_history(base, annotations)
+
+    async def handle(
+        self, key: Key, body: dict[str, Any], spec: ImageServerSpec, seen: policy.Observation
+    ) -> None:
+        if spec.remediation.mode == "off":
+            return
+        case = Case(body, spec, seen, self.clock())
+        state = self._state(key, body, spec, seen)
+        decision = policy.decide(seen, state, case.now)
+        open_incident = case.annotations.get(incidents.INCIDENT_ANNOTATION, "")
+        streak = self._healthy_streak.get(key, 0)
+        step = incidents.step(decision, open_incident, streak, case.name, case.now)
+        self._healthy_streak[key] = streak + 1 if decision.slo_healthy == "True" else 0
+        if step.open_incident:
+            await self._open(case, step.open_incident, decision)
+        for action in step.actions:
+            await self._act(case, step.incident, action)
+        if step.resolve:
+            await self._resolve(case, step.incident)
+        await self._unknown(case, decision, step)
+        await self._slo_condition(case, decision)
+
+    async def _open(self, case: Case, name: str, decision: policy.Decision) -> None:
+        burn_rates = [{"window": w, "burnRate": round(v, 2)} for w, v in case.seen.service.items()]
+        postmortem = {
+            "imageServer": case.name,
+            "title": f"{case.name} burned its error budget ({decision.summary})",
+            "startedAt": case.stamp,
+            "summary": f"{case.name} burned its error budget: {decision.summary}.",
+            "trigger": f"revision {case.spec.version} was running; the timeline shows what the operator saw.",
+            "detection": {
+                "alert": "imageserver-operator SLO evaluation",
+                "detectedAt": case.stamp,
+                "burnRates": burn_rates,
+            },
+            "timeline": [
+                {"time": case.stamp, "event": f"incident opened: {decision.summary}", "actor": "operator"}
+            ],
+            "links": {"runbooks": ["runbooks/slo-burn-page.md"]},
+        }
+        await asyncio.to_thread(self.kube.create_postmortem, case.namespace, name, postmortem)
+        await asyncio.to_thread(
+            self.kube.annotate, case.namespace, case.name, {incidents.INCIDENT_ANNOTATION: name}
+        )
+        await asyncio.to_thread(
+            self.kube.event,
+            case.body,
+            "Warning",
+            "IncidentOpened",
+            f"incident {name} opened: {decision.summary}",
+        )
+        self.notify(
+            IncidentMessage(
+                name,
+                "opened",
+                case.where,
+                f"{case.name} is burning its error budget",
+                reason=decision.summary,
+                revision=case.spec.version,
+                burn=dict(case.seen.service),
+                runbook=RUNBOOKS["page"],
+                postmortem=name,
+            )
+        )
+
+    async def _act(self, case: Case, incident: str, action: policy.Action) -> None:
+        if action.kind == "page" or not action.execute:
+            once = (incident, action.kind, action.target)
+            if once in self._reported:
+                return
+            self._reported.add(once)
+            if action.kind == "page":
+                await self._tell(case, incident, action, reason="Paging", text=action.reason)
+            else:
+                await self._tell(
+                    case,
+                    incident,
+                    action,
+                    reason=f"Would{action.kind.capitalize()}",
+                    text=f"dry run: would {action.kind} {action.target}: {action.reason}",
+                    dry_run=True,
+                )
+            return
+        record = incidents.Recorded(action.kind, action.target, case.now, incident)
+        # Recorded before it is taken: a crash now cannot lead to a second action (cooldown).
+        await asyncio.to_thread(
+            self.kube.annotate,
+            case.namespace,
+            case.name,
+            {incidents.LAST_ACTION_ANNOTATION: record.annotation()},
+        )
+        if action.kind == "rollback":
+            await asyncio.to_thread(
+                self.kube.set_version,
+                case.namespace,
+                case.name,
+                action.target,
+                {ROLLBACK_REASON_ANNOTATION: action.reason},
+            )
+        else:
+            await asyncio.to_thread(
+                drain.set_drained,
+                self.kube,
+                case.namespace,
+                case.name,
+                action.target,
+                drain=action.kind == "drain",
+                reason=action.reason,
+            )
+        await self._tell(
+            case,
+            incident,
+            action,
+            reason=REASONS[action.kind],
+            text=f"{PAST[action.kind]} {action.target}: {action.reason}",
+        )
+
+    async def _tell(
+        self,
+        case: Case,
+        incident: str,
+        action: policy.Action,
+        *,
+        reason: str,
+        text: str,
+        dry_run: bool = False,
+    ) -> None:
+        """An Event, a Postmortem timeline entry and a Slack message for one step."""
+        type_ = "Normal" if action.kind == "undrain" else "Warning"
+        await asyncio.to_thread(self.kube.event, case.body, type_, reason, text)
+        if incident:
+            await asyncio.to_thread(
+                self.kube.append_timeline,
+                case.namespace,
+                incident,
+                {"time": case.stamp, "event": text, "actor": "operator"},
+            )
+        seen = case.seen
+        scope = seen.by_datacenter.get(action.target) or seen.by_revision.get(action.target) or seen.service
+        self.notify(
+            IncidentMessage(
+                incident or f"{case.name}-notice",
+                "action",
+                case.where,
+                text.split(":", 1)[0],
+                reason=action.reason,
+                action=f"{action.kind} {action.target}".strip(),
+                datacenter=action.target if action.kind in ("drain", "undrain") else "",
+                revision=action.target if action.kind == "rollback" else case.spec.version,
+                burn=dict(scope),
+                runbook=RUNBOOKS[action.kind],
+                postmortem=incident,
+                dry_run=dry_run,
+            )
+        )
+
+    async def _resolve(self, case: Case, incident: str) -> None:
+        await asyncio.to_thread(self.kube.resolve_postmortem, case.namespace, incident, case.stamp)
+        await asyncio.to_thread(
+            self.kube.annotate, case.namespace, case.name, {incidents.INCIDENT_ANNOTATION: None}
+        )
+        await asyncio.to_thread(
+            self.kube.event,
+            case.body,
+            "Normal",
+            "IncidentResolved",
+            f"incident {incident} resolved: burn back under budget",
+        )
+        self.notify(
+            IncidentMessage(
+                incident, "resolved", case.where, "Resolved: burn back under budget", postmortem=incident
+            )
+        )
+
+    async def _unknown(self, case: Case, decision: policy.Decision, step: incidents.Step) -> None:
+        told = case.annotations.get(incidents.UNKNOWN_ANNOTATION) == "true"
+        if step.notify_unknown and not told:
+            await asyncio.to_thread(
+                self.kube.annotate, case.namespace, case.name, {incidents.UNKNOWN_ANNOTATION: "true"}
+            )
+            await asyncio.to_thread(
+                self.kube.event,
+                case.body,
+                "Warning",
+                "SLOUnknown",
+                f"no automatic action: {decision.summary}",
+            )
+            self.notify(
+                IncidentMessage(
+                    f"{case.name}-unknown",
+                    "unknown",
+                    case.where,
+                    "SLO cannot be judged: no automatic action",
+                    reason=decision.summary,
+                    runbook=RUNBOOKS["notify_unknown"],
+                )
+            )
+        elif told and decision.slo_healthy != "Unknown":
+            await asyncio.to_thread(
+                self.kube.annotate, case.namespace, case.name, {incidents.UNKNOWN_ANNOTATION: None}
+            )
+
+    async def _slo_condition(self, case: Case, decision: policy.Decision) -> None:
+        conditions = list(status_of(case.body).get("conditions", []))
+        old: dict[str, Any] = next((c for c in conditions if c["type"] == "SLOHealthy"), {})
+        reason = {"True": "WithinBudget", "False": "BurningBudget", "Unknown": "CannotJudge"}[
+            decision.slo_healthy
+        ]
+        if old.get("status") == decision.slo_healthy and old.get("reason") == reason:
+            return
+        new = {
+            "type": "SLOHealthy",
+            "status": decision.slo_healthy,
+            "reason": reason,
+            "message": decision.summary,
+            "lastTransitionTime": case.stamp,
+            "observedGeneration": case.body["metadata"].get("generation", 0),
+        }
+        conditions = [c for c in conditions if c["type"] != "SLOHealthy"] + [new]
+        await asyncio.to_thread(self.kube.patch_status, case.namespace, case.name, {"conditions": conditions})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One ImageServer in one cycle."""
+
+    body: dict[str, Any]
+    spec: ImageServerSpec
+    seen: policy.Observation
+    now: datetime.datetime
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def stamp(self) -> str:
+        return self.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.body["metadata"].get("annotations") or {})

@@ -1,0 +1,189 @@
+"""The SLO loop's actions on the real API server, told through the Slack stub.
+
+Observations are given as data (the Prometheus side has its own integration test); the
+ImageServer, its Postmortem, Events, annotations and Slack messages are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from imageserver_operator.evaluation import Budgets, Key
+from imageserver_operator.kube import Kube, api_client
+from imageserver_operator.notifications import SlackRouter
+from imageserver_operator.policy import Observation
+from imageserver_operator.remediation import Remediator
+from imageserver_operator.store import Store
+from testbed.cluster import Cluster
+from testbed.slack_stub import SlackStub
+
+CALM = {"5m": 0.1, "30m": 0.1, "1h": 0.1, "2h": 0.1, "6h": 0.1, "1d": 0.1, "3d": 0.1}
+FIRE = {"5m": 500.0, "30m": 300.0, "1h": 40.0, "2h": 20.0, "6h": 7.0, "1d": 2.0, "3d": 0.7}
+
+
+@pytest.fixture
+def stub() -> Iterator[SlackStub]:
+    with SlackStub() as running:
+        yield running
+
+
+@pytest.fixture
+def kube(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Kube:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    return Kube(api_client(), "remediation-test")
+
+
+def setup(cluster: Cluster, namespace: str, mode: str = "auto") -> None:
+    token = base64.b64encode(b"xoxb-test").decode()
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "slack"}, "data": {"token": token}}
+    imgs = {
+        "apiVersion": "imageserver.dev/v1alpha1",
+        "kind": "ImageServer",
+        "metadata": {"name": "photos"},
+        "spec": {
+            "version": "1.1.0",
+            "datacenters": [{"name": "dc-a"}, {"name": "dc-b"}],
+            "remediation": {"mode": mode},
+            "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
+        },
+    }
+    for obj in (secret, imgs):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    # What the reconcile loop would have recorded: 1.1.0 replaced 1.0.0 ten minutes ago.
+    since = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=10)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    status = {"status": {"revisions": {"current": "1.1.0", "previous": "1.0.0", "since": since}}}
+    cluster.kubectl(
+        "patch",
+        "imgs",
+        "photos",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+
+
+class Loop:
+    """A Remediator over the live ImageServer, its observations given per cycle."""
+
+    def __init__(self, cluster: Cluster, kube: Kube, namespace: str, stub: SlackStub) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.store = Store()
+        self.seen = Observation(False)
+        self.remediator = Remediator(
+            self.store,
+            kube,
+            self._observe,
+            is_leader=lambda: True,
+            notify=SlackRouter(self.store, kube, base_url=stub.base_url),
+        )
+
+    def _observe(self, budgets: Mapping[Key, Budgets]) -> dict[Key, Observation]:
+        return {key: self.seen for key in budgets}
+
+    async def cycle(self, seen: Observation) -> dict[str, Any]:
+        self.seen = seen
+        self.store.imageserver_event("MODIFIED", self.imageserver())
+        await self.remediator.cycle()
+        return self.imageserver()
+
+    def imageserver(self) -> dict[str, Any]:
+        return dict(
+            json.loads(self.cluster.kubectl("get", "imgs", "photos", "-n", self.namespace, "-o", "json"))
+        )
+
+    def events(self) -> list[str]:
+        items = json.loads(self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json"))["items"]
+        return [e["reason"] for e in sorted(items, key=lambda e: e["lastTimestamp"] or "")]
+
+
+async def settle(stub: SlackStub, count: int) -> None:
+    for _ in range(100):
+        if len(stub.messages()) >= count:
+            return
+        await asyncio.sleep(0.05)
+
+
+def burning_revision() -> Observation:
+    return Observation(True, 50.0, FIRE, {"dc-a": FIRE, "dc-b": FIRE}, {"1.1.0": FIRE, "1.0.0": CALM})
+
+
+async def test_a_burning_fresh_revision_is_rolled_back_once_told_and_written_up(
+    cluster: Cluster, imageserver_crd: str, namespace: str, kube: Kube, stub: SlackStub
+) -> None:
+    setup(cluster, namespace)
+    loop = Loop(cluster, kube, namespace, stub)
+    after = await loop.cycle(burning_revision())
+    assert after["spec"]["version"] == "1.0.0"
+    annotations = after["metadata"]["annotations"]
+    recorded = json.loads(annotations["imageserver.dev/last-action"])
+    assert (recorded["kind"], recorded["target"]) == ("rollback", "1.0.0")
+    assert "rolling back to 1.0.0" in annotations["imageserver.dev/rollback-reason"]
+    incident = annotations["imageserver.dev/incident"]
+
+    # The next cycle still sees the burn (the rollout takes a moment): no second rollback.
+    await loop.cycle(burning_revision())
+    assert loop.events().count("RolledBack") == 1
+    assert "IncidentOpened" in loop.events()
+
+    for _ in range(3):
+        after = await loop.cycle(Observation(True, 50.0, CALM, {"dc-a": CALM, "dc-b": CALM}, {"1.0.0": CALM}))
+    assert "imageserver.dev/incident" not in after["metadata"].get("annotations", {})
+    postmortem = json.loads(cluster.kubectl("get", "pm", incident, "-n", namespace, "-o", "json"))["spec"]
+    assert postmortem["state"] == "Resolved"
+    events = [e["event"] for e in postmortem["timeline"]]
+    assert events[0].startswith("incident opened") and events[-1].startswith("incident resolved")
+    assert any(e.startswith("Rolled back 1.0.0: revision 1.1.0") for e in events)
+    slo = next(c for c in after["status"]["conditions"] if c["type"] == "SLOHealthy")
+    assert slo["status"] == "True"
+
+    await settle(stub, 3)
+    posted = stub.messages()
+    assert [p["text"].split(": ", 1)[1] for p in posted] == [
+        "photos is burning its error budget",
+        "Rolled back 1.0.0",
+        "Resolved: burn back under budget",
+    ]
+    assert posted[1]["thread_ts"] == posted[2]["thread_ts"] and "thread_ts" not in posted[0]
+
+
+async def test_dry_run_reports_and_changes_nothing(
+    cluster: Cluster, imageserver_crd: str, namespace: str, kube: Kube, stub: SlackStub
+) -> None:
+    setup(cluster, namespace, mode="dryRun")
+    loop = Loop(cluster, kube, namespace, stub)
+    after = await loop.cycle(burning_revision())
+    await loop.cycle(burning_revision())
+    assert after["spec"]["version"] == "1.1.0"
+    assert "imageserver.dev/last-action" not in after["metadata"]["annotations"]
+    assert loop.events().count("WouldRollback") == 1
+    await settle(stub, 2)
+    assert stub.messages()[1]["text"].startswith("[dry run] ")
+
+
+async def test_without_data_nothing_is_done_and_it_is_said_once(
+    cluster: Cluster, imageserver_crd: str, namespace: str, kube: Kube, stub: SlackStub
+) -> None:
+    setup(cluster, namespace)
+    loop = Loop(cluster, kube, namespace, stub)
+    for _ in range(3):
+        after = await loop.cycle(Observation(False))
+    assert after["spec"]["version"] == "1.1.0"
+    slo = next(c for c in after["status"]["conditions"] if c["type"] == "SLOHealthy")
+    assert (slo["status"], slo["reason"]) == ("Unknown", "CannotJudge")
+    assert loop.events().count("SLOUnknown") == 1
+    await settle(stub, 1)
+    assert [p["text"] for p in stub.messages()] == [
+        "prod/photos: SLO cannot be judged: no automatic action".replace("prod", namespace)
+    ]
