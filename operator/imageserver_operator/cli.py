@@ -54,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.slack_base_url:
         os.environ["IMAGESERVER_OPERATOR_SLACK_BASE_URL"] = args.slack_base_url
     os.environ["IMAGESERVER_OPERATOR_SLO_SECONDS"] = str(args.slo_seconds)
+    os.environ["IMAGESERVER_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
     kopf.run(
         standalone=True,  # leadership is a Lease (see leader.py); kopf only watches
         clusterwide=not args.namespace,
@@ -128,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--slo-seconds", type=float, default=15.0, help="SLO evaluation interval")
     run.add_argument("--slack-base-url", default="", help="Slack Web API base URL (default: Slack's)")
+    run.add_argument(
+        "--metrics-port", type=int, default=0, help="serve the operator's /metrics here (0: off)"
+    )
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=_run)
 

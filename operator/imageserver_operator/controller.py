@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from imageserver_operator import reconcile, status
 from imageserver_operator.annotations import drained_of, paused_of
 from imageserver_operator.kube import Kube
+from imageserver_operator.metrics import OperatorMetrics
 from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.render import Environment, Owner, render
 from imageserver_operator.store import ObjectKey, Store, status_of
@@ -44,7 +45,9 @@ class Controller:
         resync_seconds: float = 60.0,
         workers: int = 4,
         clock: Clock = lambda: datetime.datetime.now(datetime.UTC),
+        metrics: OperatorMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or OperatorMetrics()
         self.store = store
         self.kube = kube
         self.is_leader = is_leader
@@ -90,7 +93,9 @@ class Controller:
             try:
                 if self.is_leader():
                     await self.reconcile(where)
+                    self.metrics.reconciles.labels(result="ok").inc()
             except Exception:
+                self.metrics.reconciles.labels(result="error").inc()
                 log.exception("reconcile failed; retrying in 5s", extra={"imageserver": "/".join(where)})
                 asyncio.get_running_loop().call_later(5, self.enqueue, where)
             finally:

@@ -15,10 +15,12 @@ import socket
 from typing import Any, ClassVar
 
 import kopf
+from prometheus_client import CollectorRegistry, start_http_server
 
 from imageserver_operator.controller import Controller
 from imageserver_operator.kube import Kube, api_client
 from imageserver_operator.leader import LeaderElection
+from imageserver_operator.metrics import OperatorMetrics
 from imageserver_operator.models import GROUP, VERSION
 from imageserver_operator.notifications import SlackRouter
 from imageserver_operator.prom import Prometheus
@@ -39,6 +41,7 @@ CHILD_KINDS = (
     ("monitoring.coreos.com/v1", "prometheusrules"),
 )
 STORE = Store()
+REGISTRY = CollectorRegistry()
 
 
 class Runtime:
@@ -76,9 +79,14 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         duration_seconds=lease_seconds,
         renew_seconds=lease_seconds / 3,
     )
+    metrics = OperatorMetrics(REGISTRY)
+    port = int(os.environ.get("IMAGESERVER_OPERATOR_METRICS_PORT", "0"))
+    if port:
+        start_http_server(port, registry=REGISTRY)
     controller = Controller(
         STORE,
         kube,
+        metrics=metrics,
         is_leader=(lambda: True) if standalone else (lambda: election.is_leader),
         resync_seconds=float(os.environ.get("IMAGESERVER_OPERATOR_RESYNC_SECONDS", "60")),
     )
@@ -95,6 +103,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
             Prometheus(prometheus_url).observe,
             is_leader=controller.is_leader,
             notify=router,
+            metrics=metrics,
             interval_seconds=float(os.environ.get("IMAGESERVER_OPERATOR_SLO_SECONDS", "15")),
         )
         Runtime.tasks.append(asyncio.create_task(remediator.run()))

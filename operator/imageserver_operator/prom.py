@@ -22,6 +22,7 @@ class Prometheus:
         self.api = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), timeout=int(timeout))
         self.timeout = timeout
         self.queries = 0  # for tests and metrics: per cycle it must not grow with ImageServers
+        self.down = False  # log the outage once, not every cycle
 
     def _query(self, promql: str) -> list[Mapping[str, Any]]:
         self.queries += 1
@@ -34,6 +35,11 @@ class Prometheus:
             ratios = self._query(evaluation.RATIO_QUERY)
             traffic = self._query(evaluation.TRAFFIC_QUERY)
         except Exception as error:  # connection refused, timeouts, HTTP errors: no data, no action
-            log.warning("Prometheus query failed: %s", error)
+            if not self.down:
+                log.warning("Prometheus unreachable, no automatic action until it answers: %s", error)
+            self.down = True
             return evaluation.unreachable(budgets)
+        if self.down:
+            log.info("Prometheus answers again")
+            self.down = False
         return evaluation.observations(ratios, traffic, budgets)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from imageserver_operator.annotations import drained_of
 from imageserver_operator.evaluation import Budgets, Key
 from imageserver_operator.kube import Kube
 from imageserver_operator.messages import IncidentMessage
+from imageserver_operator.metrics import OperatorMetrics
 from imageserver_operator.models import GROUP, ImageServerSpec
 from imageserver_operator.slo import budget
 from imageserver_operator.store import Store, status_of
@@ -59,7 +61,9 @@ class Remediator:
         notify: Callable[[IncidentMessage], None] = lambda _message: None,
         interval_seconds: float = 15.0,
         clock: Clock = lambda: datetime.datetime.now(datetime.UTC),
+        metrics: OperatorMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or OperatorMetrics()
         self.store = store
         self.kube = kube
         self.observe = observe
@@ -76,7 +80,9 @@ class Remediator:
             try:
                 if self.is_leader():
                     await self.cycle()
+                    self.metrics.slo_cycles.labels(result="ok").inc()
             except Exception:
+                self.metrics.slo_cycles.labels(result="error").inc()
                 log.exception("SLO cycle failed")
             await asyncio.sleep(self.interval_seconds)
 
@@ -97,6 +103,7 @@ class Remediator:
         if not budgets:
             return
         observed = await asyncio.to_thread(self.observe, budgets)
+        self.metrics.burn.clear()  # only what this cycle saw: revisions come and go
         for key, (body, spec) in specs.items():
             await self.handle(key, body, spec, observed.get(key, policy.Observation(False)))
 
@@ -132,9 +139,13 @@ class Remediator:
     ) -> None:
         if spec.remediation.mode == "off":
             return
+        started = time.monotonic()
         case = Case(body, spec, seen, self.clock())
+        self.metrics.saw(case.namespace, case.name, seen)
         state = self._state(key, body, spec, seen)
         decision = policy.decide(seen, state, case.now)
+        for action in decision.actions:
+            self.metrics.decided(action)
         open_incident = case.annotations.get(incidents.INCIDENT_ANNOTATION, "")
         streak = self._healthy_streak.get(key, 0)
         step = incidents.step(decision, open_incident, streak, case.name, case.now)
@@ -147,6 +158,7 @@ class Remediator:
             await self._resolve(case, step.incident)
         await self._unknown(case, decision, step)
         await self._slo_condition(case, decision)
+        self.metrics.decision_seconds.observe(time.monotonic() - started)
 
     async def _open(self, case: Case, name: str, decision: policy.Decision) -> None:
         burn_rates = [{"window": w, "burnRate": round(v, 2)} for w, v in case.seen.service.items()]

@@ -148,6 +148,10 @@ async def test_a_burning_fresh_revision_is_rolled_back_once_told_and_written_up(
     slo = next(c for c in after["status"]["conditions"] if c["type"] == "SLOHealthy")
     assert slo["status"] == "True"
 
+    metrics = loop.remediator.metrics
+    assert metrics.actions.labels(kind="rollback", executed="true")._value.get() == 1
+    assert metrics.decision_seconds._sum.get() > 0  # decisions were timed
+
     await settle(stub, 3)
     posted = stub.messages()
     assert [p["text"].split(": ", 1)[1] for p in posted] == [
