@@ -126,77 +126,83 @@ def _column(name: str, type_: str, path: str, description: str, priority: int = 
     return {**column, "priority": priority} if priority else column
 
 
+def _crd(
+    kind: str,
+    short_name: str,
+    *,
+    columns: list[dict[str, Any]],
+    description: str,
+    properties: dict[str, Any],
+    validations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A namespaced CRD of our group with one version; status subresource when it has a status."""
+    plural = kind.lower() + "s"
+    root: dict[str, Any] = {"type": "object", "description": description, "required": ["spec"]}
+    if validations:
+        root["x-kubernetes-validations"] = validations
+    root["properties"] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        **properties,
+    }
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if "status" in properties:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {"openAPIV3Schema": root}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
+                "categories": ["imageserver"],
+            },
+            "scope": "Namespaced",
+            "versions": [version],
+        },
+    }
+
+
+AGE = _column("Age", "date", ".metadata.creationTimestamp", "Time since creation.")
+
+
 def imageserver_crd() -> dict[str, Any]:
     spec = openapi(ImageServerSpec)
     spec["description"] = "What to run: image and version, datacenters, shards, storage, SLOs and automation."
     status = openapi(ImageServerStatus)
     status["description"] = "What the operator sees and has done."
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"imageservers.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": "ImageServer",
-                "listKind": "ImageServerList",
-                "plural": "imageservers",
-                "singular": "imageserver",
-                "shortNames": ["imgs"],
-                "categories": ["imageserver"],
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        _column(
-                            "Ready",
-                            "string",
-                            '.status.conditions[?(@.type=="Ready")].status',
-                            "Every workload is ready.",
-                        ),
-                        _column(
-                            "Datacenters",
-                            "string",
-                            ".status.datacenterSummary",
-                            "Datacenters, drained marked.",
-                        ),
-                        _column("Shards", "integer", ".spec.shards", "Shards per datacenter."),
-                        _column("Revision", "string", ".status.revisions.current", "Version running now."),
-                        _column("Budget", "string", ".status.errorBudgetRemaining", "Error budget left."),
-                        _column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A distributed image service: sharded, replicated storage and "
-                            "stateless "
-                            "frontends in one or more datacenters, watched against its SLOs.",
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                cel(
-                                    f"self.metadata.name.size() <= {MAX_NAME}",
-                                    f"the name must be at most {MAX_NAME} characters: the names of the "
-                                    "objects it owns add the datacenter and shard to it",
-                                )
-                            ],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _crd(
+        "ImageServer",
+        "imgs",
+        columns=[
+            _column(
+                "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Every workload is ready."
+            ),
+            _column("Datacenters", "string", ".status.datacenterSummary", "Datacenters, drained marked."),
+            _column("Shards", "integer", ".spec.shards", "Shards per datacenter."),
+            _column("Revision", "string", ".status.revisions.current", "Version running now."),
+            _column("Budget", "string", ".status.errorBudgetRemaining", "Error budget left."),
+            AGE,
+        ],
+        description="A distributed image service: sharded, replicated storage and stateless frontends in one "
+        "or more datacenters, watched against its SLOs.",
+        properties={"spec": spec, "status": status},
+        validations=[
+            cel(
+                f"self.metadata.name.size() <= {MAX_NAME}",
+                f"the name must be at most {MAX_NAME} characters: the names of the objects it owns add the "
+                "datacenter and shard to it",
+            )
+        ],
+    )
 
 
 def postmortem_crd() -> dict[str, Any]:
@@ -204,51 +210,20 @@ def postmortem_crd() -> dict[str, Any]:
     spec["description"] = (
         "The incident, in the Google SRE postmortem form: drafted by the operator, finished by people."
     )
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"postmortems.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": "Postmortem",
-                "listKind": "PostmortemList",
-                "plural": "postmortems",
-                "singular": "postmortem",
-                "shortNames": ["pm"],
-                "categories": ["imageserver"],
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": [
-                        _column("ImageServer", "string", ".spec.imageServer", "The ImageServer hit."),
-                        _column("State", "string", ".spec.state", "Open or Resolved."),
-                        _column("Title", "string", ".spec.title", "What happened."),
-                        _column("Started", "string", ".spec.startedAt", "First burn seen."),
-                        _column("Age", "date", ".metadata.creationTimestamp", "Time since creation."),
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "One incident of an ImageServer, exportable as markdown "
-                            "(imageserver-operator postmortem export NAME).",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _crd(
+        "Postmortem",
+        "pm",
+        columns=[
+            _column("ImageServer", "string", ".spec.imageServer", "The ImageServer hit."),
+            _column("State", "string", ".spec.state", "Open or Resolved."),
+            _column("Title", "string", ".spec.title", "What happened."),
+            _column("Started", "string", ".spec.startedAt", "First burn seen."),
+            AGE,
+        ],
+        description="One incident of an ImageServer, exportable as markdown "
+        "(imageserver-operator postmortem export NAME).",
+        properties={"spec": spec},
+    )
 
 
 def all_crds() -> dict[str, dict[str, Any]]:
