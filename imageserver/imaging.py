@@ -11,15 +11,22 @@ Every failure to read a user's bytes becomes `Rejected` (a 4xx), never an unhand
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from PIL import Image, ImageOps
 
 from imageserver.variants import Format, Size, Variant
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ORIENTATION_TAG = 0x0112
 # Orientations 5-8 turn the image a quarter: stored width is displayed height.
@@ -155,6 +162,26 @@ def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.resize(size, RESAMPLE, reducing_gap=REDUCING_GAP)
 
 
+def _untrusted(work: Callable[P, R]) -> Callable[P, R]:
+    """Pillow parses what users send: past the checks above, whatever it still raises about the
+    image (a mode it cannot resize or encode, a chunk it chokes on) is a 422, never a 500."""
+
+    @functools.wraps(work)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return work(*args, **kwargs)
+        except Rejected:
+            raise
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as error:
+            log.warning("image could not be processed", extra={"error": repr(error)})
+            raise Rejected(422, f"cannot process this image: {error}") from None
+
+    return guarded
+
+
+@_untrusted
 def render_allowlisted(data: bytes, sizes: Iterable[Size], limits: Limits) -> tuple[Probe, dict[Size, bytes]]:
     """Decode once and render every allowlisted fit-in size, largest first, each from the last."""
     info = probe(data, limits)
@@ -175,6 +202,7 @@ def render_allowlisted(data: bytes, sizes: Iterable[Size], limits: Limits) -> tu
     return info, rendered
 
 
+@_untrusted
 def render(data: bytes, variant: Variant, limits: Limits) -> tuple[bytes, Format]:
     """One on-demand variant: fit-in or cover-crop, in the asked (or original) format."""
     info = probe(data, limits)

@@ -88,3 +88,16 @@ def test_transparent_png_becomes_a_jpeg_on_white() -> None:
     pixel = opened(body).convert("RGB").getpixel((16, 16))
     assert isinstance(pixel, tuple)
     assert min(pixel) > 245
+
+
+def test_whatever_pillow_still_raises_about_an_image_is_a_client_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def choke(*_args: object, **_kwargs: object) -> bytes:
+        raise OSError("cannot write mode I;16 as JPEG")
+
+    monkeypatch.setattr(imaging, "encode", choke)
+    with pytest.raises(Rejected) as refused:
+        imaging.render(samples.jpeg(64, 48), Variant(Size(32, 32)), LIMITS)
+    assert refused.value.status == 422
+    assert "cannot process this image: cannot write mode I;16 as JPEG" in refused.value.message
