@@ -1,0 +1,202 @@
+"""Closes the loop on KWOK: for every Running pod of an ImageServer, the real `imageserver`
+process runs on 127.0.0.1 with the pod's role, arguments and environment (datacenter,
+revision, fault settings), and stops when the pod goes.
+
+Storage pods are reached by their stable DNS names in the topology ConfigMap; the runner
+gives each frontend a copy of that topology with those names mapped to the local ports, and
+rewrites it when the ConfigMap or the set of storage processes changes (the frontend picks
+the new file up by itself). Every process is listed in a Prometheus file_sd target file,
+labelled with its namespace and ImageServer, so the operator's SLO rules see real traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.cluster import Cluster
+from testbed.processes import Managed, State, free_port, is_running, spawn, stop
+
+SELECTOR = "app.kubernetes.io/name=imageserver"
+
+
+@dataclass
+class Runner:
+    pod: str
+    role: str
+    datacenter: str
+    port: int
+    managed: Managed
+    imageserver: str
+    topology: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", []) if "value" in e}
+
+
+def storage_address(pod: dict[str, Any]) -> str:
+    """The URL the topology uses for this storage pod (StatefulSet pod DNS)."""
+    spec, meta = pod["spec"], pod["metadata"]
+    host = spec.get("hostname", meta["name"])
+    return f"http://{host}.{spec.get('subdomain', '')}.{meta['namespace']}.svc:8080"
+
+
+def local_topology(document: dict[str, Any], addresses: dict[str, str]) -> dict[str, Any]:
+    """The topology with storage pod names replaced by local URLs (unknown ones by a dead port)."""
+    copy = json.loads(json.dumps(document))
+    for dc in copy.get("datacenters", []):
+        for shard in dc.get("shards", []):
+            shard["replicas"] = [addresses.get(url, "http://127.0.0.1:9") for url in shard["replicas"]]
+    return dict(copy)
+
+
+class PodRunner:
+    def __init__(self, cluster: Cluster, namespace: str, workdir: Path, *, interval: float = 0.5) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.workdir = workdir
+        self.interval = interval
+        self.state = State(workdir / "processes")
+        self.runners: dict[str, Runner] = {}
+        self.targets = workdir / "targets.json"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.targets.write_text("[]")
+
+    def frontends(self, datacenter: str | None = None) -> list[Runner]:
+        with self._lock:
+            return [
+                r
+                for r in self.runners.values()
+                if r.role == "frontend"
+                and (datacenter is None or r.datacenter == datacenter)
+                and is_running(r.managed)
+            ]
+
+    def sync(self) -> None:
+        """One pass: start what is Running, stop what is gone, refresh topologies and targets."""
+        pods = json.loads(
+            self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", SELECTOR, "-o", "json")
+        )
+        running = {
+            p["metadata"]["name"]: p
+            for p in pods["items"]
+            if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        }
+        with self._lock:
+            for name in [n for n in self.runners if n not in running]:
+                stop(self.runners.pop(name).managed, grace=5)
+            for pod in sorted(
+                running.values(), key=lambda p: p["spec"]["containers"][0]["args"][0] != "storage"
+            ):
+                if pod["metadata"]["name"] not in self.runners:
+                    self._start(pod)
+            addresses = {
+                storage_address(running[r.pod]): r.url
+                for r in self.runners.values()
+                if r.role == "storage" and r.pod in running
+            }
+        self._write_topologies(addresses)
+        self._write_targets()
+
+    def _start(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        args = list(container["args"])
+        role = args[0]
+        port = free_port()
+        env = _env(container) | {"IMAGESERVER_PORT": str(port), "IMAGESERVER_HOST": "127.0.0.1"}
+        directory = self.workdir / meta["name"]
+        directory.mkdir(parents=True, exist_ok=True)
+        topology = None
+        if role == "storage":
+            args[args.index("--data") + 1] = str(directory / "data")
+        elif role == "frontend":
+            topology = directory / "topology.json"
+            args[args.index("--topology") + 1] = str(topology)
+        argv = [sys.executable, "-m", "imageserver", *args, "--port", str(port), "--host", "127.0.0.1"]
+        managed = spawn(self.state, meta["name"], argv, env)
+        instance = meta.get("labels", {}).get("app.kubernetes.io/instance", "")
+        self.runners[meta["name"]] = Runner(
+            meta["name"], role, env.get("IMAGESERVER_DATACENTER", ""), port, managed, instance, topology
+        )
+
+    def _write_topologies(self, addresses: dict[str, str]) -> None:
+        for runner in self.frontends():
+            if runner.topology is None:
+                continue
+            raw = self.cluster.kubectl(
+                "get",
+                "configmap",
+                f"{runner.imageserver}-topology",
+                "-n",
+                self.namespace,
+                "-o",
+                "jsonpath={.data.topology\\.json}",
+                check=False,
+            )
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                continue
+            text = json.dumps(local_topology(document, addresses), indent=2, sort_keys=True)
+            if not runner.topology.exists() or runner.topology.read_text() != text:
+                tmp = runner.topology.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.replace(runner.topology)
+
+    def _write_targets(self) -> None:
+        with self._lock:
+            groups = [
+                {
+                    "targets": [f"127.0.0.1:{r.port}"],
+                    "labels": {"namespace": self.namespace, "imageserver": r.imageserver, "pod": r.pod},
+                }
+                for r in self.runners.values()
+            ]
+        tmp = self.targets.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.targets)
+
+    def start(self) -> PodRunner:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.sync()
+                except Exception as error:  # the cluster may be busy; the next pass retries
+                    print(f"pod runner: {error}", file=sys.stderr)
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        with self._lock:
+            for runner in self.runners.values():
+                stop(runner.managed, grace=5)
+            self.runners.clear()
+
+    def wait_for_frontends(self, count: int, timeout: float = 60) -> list[Runner]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = self.frontends()
+            if len(ready) >= count:
+                return ready
+            time.sleep(0.25)
+        raise TimeoutError(f"only {len(self.frontends())} of {count} frontends started")

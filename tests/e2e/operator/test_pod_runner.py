@@ -1,0 +1,86 @@
+"""The test bed's pod runner closes the loop: the operator's KWOK pods become real imageserver
+processes that serve traffic and are scraped by Prometheus."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+import samples
+from operator_processes import OperatorProcesses
+
+from testbed.cluster import Cluster
+from testbed.podrunner import PodRunner
+from testbed.prometheus import Prometheus
+
+
+def test_pods_run_as_real_processes_and_serve_across_datacenters(
+    cluster: Cluster,
+    namespace: str,
+    operators: OperatorProcesses,
+    prometheus: Callable[..., Prometheus],
+    tmp_path: Path,
+) -> None:
+    operators.start()
+    spec = {
+        "version": "1.0.0",
+        "shards": 2,
+        "datacenters": [{"name": "dc-a", "frontendReplicas": 1}, {"name": "dc-b", "frontendReplicas": 1}],
+        "storage": {"replicas": 2, "writeQuorum": 2},
+    }
+    cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "imageserver.dev/v1alpha1",
+                "kind": "ImageServer",
+                "metadata": {"name": "live"},
+                "spec": spec,
+            }
+        ),
+    )
+    runner = PodRunner(cluster, namespace, tmp_path / "pods").start()
+    try:
+        frontends = {r.datacenter: r for r in runner.wait_for_frontends(2)}
+        assert set(frontends) == {"dc-a", "dc-b"}
+
+        def ready(url: str) -> bool:
+            try:
+                return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not all(ready(r.url) for r in frontends.values()) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        data = samples.jpeg(120, 80, seed=5)
+        created = requests.post(f"{frontends['dc-a'].url}/v1/images", data=data, timeout=30)
+        assert created.status_code == 201, created.text
+        image_id = created.json()["id"]
+        # Read through the other datacenter: its copy arrives asynchronously, or is fetched and repaired.
+        answer = requests.get(f"{frontends['dc-b'].url}/v1/images/{image_id}", timeout=30)
+        assert answer.status_code == 200 and answer.content == data
+
+        server = prometheus(
+            [
+                {
+                    "job_name": "pods",
+                    "file_sd_configs": [{"files": [str(runner.targets)], "refresh_interval": "1s"}],
+                }
+            ]
+        )
+        up = server.wait_for(
+            f'count(up{{namespace="{namespace}", imageserver="live"}} == 1) == 10', timeout=30
+        )
+        assert up, "Prometheus did not scrape all 10 processes"
+        revisions = server.wait_for('imageserver_build_info{revision="1.0.0", datacenter="dc-b"}')
+        assert revisions
+    finally:
+        runner.stop()
