@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from testbed.cluster import Cluster
@@ -18,7 +19,9 @@ class OperatorProcesses:
         self.state = State(directory)
         self.count = 0
 
-    def start(self, *, resync_seconds: float = 2.0, lease_seconds: int = 6) -> Managed:
+    def start(
+        self, *, resync_seconds: float = 2.0, lease_seconds: int = 6, extra: Sequence[str] = ()
+    ) -> Managed:
         self.count += 1
         argv = [
             sys.executable,
@@ -31,6 +34,7 @@ class OperatorProcesses:
             self.namespace,
             "--resync-seconds",
             str(resync_seconds),
+            *extra,
         ]
         env = {
             "KUBECONFIG": str(self.cluster.kubeconfig),

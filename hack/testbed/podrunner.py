@@ -15,6 +15,8 @@ import json
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +63,18 @@ def local_topology(document: dict[str, Any], addresses: dict[str, str]) -> dict[
 
 
 class PodRunner:
-    def __init__(self, cluster: Cluster, namespace: str, workdir: Path, *, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        workdir: Path,
+        *,
+        interval: float = 0.5,
+        faults: dict[str, float] | None = None,
+    ) -> None:
         self.cluster = cluster
+        # A bad build, simulated: processes of these revisions fail this share of requests.
+        self.faults = faults or {}
         self.namespace = namespace
         self.workdir = workdir
         self.interval = interval
@@ -118,6 +130,9 @@ class PodRunner:
         role = args[0]
         port = free_port()
         env = _env(container) | {"IMAGESERVER_PORT": str(port), "IMAGESERVER_HOST": "127.0.0.1"}
+        ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""))
+        if ratio:
+            env["IMAGESERVER_FAULT_ERROR_RATIO"] = str(ratio)
         directory = self.workdir / meta["name"]
         directory.mkdir(parents=True, exist_ok=True)
         topology = None
@@ -191,6 +206,24 @@ class PodRunner:
             for runner in self.runners.values():
                 stop(runner.managed, grace=5)
             self.runners.clear()
+
+    def drive(self, per_second: float, seconds: float, paths: list[str]) -> tuple[int, int]:
+        """Traffic, like a gateway: GETs spread over every running frontend. Returns (sent, 5xx)."""
+        sent = failed = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for runner in self.frontends():
+                path = paths[sent % len(paths)]
+                try:
+                    with urllib.request.urlopen(f"{runner.url}{path}", timeout=5) as answer:
+                        answer.read()
+                except urllib.error.HTTPError as error:
+                    failed += error.code >= 500
+                except OSError:
+                    pass  # a process starting or stopping
+                sent += 1
+            time.sleep(1 / per_second)
+        return sent, failed
 
     def wait_for_frontends(self, count: int, timeout: float = 60) -> list[Runner]:
         deadline = time.monotonic() + timeout
