@@ -225,6 +225,25 @@ class PodRunner:
             time.sleep(1 / per_second)
         return sent, failed
 
+    def wait_healthy(self, count: int, timeout: float = 60) -> None:
+        """Until `count` processes (storage and frontends) answer /healthz."""
+        deadline = time.monotonic() + timeout
+        healthy = 0
+        while time.monotonic() < deadline:
+            with self._lock:
+                urls = [r.url for r in self.runners.values() if is_running(r.managed)]
+            healthy = 0
+            for url in urls:
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+                        healthy += answer.status == 200
+                except OSError:
+                    pass
+            if healthy >= count:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"only {healthy} of {count} processes healthy")
+
     def wait_for_frontends(self, count: int, timeout: float = 60) -> list[Runner]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

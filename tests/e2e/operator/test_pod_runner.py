@@ -50,6 +50,7 @@ def test_pods_run_as_real_processes_and_serve_across_datacenters(
     try:
         frontends = {r.datacenter: r for r in runner.wait_for_frontends(2)}
         assert set(frontends) == {"dc-a", "dc-b"}
+        runner.wait_healthy(10)  # 8 storage replicas and 2 frontends: a write needs both replicas of a shard
 
         def ready(url: str) -> bool:
             try:
@@ -61,7 +62,12 @@ def test_pods_run_as_real_processes_and_serve_across_datacenters(
         while not all(ready(r.url) for r in frontends.values()) and time.monotonic() < deadline:
             time.sleep(0.25)
         data = samples.jpeg(120, 80, seed=5)
+        # As a client would: a 503 with Retry-After while the frontend's shard map catches up is retried.
+        deadline = time.monotonic() + 20
         created = requests.post(f"{frontends['dc-a'].url}/v1/images", data=data, timeout=30)
+        while created.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(float(created.headers.get("Retry-After", "1")))
+            created = requests.post(f"{frontends['dc-a'].url}/v1/images", data=data, timeout=30)
         assert created.status_code == 201, created.text
         image_id = created.json()["id"]
         # Read through the other datacenter: its copy arrives asynchronously, or is fetched and repaired.
