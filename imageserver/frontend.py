@@ -70,12 +70,11 @@ class Frontend:
         if not data:
             return error(400, "empty body: send the image bytes")
         try:
-            probe, rendered = await asyncio.get_running_loop().run_in_executor(
-                self.pool, imaging.render_allowlisted, data, self.settings.allowlist, self.settings.limits
+            image_id, (probe, rendered) = await asyncio.get_running_loop().run_in_executor(
+                self.pool, _digest_and_render, data, self.settings
             )
         except Rejected as why:
             return error(why.status, why.message)
-        image_id = hashlib.sha256(data).hexdigest()
         blobs = {variants.blob_name(image_id, Variant(size)): body for size, body in rendered.items()}
         blobs[image_id] = data
         try:
@@ -178,6 +177,14 @@ class Frontend:
         except _Missing:
             return None
         return body
+
+
+def _digest_and_render(
+    data: bytes, settings: Settings
+) -> tuple[str, tuple[imaging.Probe, dict[Size, bytes]]]:
+    """Off the event loop: hashing megabytes is work too, not only rendering."""
+    rendered = imaging.render_allowlisted(data, settings.allowlist, settings.limits)
+    return hashlib.sha256(data).hexdigest(), rendered
 
 
 class _Missing(Exception):

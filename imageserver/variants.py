@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -93,9 +93,9 @@ def parse(query: Mapping[str, str], *, max_dimension: int) -> Variant | None:
     return Variant(Size(dims[0], dims[1]), cast("Fit", fit), fmt)
 
 
-def is_allowlisted(variant: Variant, allowlist: Iterable[Size]) -> bool:
+def is_allowlisted(variant: Variant, allowlist: Collection[Size]) -> bool:
     """Allowlisted variants are rendered at upload: fit-in sizes in the original's format."""
-    return variant.fit == "contain" and variant.format is None and variant.size in set(allowlist)
+    return variant.fit == "contain" and variant.format is None and variant.size in allowlist
 
 
 def blob_name(image_id: str, variant: Variant | None) -> str:
