@@ -19,12 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from operator_processes import OperatorProcesses
-
 from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.render import Environment, Owner, render
 from testbed import cluster as local_cluster
 from testbed.cluster import Cluster
+from testbed.operators import OperatorProcesses
 from testbed.paths import REPO_ROOT
 from testbed.progress import say
 

@@ -7,11 +7,16 @@ gives each frontend a copy of that topology with those names mapped to the local
 rewrites it when the ConfigMap or the set of storage processes changes (the frontend picks
 the new file up by itself). Every process is listed in a Prometheus file_sd target file,
 labelled with its namespace and ImageServer, so the operator's SLO rules see real traffic.
+
+Faults play the incidents: a bad build (every process of a revision fails a share of its
+requests, set at start) or a sick datacenter (its frontends fail, switched on and off at run
+time through the processes' admin endpoints, which only the runner's token opens).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import threading
 import time
@@ -75,6 +80,8 @@ class PodRunner:
         self.cluster = cluster
         # A bad build, simulated: processes of these revisions fail this share of requests.
         self.faults = faults or {}
+        self.datacenter_faults: dict[str, float] = {}  # a sick datacenter: its frontends fail
+        self.admin_token = secrets.token_hex(16)
         self.namespace = namespace
         self.workdir = workdir
         self.interval = interval
@@ -129,8 +136,15 @@ class PodRunner:
         args = list(container["args"])
         role = args[0]
         port = free_port()
-        env = _env(container) | {"IMAGESERVER_PORT": str(port), "IMAGESERVER_HOST": "127.0.0.1"}
-        ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""))
+        env = _env(container) | {
+            "IMAGESERVER_PORT": str(port),
+            "IMAGESERVER_HOST": "127.0.0.1",
+            "IMAGESERVER_ENABLE_ADMIN": "true",
+            "IMAGESERVER_ADMIN_TOKEN": self.admin_token,
+        }
+        ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""), 0.0)
+        if role == "frontend":
+            ratio = max(ratio, self.datacenter_faults.get(env.get("IMAGESERVER_DATACENTER", ""), 0.0))
         if ratio:
             env["IMAGESERVER_FAULT_ERROR_RATIO"] = str(ratio)
         directory = self.workdir / meta["name"]
@@ -206,6 +220,20 @@ class PodRunner:
             for runner in self.runners.values():
                 stop(runner.managed, grace=5)
             self.runners.clear()
+
+    def sicken(self, datacenter: str, error_ratio: float) -> None:
+        """Make a datacenter's frontends fail this share of requests (0 heals it), now and for
+        frontends started later."""
+        self.datacenter_faults[datacenter] = error_ratio
+        for runner in self.frontends(datacenter):
+            request = urllib.request.Request(
+                f"{runner.url}/admin/faults",
+                data=json.dumps({"errorRatio": error_ratio}).encode(),
+                headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                answer.read()
 
     def drive(self, per_second: float, seconds: float, paths: list[str]) -> tuple[int, int]:
         """Traffic, like a gateway: GETs spread over every running frontend. Returns (sent, 5xx)."""

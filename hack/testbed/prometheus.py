@@ -103,6 +103,16 @@ class Prometheus:
             raise RuntimeError(f"query {promql!r} failed: {answer}")
         return list(answer["data"]["result"])
 
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """Range query (Unix times); the `result` matrix of the answer."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        url = f"{self.url}/api/v1/query_range?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            answer = json.loads(response.read())
+        if answer.get("status") != "success":
+            raise RuntimeError(f"query {promql!r} failed: {answer}")
+        return list(answer["data"]["result"])
+
     def wait_for(self, promql: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Poll until the query returns at least one sample."""
         deadline = time.monotonic() + timeout

@@ -28,7 +28,7 @@ def next_drained(current: frozenset[str], datacenters: list[str], dc: str, drain
 
 
 def set_drained(
-    kube: Kube, namespace: str, name: str, dc: str, *, drain: bool, reason: str
+    kube: Kube, namespace: str, name: str, dc: str, *, drain: bool, reason: str, announce: bool = True
 ) -> frozenset[str]:
     body: dict[str, Any] = kube.get_imageserver(namespace, name)
     datacenters = [d["name"] for d in body.get("spec", {}).get("datacenters", [])]
@@ -36,6 +36,7 @@ def set_drained(
     after = next_drained(before, datacenters, dc, drain)
     if after != before:
         kube.annotate(namespace, name, {DRAINED_ANNOTATION: ",".join(sorted(after)) or None})
+    if after != before and announce:
         verb = "Drained" if drain else "Undrained"
         kube.event(body, "Warning" if drain else "Normal", verb, f"{verb} {dc}: {reason}")
     return after

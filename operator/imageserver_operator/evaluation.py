@@ -2,9 +2,10 @@
 
 The SLO rules (`slo.py`) name each error ratio by SLI, grouping and window, so one query on
 `__name__` returns every ratio of every ImageServer at once, and one more returns request
-rates for the low-traffic guard: a fixed number of queries per cycle, however many
-ImageServers there are. Burn = ratio / budget; availability and latency are folded into the
-worse of the two per window.
+and error rates (for the low-traffic guard and the incident's failed-request estimate): a
+fixed number of queries per cycle, however many ImageServers there are. Burn = ratio /
+budget; availability and latency are folded into the worse of the two per window. The
+budget window's ratio (`slo_window`) is the share of the budget spent.
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from imageserver_operator.policy import Observation
 
 Key = tuple[str, str]  # namespace, name
 RATIO_QUERY = (
-    '{__name__=~"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision)?'
-    ':rate(5m|30m|1h|2h|6h|1d|3d)"}'
+    '{__name__=~"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision|_by_datacenter_revision)?'
+    ':(rate(5m|30m|1h|2h|6h|1d|3d)|slo_window)"}'
 )
-TRAFFIC_QUERY = "sum by (namespace, imageserver) (imageserver:requests:rate5m)"
-NAME = re.compile(r"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision)?:rate(\w+)")
+TRAFFIC_QUERY = " or ".join(
+    f'label_replace(sum by (namespace, imageserver) (imageserver:{kind}:rate5m), "kind", "{kind}", "", "")'
+    for kind in ("requests", "errors")
+)
+NAME = re.compile(
+    r"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision|_by_datacenter_revision)?"
+    r":(?:rate(\w+)|slo_window)"
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,10 @@ def observations(
 ) -> dict[Key, Observation]:
     """One Observation per ImageServer in `budgets`; those without series get empty burns."""
     service: defaultdict[Key, dict[str, float]] = defaultdict(dict)
+    spent: dict[Key, float] = {}
     by_dc: defaultdict[Key, defaultdict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     by_rev: defaultdict[Key, defaultdict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    serving: defaultdict[Key, defaultdict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for sample in ratios:
         metric = sample.get("metric", {})
         match = NAME.fullmatch(metric.get("__name__", ""))
@@ -59,24 +68,36 @@ def observations(
             continue
         sli, grouping, window = match.groups()
         burn = value / max(getattr(budgets[key], sli), 1e-9)
+        if window is None:  # the budget window: burn over it is the share of the budget spent
+            spent[key] = max(spent.get(key, 0.0), burn)
+            continue
         if grouping == "_by_datacenter":
             target = by_dc[key][metric.get("datacenter", "")]
         elif grouping == "_by_revision":
             target = by_rev[key][metric.get("revision", "")]
+        elif grouping == "_by_datacenter_revision":
+            target = serving[key][f"{metric.get('datacenter', '')}/{metric.get('revision', '')}"]
         else:
             target = service[key]
         target[window] = max(target.get(window, 0.0), burn)  # the worse SLI decides
-    rates = {
-        (s.get("metric", {}).get("namespace", ""), s.get("metric", {}).get("imageserver", "")): _value(s)
-        for s in traffic
-    }
+    rates: defaultdict[Key, dict[str, float]] = defaultdict(dict)
+    for sample in traffic:
+        metric = sample.get("metric", {})
+        value = _value(sample)
+        if value is not None:
+            rates[(metric.get("namespace", ""), metric.get("imageserver", ""))][metric.get("kind", "")] = (
+                value
+            )
     return {
         key: Observation(
             reachable=True,
-            requests_per_second=rates.get(key) or 0.0,
+            requests_per_second=rates[key].get("requests", 0.0),
+            errors_per_second=rates[key].get("errors", 0.0),
+            budget_spent=spent.get(key),
             service=dict(service.get(key, {})),
             by_datacenter={dc: dict(b) for dc, b in by_dc.get(key, {}).items()},
             by_revision={rev: dict(b) for rev, b in by_rev.get(key, {}).items()},
+            by_datacenter_revision={scope: dict(b) for scope, b in serving.get(key, {}).items()},
         )
         for key in budgets
     }

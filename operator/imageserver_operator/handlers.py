@@ -66,6 +66,10 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.enabled = False  # our Events say what happened; kopf's log echoes would not
+    # No runtime scanning: it lists namespaces and watches CRDs cluster-wide, which a namespaced
+    # operator may not (least privilege). Resources are discovered once at start-up; a child
+    # API installed later is applied by the reconciler and watched after a restart.
+    settings.scanning.disabled = True
 
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     kube = Kube(api_client(), identity)

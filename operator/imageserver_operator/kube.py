@@ -128,7 +128,9 @@ class Kube:
             GROUP, VERSION, namespace, "postmortems", name, {"spec": {"timeline": timeline}}
         )
 
-    def resolve_postmortem(self, namespace: str, name: str, resolved_at: str) -> None:
+    def resolve_postmortem(
+        self, namespace: str, name: str, resolved_at: str, impact: dict[str, float] | None = None
+    ) -> None:
         body = self.get_postmortem(namespace, name)
         spec = body.get("spec", {})
         started = spec.get("startedAt", resolved_at)
@@ -147,7 +149,7 @@ class Kube:
                 "state": "Resolved",
                 "resolvedAt": resolved_at,
                 "timeline": timeline,
-                "impact": {**spec.get("impact", {}), "durationSeconds": max(seconds, 0)},
+                "impact": {**spec.get("impact", {}), **(impact or {}), "durationSeconds": max(seconds, 0)},
             }
         }
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", name, patch)

@@ -26,6 +26,8 @@ from imageserver_operator.models import RemediationSpec
 Burn = Mapping[str, float]  # window ("5m", "1h", …) → burn rate
 ActionKind = Literal["rollback", "drain", "undrain", "page", "notify_unknown"]
 HEALTHY_BURN = 1.0  # at or under budget
+# "Cannot judge" is told only once it lasts: a start-up or a short Prometheus restart is no news.
+UNKNOWN_GRACE = datetime.timedelta(minutes=1)
 
 
 def duration(text: str) -> datetime.timedelta:
@@ -34,6 +36,9 @@ def duration(text: str) -> datetime.timedelta:
         raise ValueError(f"not a duration: {text!r}")
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
     return datetime.timedelta(**{unit: int(match.group(1))})
+
+
+PAGE_SHORT = 14.4  # the fast page's factor, on its short window
 
 
 def page_level(burn: Burn) -> bool:
@@ -54,6 +59,13 @@ def healthy(burn: Burn) -> bool:
     return bool(burn) and burn.get("5m", 0.0) <= HEALTHY_BURN and burn.get("1h", 0.0) <= HEALTHY_BURN
 
 
+def recovered(burn: Burn) -> bool:
+    """Within budget now: the short window only. The 1h window of a datacenter that was just
+    sick keeps its errors for an hour; holding a recovered datacenter drained that long would
+    leave the others without headroom for no reason. `healthyPeriod` guards against flapping."""
+    return "5m" in burn and burn["5m"] <= HEALTHY_BURN
+
+
 def _describe(burn: Burn) -> str:
     return ", ".join(f"{burn[w]:.1f}x over {w}" for w in ("5m", "1h", "6h") if w in burn)
 
@@ -67,6 +79,9 @@ class Observation:
     service: Burn = field(default_factory=dict)
     by_datacenter: Mapping[str, Burn] = field(default_factory=dict)
     by_revision: Mapping[str, Burn] = field(default_factory=dict)
+    errors_per_second: float = 0.0
+    budget_spent: float | None = None  # share of the SLO window's error budget spent so far
+    by_datacenter_revision: Mapping[str, Burn] = field(default_factory=dict)  # "dc-a/1.0.0" → 5m burn
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ class State:
     last_action_at: datetime.datetime | None = None
     paused: bool = False
     unknown_notified: bool = False  # "no data" already told once
+    unknown_since: datetime.datetime | None = None  # judged Unknown continuously since
+    rolling_out: bool = False  # workloads are still moving to the spec (Progressing=True)
     min_requests_per_second: float = 0.1  # the low-traffic guard
 
 
@@ -105,14 +122,16 @@ class Decision:
     slo_healthy: Literal["True", "False", "Unknown"]
     summary: str
     actions: tuple[Action, ...] = ()
+    paging: bool = False  # the service burns at page level and users are hurt now: an incident
+    recovered: bool = False  # what serves users now is within budget: an incident can end
 
 
 def decide(observed: Observation, state: State, now: datetime.datetime) -> Decision:
     if not observed.reachable or not observed.service:
         why = "Prometheus is unreachable" if not observed.reachable else "Prometheus has no SLO data yet"
-        return _unknown(state, why)
+        return _unknown(state, why, now)
     if observed.requests_per_second < state.min_requests_per_second:
-        return _unknown(state, f"too little traffic to judge ({observed.requests_per_second:.2f} req/s)")
+        return _unknown(state, f"too little traffic to judge ({observed.requests_per_second:.2f} req/s)", now)
 
     actions = _planned(observed, state, now)
     burning = page_level(observed.service) or ticket_level(observed.service)
@@ -126,29 +145,61 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
         if action.kind in ("rollback", "drain", "undrain") and in_cooldown:
             continue  # never twice inside the cooldown
         final.append(Action(action.kind, action.reason, action.target, execute=act or action.kind == "page"))
-    return Decision("False" if burning else "True", summary, tuple(final))
+    return Decision(
+        "False" if burning else "True",
+        summary,
+        tuple(final),
+        paging=page_level(observed.service) and users_hurt(observed, state),
+        recovered=users_fine(observed, state),
+    )
 
 
-def _unknown(state: State, why: str) -> Decision:
-    actions = () if state.unknown_notified else (Action("notify_unknown", f"no action: {why}"),)
-    return Decision("Unknown", why, actions)
+def _serving(observed: Observation, state: State, dc: Datacenter) -> Burn:
+    """The burn of what a datacenter serves now: the current revision there."""
+    return observed.by_datacenter_revision.get(f"{dc.name}/{state.current_revision}", {})
+
+
+def users_hurt(observed: Observation, state: State) -> bool:
+    """Something that serves users now burns at page level on the 5m window (a rollout or a
+    lingering long window alone is not harm). Opening at 14.4x and resolving at 1x is the
+    hysteresis that keeps an incident from flapping on stray errors."""
+    serving = [_serving(observed, state, dc) for dc in state.datacenters if not dc.drained]
+    return any(burn.get("5m", 0.0) > PAGE_SHORT for burn in serving)
+
+
+def users_fine(observed: Observation, state: State) -> bool:
+    """What serves users now (the current revision in every datacenter still routed traffic,
+    the rollout finished) is within budget on the 5m window. The service's windows remember
+    an incident long after a rollback or drain ended it; this says when users stopped being
+    hurt."""
+    if state.rolling_out:
+        return False  # a mitigation still rolling out has not ended anything yet
+    serving = [_serving(observed, state, dc) for dc in state.datacenters if not dc.drained]
+    judged = [burn for burn in serving if "5m" in burn]
+    return bool(judged) and all(recovered(burn) for burn in judged)
+
+
+def _unknown(state: State, why: str, now: datetime.datetime) -> Decision:
+    lasting = state.unknown_since is not None and now - state.unknown_since >= UNKNOWN_GRACE
+    tell = lasting and not state.unknown_notified
+    return Decision("Unknown", why, (Action("notify_unknown", f"no action: {why}"),) if tell else ())
 
 
 def _planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
     rollback = _rollback(observed, state, now)
-    if rollback:
-        return [rollback]
     drains = _drains(observed, state)
+    if rollback and not (drains and _rollout_complete(observed, state)):
+        return [rollback]
     if drains:
         return drains
     undrains = _undrains(observed, state, now)
-    if page_level(observed.service):
+    if page_level(observed.service) and users_hurt(observed, state):
         return [
             *undrains,
             Action(
                 "page",
-                f"the whole service burns ({_describe(observed.service)}) and no "
-                "single revision or datacenter explains it: no automatic action",
+                f"the service burns ({_describe(observed.service)}) and no single revision or "
+                "datacenter explains it: paging, no automatic action",
             ),
         ]
     return undrains
@@ -174,16 +225,30 @@ def _rollback(observed: Observation, state: State, now: datetime.datetime) -> Ac
     )
 
 
+def _rollout_complete(observed: Observation, state: State) -> bool:
+    """No request reached the previous revision in the last 5 minutes: every datacenter runs
+    the current one. Then burn in one datacenter while the others are healthy says the
+    datacenter is sick, not the revision (which serves the healthy ones fine)."""
+    return "5m" not in observed.by_revision.get(state.previous_revision, {})
+
+
 def _drains(observed: Observation, state: State) -> list[Action]:
     policy = state.remediation.drain
     if not policy.enabled:
         return []
     active = [dc for dc in state.datacenters if not dc.drained]
-    sick = [dc for dc in active if page_level(observed.by_datacenter.get(dc.name, {}))]
+    # Sick: burning at page level and still failing now. Healthy: serving fine now (the 1h
+    # window of every datacenter still remembers an incident that just ended elsewhere).
+    sick = [
+        dc
+        for dc in active
+        if page_level(observed.by_datacenter.get(dc.name, {}))
+        and not recovered(_serving(observed, state, dc))
+    ]
     others = [dc for dc in active if dc not in sick]
     if not sick or not others:
         return []  # nothing concentrated, or it burns everywhere
-    if not all(healthy(observed.by_datacenter.get(dc.name, {})) for dc in others):
+    if not all(recovered(_serving(observed, state, dc)) for dc in others):
         return []  # the others are not healthy: not concentrated in one place
     already = len(state.datacenters) - len(active)
     room = policy.max_drained - already
@@ -211,7 +276,11 @@ def _undrains(observed: Observation, state: State, now: datetime.datetime) -> li
     period = duration(state.remediation.drain.healthy_period)
     actions = []
     for dc in state.datacenters:
-        if not dc.drained or dc.healthy_since is None or not healthy(observed.by_datacenter.get(dc.name, {})):
+        if (
+            not dc.drained
+            or dc.healthy_since is None
+            or not recovered(observed.by_datacenter.get(dc.name, {}))
+        ):
             continue
         if now - dc.healthy_since >= period:
             minutes = int((now - dc.healthy_since).total_seconds() // 60)

@@ -2,23 +2,26 @@
 per ImageServer (policy.py), and its execution: rollback, drain, undrain, pages, with an
 Event, a Slack message in the incident's thread and a Postmortem timeline entry each.
 
-An action is recorded on the ImageServer *before* it is taken, so a crash between deciding
-and acting cannot make a second one: the record feeds the policy's cooldown.
+An action is recorded on the ImageServer *before* it is taken and marked done after: a crash
+in between leaves a record that the next cycle (of this or another operator) completes,
+instead of deciding again, and the record feeds the policy's cooldown. So a crash can
+neither lose an action nor make a second one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
-from imageserver_operator import drain, incidents, policy
+from imageserver_operator import drain, failpoints, incidents, policy
 from imageserver_operator.annotations import drained_of
 from imageserver_operator.evaluation import Budgets, Key
 from imageserver_operator.kube import Kube
@@ -72,7 +75,10 @@ class Remediator:
         self.interval_seconds = interval_seconds
         self.clock = clock
         self._healthy_since: dict[tuple[Key, str], datetime.datetime] = {}
-        self._healthy_streak: dict[Key, int] = {}
+        self._fine_since: dict[Key, datetime.datetime] = {}  # users fine continuously since
+        self._unknown_since: dict[Key, datetime.datetime] = {}
+        self._tally: dict[str, incidents.Tally] = {}  # open incident → its cost so far
+        self._last_cycle: dict[Key, datetime.datetime] = {}
         self._reported: set[tuple[str, str, str]] = set()  # (incident, kind, target) told once
 
     async def run(self) -> None:
@@ -115,7 +121,7 @@ class Remediator:
         now = self.clock()
         datacenters = []
         for dc in spec.datacenters:
-            if policy.healthy(seen.by_datacenter.get(dc.name, {})):
+            if policy.recovered(seen.by_datacenter.get(dc.name, {})):
                 self._healthy_since.setdefault((key, dc.name), now)
             else:
                 self._healthy_since.pop((key, dc.name), None)
@@ -124,13 +130,19 @@ class Remediator:
                     dc.name, dc.frontend_replicas, dc.name in drained, self._healthy_since.get((key, dc.name))
                 )
             )
-        revisions = status_of(body).get("revisions", {}) or {}
+        status = status_of(body)
+        revisions = status.get("revisions", {}) or {}
+        progressing = any(
+            c.get("type") == "Progressing" and c.get("status") == "True" for c in status.get("conditions", [])
+        )
         base = policy.State(
             remediation=spec.remediation,
             datacenters=tuple(datacenters),
             current_revision=revisions.get("current") or spec.version,
             previous_revision=revisions.get("previous", ""),
             current_since=_parse_time(revisions.get("since", "")),
+            unknown_since=self._unknown_since.get(key),
+            rolling_out=progressing,
         )
         return incidents.state_with_history(base, annotations)
 
@@ -142,14 +154,33 @@ class Remediator:
         started = time.monotonic()
         case = Case(body, spec, seen, self.clock())
         self.metrics.saw(case.namespace, case.name, seen)
+        pending = incidents.interrupted(case.annotations)
+        if pending is not None:
+            await self._complete(case, pending)
+            return
         state = self._state(key, body, spec, seen)
         decision = policy.decide(seen, state, case.now)
+        if decision.actions:
+            log.info(
+                "%s: %s; %s",
+                case.where,
+                decision.summary,
+                "; ".join(f"{a.kind} {a.target} (execute={a.execute}): {a.reason}" for a in decision.actions),
+            )
+        if decision.slo_healthy == "Unknown":
+            self._unknown_since.setdefault(key, case.now)
+        else:
+            self._unknown_since.pop(key, None)
         for action in decision.actions:
             self.metrics.decided(action)
         open_incident = case.annotations.get(incidents.INCIDENT_ANNOTATION, "")
-        streak = self._healthy_streak.get(key, 0)
-        step = incidents.step(decision, open_incident, streak, case.name, case.now)
-        self._healthy_streak[key] = streak + 1 if decision.slo_healthy == "True" else 0
+        if decision.recovered:
+            self._fine_since.setdefault(key, case.now)
+        else:
+            self._fine_since.pop(key, None)
+        fine_for = case.now - self._fine_since.get(key, case.now)
+        step = incidents.step(decision, open_incident, fine_for, case.name, case.now)
+        self._count(key, case, step.incident)
         if step.open_incident:
             await self._open(case, step.open_incident, decision)
         for action in step.actions:
@@ -157,8 +188,20 @@ class Remediator:
         if step.resolve:
             await self._resolve(case, step.incident)
         await self._unknown(case, decision, step)
-        await self._slo_condition(case, decision)
+        await self._status(case, decision)
         self.metrics.decision_seconds.observe(time.monotonic() - started)
+
+    def _count(self, key: Key, case: Case, incident: str) -> None:
+        """Add this cycle's failed requests to the open incident's tally (for its impact)."""
+        previous = self._last_cycle.get(key)
+        self._last_cycle[key] = case.now
+        if not incident or not case.seen.reachable:
+            return
+        # A long gap (leadership moved, Prometheus was away) is not counted as this cycle's.
+        seconds = self.interval_seconds
+        if previous is not None:
+            seconds = min((case.now - previous).total_seconds(), 4 * self.interval_seconds)
+        self._tally[incident] = self._tally.get(incident, incidents.Tally()).add(case.seen, seconds)
 
     async def _open(self, case: Case, name: str, decision: policy.Decision) -> None:
         burn_rates = [{"window": w, "burnRate": round(v, 2)} for w, v in case.seen.service.items()]
@@ -221,32 +264,10 @@ class Remediator:
                     dry_run=True,
                 )
             return
-        record = incidents.Recorded(action.kind, action.target, case.now, incident)
-        # Recorded before it is taken: a crash now cannot lead to a second action (cooldown).
-        await asyncio.to_thread(
-            self.kube.annotate,
-            case.namespace,
-            case.name,
-            {incidents.LAST_ACTION_ANNOTATION: record.annotation()},
-        )
-        if action.kind == "rollback":
-            await asyncio.to_thread(
-                self.kube.set_version,
-                case.namespace,
-                case.name,
-                action.target,
-                {ROLLBACK_REASON_ANNOTATION: action.reason},
-            )
-        else:
-            await asyncio.to_thread(
-                drain.set_drained,
-                self.kube,
-                case.namespace,
-                case.name,
-                action.target,
-                drain=action.kind == "drain",
-                reason=action.reason,
-            )
+        record = incidents.Recorded(action.kind, action.target, case.now, incident, action.reason, done=False)
+        await self._record(case, record)  # before acting: see the module's docstring
+        failpoints.reach(failpoints.AFTER_RECORD)
+        await self._execute(case, record)
         await self._tell(
             case,
             incident,
@@ -254,6 +275,50 @@ class Remediator:
             reason=REASONS[action.kind],
             text=f"{PAST[action.kind]} {action.target}: {action.reason}",
         )
+
+    async def _complete(self, case: Case, record: incidents.Recorded) -> None:
+        """An action recorded but interrupted (the operator crashed): take it now, once."""
+        log.warning("completing %s %s, recorded at %s and interrupted", record.kind, record.target, record.at)
+        await self._execute(case, record)
+        action = policy.Action(cast("policy.ActionKind", record.kind), record.reason, record.target)
+        await self._tell(
+            case,
+            record.incident,
+            action,
+            reason=REASONS[record.kind],
+            text=f"{PAST[record.kind]} {record.target}, completed after an operator restart: {record.reason}",
+        )
+
+    async def _record(self, case: Case, record: incidents.Recorded) -> None:
+        await asyncio.to_thread(
+            self.kube.annotate,
+            case.namespace,
+            case.name,
+            {incidents.LAST_ACTION_ANNOTATION: record.annotation()},
+        )
+
+    async def _execute(self, case: Case, record: incidents.Recorded) -> None:
+        """Take a recorded action (idempotent: safe to repeat after a crash), then mark it done."""
+        if record.kind == "rollback":
+            await asyncio.to_thread(
+                self.kube.set_version,
+                case.namespace,
+                case.name,
+                record.target,
+                {ROLLBACK_REASON_ANNOTATION: record.reason},
+            )
+        else:
+            await asyncio.to_thread(
+                drain.set_drained,
+                self.kube,
+                case.namespace,
+                case.name,
+                record.target,
+                drain=record.kind == "drain",
+                reason=record.reason,
+                announce=False,  # _tell() posts the Event, with the Slack message and timeline
+            )
+        await self._record(case, dataclasses.replace(record, done=True))
 
     async def _tell(
         self,
@@ -295,7 +360,11 @@ class Remediator:
         )
 
     async def _resolve(self, case: Case, incident: str) -> None:
-        await asyncio.to_thread(self.kube.resolve_postmortem, case.namespace, incident, case.stamp)
+        tally = self._tally.pop(incident, incidents.Tally())
+        impact = tally.impact(
+            budget(case.spec.slo.availability.objective), policy.duration(case.spec.slo.window)
+        )
+        await asyncio.to_thread(self.kube.resolve_postmortem, case.namespace, incident, case.stamp, impact)
         await asyncio.to_thread(
             self.kube.annotate, case.namespace, case.name, {incidents.INCIDENT_ANNOTATION: None}
         )
@@ -308,7 +377,13 @@ class Remediator:
         )
         self.notify(
             IncidentMessage(
-                incident, "resolved", case.where, "Resolved: burn back under budget", postmortem=incident
+                incident,
+                "resolved",
+                case.where,
+                "Resolved: burn back under budget",
+                reason=f"about {impact['failedRequestsEstimate']:.0f} requests failed",
+                budget_spent_percent=impact["errorBudgetConsumedPercent"],
+                postmortem=incident,
             )
         )
 
@@ -340,15 +415,31 @@ class Remediator:
                 self.kube.annotate, case.namespace, case.name, {incidents.UNKNOWN_ANNOTATION: None}
             )
 
-    async def _slo_condition(self, case: Case, decision: policy.Decision) -> None:
+    async def _status(self, case: Case, decision: policy.Decision) -> None:
+        """SLOHealthy and errorBudgetRemaining, written only when they change."""
+        status = status_of(case.body)
+        patch: dict[str, Any] = {}
+        if case.seen.budget_spent is not None:
+            remaining = f"{(1 - case.seen.budget_spent) * 100:.0f}%"  # whole percent: few writes
+            if status.get("errorBudgetRemaining") != remaining:
+                patch["errorBudgetRemaining"] = remaining
+        condition = self._slo_condition(case, decision)
+        if condition is not None:
+            conditions = [c for c in status.get("conditions", []) if c["type"] != "SLOHealthy"]
+            patch["conditions"] = [*conditions, condition]
+        if patch:
+            await asyncio.to_thread(self.kube.patch_status, case.namespace, case.name, patch)
+
+    @staticmethod
+    def _slo_condition(case: Case, decision: policy.Decision) -> dict[str, Any] | None:
         conditions = list(status_of(case.body).get("conditions", []))
         old: dict[str, Any] = next((c for c in conditions if c["type"] == "SLOHealthy"), {})
         reason = {"True": "WithinBudget", "False": "BurningBudget", "Unknown": "CannotJudge"}[
             decision.slo_healthy
         ]
         if old.get("status") == decision.slo_healthy and old.get("reason") == reason:
-            return
-        new = {
+            return None
+        return {
             "type": "SLOHealthy",
             "status": decision.slo_healthy,
             "reason": reason,
@@ -356,8 +447,6 @@ class Remediator:
             "lastTransitionTime": case.stamp,
             "observedGeneration": case.body["metadata"].get("generation", 0),
         }
-        conditions = [c for c in conditions if c["type"] != "SLOHealthy"] + [new]
-        await asyncio.to_thread(self.kube.patch_status, case.namespace, case.name, {"conditions": conditions})
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,34 @@ def _recording(namespace: str, name: str, threshold: float) -> list[dict[str, An
                         f" / sum by ({_by(*labels)}) (imageserver:requests:rate{window}{mine})",
                     }
                 )
+    # What serves users now, per datacenter and revision, on the short window: says when an
+    # incident is over, while the long windows still remember it for hours.
+    for sli, bad in SLIS.items():
+        rules.append(
+            {
+                "record": f"imageserver:{sli}_error_ratio_by_datacenter_revision:rate5m",
+                "expr": f"sum by ({_by(*DETAIL)}) (imageserver:{bad}:rate5m{mine})"
+                f" / sum by ({_by(*DETAIL)}) (imageserver:requests:rate5m{mine})",
+            }
+        )
     return rules
+
+
+def _budget_window(namespace: str, name: str, slo_window: str) -> list[dict[str, Any]]:
+    """The budget window's error ratio: the 5m ratio sampled every 5 minutes across the window
+    (a subquery over a recorded series: far cheaper than rate() over 30 days of raw samples),
+    summed and divided by the number of 5-minute slots. Slots without data count as no errors,
+    so a young service is not judged by its first minutes alone (an average over the samples
+    there are, as Sloth does, says -5000 % after one bad minute). Feeds errorBudgetRemaining."""
+    mine = f'{{namespace="{namespace}", imageserver="{name}"}}'
+    slots = int(slo_window.removesuffix("d")) * 24 * 12
+    return [
+        {
+            "record": f"imageserver:{sli}_error_ratio:slo_window",
+            "expr": f"sum_over_time(imageserver:{sli}_error_ratio:rate5m{mine}[{slo_window}:5m]) / {slots}",
+        }
+        for sli in SLIS
+    ]
 
 
 def _alerts(namespace: str, name: str, slo: SLOSpec) -> list[dict[str, Any]]:
@@ -140,6 +167,11 @@ def rule_groups(namespace: str, name: str, slo: SLOSpec) -> dict[str, Any]:
             {
                 "name": f"imageserver-{namespace}-{name}-recording",
                 "rules": _recording(namespace, name, threshold),
+            },
+            {
+                "name": f"imageserver-{namespace}-{name}-budget",
+                "interval": "1m",  # slow-moving: a minute is plenty, whatever the global interval
+                "rules": _budget_window(namespace, name, slo.window),
             },
             {"name": f"imageserver-{namespace}-{name}-alerts", "rules": _alerts(namespace, name, slo)},
         ]

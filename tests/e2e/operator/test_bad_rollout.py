@@ -1,134 +1,97 @@
-"""Acceptance: a bad rollout under real traffic is rolled back by the operator on its own.
+"""Acceptance: a bad rollout under real traffic is rolled back by the operator on its own,
+once, even when the operator is killed right after deciding.
 
 Real pieces: the API server and controllers, the operator (reconcile and SLO loops), the
-pod runner's imageserver processes, Prometheus with the generated rules, the Slack stub.
-The bad build is the test bed's: processes of revision 1.1.0 fail half their requests.
+pod runner's imageserver processes, Prometheus with the generated rules, the Slack stub, the
+Gateway's traffic. The bad build is the test bed's: processes of 1.1.0 fail half their requests.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-import pytest
-import requests
-import samples
-from operator_processes import OperatorProcesses
+from testbed.mission import Mission
 
-from testbed.cluster import Cluster
-from testbed.podrunner import PodRunner
-from testbed.prometheus import Prometheus
-from testbed.slack_stub import SlackStub
-
-
-@pytest.fixture
-def stub() -> Iterator[SlackStub]:
-    with SlackStub() as running:
-        yield running
+SPEC: dict[str, Any] = {
+    "version": "1.0.0",
+    "datacenters": [{"name": "dc-a", "frontendReplicas": 1}, {"name": "dc-b", "frontendReplicas": 1}],
+    "storage": {"replicas": 1, "writeQuorum": 1},
+    "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
+}
+BAD = {"1.1.0": 0.5}
 
 
-def test_a_bad_rollout_is_rolled_back_within_two_minutes(
-    cluster: Cluster,
-    namespace: str,
-    operators: OperatorProcesses,
-    prometheus: Callable[..., Prometheus],
-    stub: SlackStub,
-    tmp_path: Path,
-) -> None:
-    spec = {
-        "version": "1.0.0",
-        "datacenters": [{"name": "dc-a", "frontendReplicas": 1}, {"name": "dc-b", "frontendReplicas": 1}],
-        "storage": {"replicas": 1, "writeQuorum": 1},
-        "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
+def last_action(one: Mission) -> dict[str, Any]:
+    return dict(json.loads(one.annotations().get("imageserver.dev/last-action", "{}")))
+
+
+def test_a_bad_rollout_is_rolled_back_within_two_minutes(mission: Callable[..., Mission]) -> None:
+    one = mission(SPEC, faults=BAD)
+    one.holds("no action on a healthy service", lambda: not last_action(one), 10)
+
+    one.apply(version="1.1.0")
+    errors = one.until("1.1.0 serves errors", lambda: one.errors_seen('revision="1.1.0"'), 60, 0.5)
+    started = time.monotonic()
+    detected = one.until(
+        "an incident is opened", lambda: "imageserver.dev/incident" in one.annotations(), 120, 0.5
+    )
+    mitigated = one.until(
+        "rolled back to 1.0.0", lambda: one.imageserver()["spec"]["version"] == "1.0.0", 120, 0.5
+    )
+    mitigated += detected
+    print(f"bad rollout: errors {errors:.0f}s after the apply; TTD {detected:.0f}s, TTM {mitigated:.0f}s")
+    assert time.monotonic() - started <= 120
+
+    annotations = one.annotations()
+    assert last_action(one) | {"at": ""} == {
+        "kind": "rollback",
+        "target": "1.0.0",
+        "at": "",
+        "incident": annotations["imageserver.dev/incident"],
+        "reason": annotations["imageserver.dev/rollback-reason"],
+        "done": True,
     }
+    assert "rolling back to 1.0.0" in annotations["imageserver.dev/rollback-reason"]
+    assert len(one.postmortems()) == 1
 
-    def apply(version: str) -> None:
-        body = {
-            "apiVersion": "imageserver.dev/v1alpha1",
-            "kind": "ImageServer",
-            "metadata": {"name": "shop"},
-            "spec": {**spec, "version": version},
-        }
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    # One Slack thread: the incident's first message, everything else a reply to it.
+    one.until("the rollback is told in Slack", lambda: bool(one.messages("Rolled back 1.0.0")), 30)
+    first, *replies = one.messages()
+    assert "thread_ts" not in first and replies
+    assert all(m.get("thread_ts") for m in replies), [(m["text"], m.get("thread_ts")) for m in one.messages()]
+    assert len({m["thread_ts"] for m in replies}) == 1
 
-    cluster.kubectl("create", "secret", "generic", "slack", "-n", namespace, "--from-literal=token=xoxb-test")
-    runner = PodRunner(cluster, namespace, tmp_path / "pods", faults={"1.1.0": 0.5}).start()
-    operators.start()  # reconcile only, until Prometheus has its rules
-    try:
-        apply("1.0.0")
-        frontends = runner.wait_for_frontends(2)
-        rules = tmp_path / "rules.yml"
-        deadline = time.monotonic() + 30
-        while not rules.exists() and time.monotonic() < deadline:
-            text = cluster.kubectl(
-                "get",
-                "cm",
-                "shop-slo-rules",
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.data.rules\\.yml}",
-                check=False,
-            )
-            if text.startswith("groups"):
-                rules.write_text(text)
-            time.sleep(0.5)
-        server = prometheus(
-            [
-                {
-                    "job_name": "pods",
-                    "file_sd_configs": [{"files": [str(runner.targets)], "refresh_interval": "1s"}],
-                }
-            ],
-            [rules],
-        )
-        runner.wait_healthy(4)  # per datacenter one storage replica and one frontend
-        data = samples.jpeg(80, 60, seed=3)
-        for _ in range(50):  # a 503 while a frontend's shard map catches up is retried, as a client would
-            answer = requests.post(f"{frontends[0].url}/v1/images", data=data, timeout=10)
-            if answer.status_code == 201:
-                break
-            time.sleep(0.4)
-        assert answer.status_code == 201, answer.text
-        paths = [f"/v1/images/{answer.json()['id']}"]
-        # A second operator process, now with the SLO loop (the first one only reconciles).
-        operators.stop_all()
-        operators.start(
-            extra=["--prometheus-url", server.url, "--slo-seconds", "2", "--slack-base-url", stub.base_url]
-        )
-        traffic = threading.Thread(target=runner.drive, args=(20, 150, paths), daemon=True)
-        traffic.start()
-        time.sleep(10)  # a healthy baseline
+    # Users are fine again once 1.0.0 serves everywhere: back to the 0 % baseline.
+    gateway = one.gateway
+    assert gateway is not None
+    one.until("error ratio back to baseline", lambda: gateway.error_ratio(10) == 0.0, 90)
+    assert one.reasons().count("RolledBack") == 1
 
-        apply("1.1.0")  # the bad build
-        errors_from = None
-        rolled_back = None
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            if errors_from is None and server.query(
-                'imageserver_http_requests_total{code="500", revision="1.1.0"}'
-            ):
-                errors_from = time.monotonic()
-            imgs = json.loads(cluster.kubectl("get", "imgs", "shop", "-n", namespace, "-o", "json"))
-            if imgs["spec"]["version"] == "1.0.0" and errors_from is not None:
-                rolled_back = time.monotonic()
-                break
-            time.sleep(1)
-        assert errors_from is not None, "the bad revision never served errors"
-        assert rolled_back is not None, "no rollback within the time limit"
-        mitigation = rolled_back - errors_from
-        print(f"rolled back {mitigation:.0f}s after the first errors")
-        assert mitigation <= 120
-        annotations = imgs["metadata"]["annotations"]
-        assert json.loads(annotations["imageserver.dev/last-action"])["kind"] == "rollback"
-        assert "rolling back to 1.0.0" in annotations["imageserver.dev/rollback-reason"]
-        told = time.monotonic() + 20
-        while not any("Rolled back 1.0.0" in m["text"] for m in stub.messages()) and time.monotonic() < told:
-            time.sleep(0.5)
-        assert any("Rolled back 1.0.0" in m["text"] for m in stub.messages())
-        assert cluster.kubectl("get", "pm", "-n", namespace, "-o", "name")
-    finally:
-        runner.stop()
+
+def test_killed_right_after_deciding_to_roll_back_then_restarted_rolls_back_exactly_once(
+    mission: Callable[..., Mission],
+) -> None:
+    one = mission(SPEC, faults=BAD, operator_env={"IMAGESERVER_OPERATOR_FAILPOINT": "after-record"})
+    operator = list(one.operators.state.processes.values())[-1].popen  # the one with the SLO loop
+    assert operator is not None
+
+    one.apply(version="1.1.0")
+    one.until("the operator decides and dies", lambda: operator.poll() is not None, 120, 0.5)
+    assert operator.returncode == -9  # SIGKILL, at the failpoint
+    recorded = last_action(one)
+    assert (recorded["kind"], recorded["target"], recorded["done"]) == ("rollback", "1.0.0", False)
+    assert one.imageserver()["spec"]["version"] == "1.1.0"  # decided, not taken
+
+    one.operator_env = {}
+    one.start_operator()
+    one.until("rolled back after the restart", lambda: one.imageserver()["spec"]["version"] == "1.0.0", 60)
+    assert last_action(one)["done"] is True
+    # The bad revision keeps burning while pods roll: nothing more may happen.
+    one.holds("exactly one rollback", lambda: one.reasons().count("RolledBack") == 1, 20)
+    assert one.imageserver()["spec"]["version"] == "1.0.0"
+    one.until("the rollback is told in Slack", lambda: bool(one.messages("Rolled back 1.0.0")), 30)
+    assert len(one.messages("Rolled back 1.0.0")) == 1
+    assert "completed after an operator restart" in one.messages("Rolled back 1.0.0")[0]["text"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import requests
 import samples
-from operator_processes import OperatorProcesses
 
 from testbed.cluster import Cluster
+from testbed.operators import OperatorProcesses
 from testbed.podrunner import PodRunner
 from testbed.prometheus import Prometheus
 

@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from operator_processes import OperatorProcesses
-
 from testbed.cluster import Cluster
+from testbed.operators import OperatorProcesses
 
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 SHARED = 3  # topology ConfigMap, SLO rules ConfigMap, NetworkPolicy (no Gateway API here)

@@ -81,12 +81,14 @@ class Loop:
         self.cluster, self.namespace = cluster, namespace
         self.store = Store()
         self.seen = Observation(False)
+        self.now = datetime.datetime.now(datetime.UTC)
         self.remediator = Remediator(
             self.store,
             kube,
             self._observe,
             is_leader=lambda: True,
             notify=SlackRouter(self.store, kube, base_url=stub.base_url),
+            clock=lambda: self.now,
         )
 
     def _observe(self, budgets: Mapping[Key, Budgets]) -> dict[Key, Observation]:
@@ -94,6 +96,7 @@ class Loop:
 
     async def cycle(self, seen: Observation) -> dict[str, Any]:
         self.seen = seen
+        self.now += datetime.timedelta(seconds=30)  # cycles half a minute apart
         self.store.imageserver_event("MODIFIED", self.imageserver())
         await self.remediator.cycle()
         return self.imageserver()
@@ -116,7 +119,15 @@ async def settle(stub: SlackStub, count: int) -> None:
 
 
 def burning_revision() -> Observation:
-    return Observation(True, 50.0, FIRE, {"dc-a": FIRE, "dc-b": FIRE}, {"1.1.0": FIRE, "1.0.0": CALM})
+    return Observation(
+        True,
+        50.0,
+        FIRE,
+        {"dc-a": FIRE, "dc-b": FIRE},
+        {"1.1.0": FIRE, "1.0.0": CALM},
+        errors_per_second=25.0,
+        budget_spent=0.4,
+    )
 
 
 async def test_a_burning_fresh_revision_is_rolled_back_once_told_and_written_up(
@@ -137,11 +148,29 @@ async def test_a_burning_fresh_revision_is_rolled_back_once_told_and_written_up(
     assert loop.events().count("RolledBack") == 1
     assert "IncidentOpened" in loop.events()
 
+    assert loop.imageserver()["status"]["errorBudgetRemaining"] == "60%"
     for _ in range(3):
-        after = await loop.cycle(Observation(True, 50.0, CALM, {"dc-a": CALM, "dc-b": CALM}, {"1.0.0": CALM}))
+        after = await loop.cycle(
+            Observation(
+                True,
+                50.0,
+                CALM,
+                {"dc-a": CALM, "dc-b": CALM},
+                {"1.0.0": CALM},
+                budget_spent=0.412,
+                # Whichever revision the status names current yet, what serves is fine.
+                by_datacenter_revision={
+                    f"{dc}/{rev}": CALM for dc in ("dc-a", "dc-b") for rev in ("1.0.0", "1.1.0")
+                },
+            )
+        )
     assert "imageserver.dev/incident" not in after["metadata"].get("annotations", {})
+    assert after["status"]["errorBudgetRemaining"] == "59%"
     postmortem = json.loads(cluster.kubectl("get", "pm", incident, "-n", namespace, "-o", "json"))["spec"]
     assert postmortem["state"] == "Resolved"
+    # Two burning cycles at 25 failed requests/s, counted as one 15 s cycle each.
+    assert postmortem["impact"]["failedRequestsEstimate"] > 0
+    assert postmortem["impact"]["errorBudgetConsumedPercent"] > 0
     events = [e["event"] for e in postmortem["timeline"]]
     assert events[0].startswith("incident opened") and events[-1].startswith("incident resolved")
     assert any(e.startswith("Rolled back 1.0.0: revision 1.1.0") for e in events)
@@ -160,6 +189,33 @@ async def test_a_burning_fresh_revision_is_rolled_back_once_told_and_written_up(
         "Resolved: burn back under budget",
     ]
     assert posted[1]["thread_ts"] == posted[2]["thread_ts"] and "thread_ts" not in posted[0]
+
+
+async def test_an_action_interrupted_by_a_crash_is_completed_once_not_decided_again(
+    cluster: Cluster, imageserver_crd: str, namespace: str, kube: Kube, stub: SlackStub
+) -> None:
+    setup(cluster, namespace)
+    # What a crash between recording and acting leaves behind.
+    recorded = {
+        "kind": "rollback",
+        "target": "1.0.0",
+        "at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "incident": "",
+        "reason": "revision 1.1.0 burns the error budget (page level): rolling back to 1.0.0",
+        "done": False,
+    }
+    cluster.kubectl(
+        "annotate", "imgs", "photos", "-n", namespace, f"imageserver.dev/last-action={json.dumps(recorded)}"
+    )
+    loop = Loop(cluster, kube, namespace, stub)
+    after = await loop.cycle(burning_revision())
+    assert after["spec"]["version"] == "1.0.0"
+    assert json.loads(after["metadata"]["annotations"]["imageserver.dev/last-action"])["done"] is True
+    for _ in range(2):  # still burning while the rollout runs: the cooldown holds
+        await loop.cycle(burning_revision())
+    assert loop.events().count("RolledBack") == 1
+    await settle(stub, 2)
+    assert sum("completed after an operator restart" in m["text"] for m in stub.messages()) == 1
 
 
 async def test_dry_run_reports_and_changes_nothing(

@@ -64,8 +64,13 @@ def test_a_failing_revision_burns_at_page_level_and_is_attributed(
         client = Prometheus(server.url)
         observed = client.observe(BUDGETS)
         assert client.queries == 2  # fixed, however many ImageServers
-        revisions = observed[KEY].by_revision
-        if page_level(revisions.get("1.1.0", {})) and "1.0.0" in revisions:
+        revisions, datacenters = observed[KEY].by_revision, observed[KEY].by_datacenter
+        # Every series the assertions read (rules land one evaluation apart).
+        if (
+            page_level(revisions.get("1.1.0", {}))
+            and "1.0.0" in revisions
+            and page_level(datacenters.get("dc-b", {}))
+        ):
             break
         time.sleep(1)
     assert observed is not None

@@ -189,3 +189,37 @@ def test_burn_is_attributed_to_datacenter_and_revision(tmp_path: Path, rules: Pa
             }
         ],
     )
+
+
+def test_an_hour_of_total_outage_spends_about_139_percent_of_a_30_day_budget(
+    tmp_path: Path, rules: Path
+) -> None:
+    """1 h of 100 % errors at a steady rate is 3600 s / (0.001 x 30 d) = 1.39 budgets; slots of
+    the window without data count as no errors, so a young service is not judged by its start."""
+    window_ratio = "imageserver:availability_error_ratio:slo_window"
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'imageserver_http_requests_total{{{LABELS}, code="500"}}',
+                        "values": "0+600x60 36000x120",
+                    },
+                    {
+                        "series": f'imageserver_http_requests_total{{{LABELS}, code="200"}}',
+                        "values": "0x60 0+600x120",
+                    },
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f"({window_ratio} > bool 0.0013) * ({window_ratio} < bool 0.0015)",
+                        "eval_time": "3h",
+                        "exp_samples": [{"labels": '{namespace="prod", imageserver="photos"}', "value": 1}],
+                    }
+                ],
+            }
+        ],
+    )

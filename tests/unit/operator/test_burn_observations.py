@@ -26,10 +26,22 @@ def test_ratios_become_burn_rates_per_scope_and_the_worse_sli_decides() -> None:
         sample("imageserver:availability_error_ratio_by_revision:rate30m", "NaN", revision="1.1.0"),
         sample("imageserver:availability_error_ratio:rate5m", "1", imageserver="someone-else"),
         sample("not_ours", "1"),
+        sample("imageserver:availability_error_ratio:slo_window", "0.0002"),  # a fifth of the budget
+        sample(
+            "imageserver:availability_error_ratio_by_datacenter_revision:rate5m",
+            "0.0005",
+            datacenter="dc-a",
+            revision="1.0.0",
+        ),
     ]
-    traffic = [{"metric": {"namespace": "prod", "imageserver": "photos"}, "value": [0, "12.5"]}]
+    traffic = [
+        {"metric": {"namespace": "prod", "imageserver": "photos", "kind": "requests"}, "value": [0, "12.5"]},
+        {"metric": {"namespace": "prod", "imageserver": "photos", "kind": "errors"}, "value": [0, "0.5"]},
+    ]
     seen = observations(ratios, traffic, {KEY: Budgets(0.001, 0.01)})[KEY]
-    assert seen.reachable and seen.requests_per_second == 12.5
+    assert seen.reachable and seen.requests_per_second == 12.5 and seen.errors_per_second == 0.5
+    assert seen.budget_spent == pytest.approx(0.2)
+    assert seen.by_datacenter_revision == {"dc-a/1.0.0": {"5m": pytest.approx(0.5)}}
     assert seen.service == {"5m": 5.0}  # latency's 5x beats availability's 2x
     assert seen.by_datacenter == {"dc-b": {"1h": pytest.approx(14.4)}}
     assert seen.by_revision == {}  # NaN (no requests) is no data

@@ -12,9 +12,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_checked_in_crds_match_the_models() -> None:
-    assert cli.main(["crds", "--check", str(REPO / "crds")]) == 0, (
-        "crds/ is out of date: run `imageserver-operator crds --write crds`"
-    )
+    assert cli.main(["crds", "--check", str(REPO / "crds")]) == 0, "crds/ is out of date: run `make generate`"
 
 
 def test_a_changed_model_is_caught_as_drift(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ NOW = datetime.datetime(2026, 11, 21, 12, 0, tzinfo=datetime.UTC)
 CALM = {"5m": 0.2, "30m": 0.2, "1h": 0.2, "2h": 0.2, "6h": 0.2, "1d": 0.2, "3d": 0.2}
 FIRE = {"5m": 50.0, "30m": 40.0, "1h": 20.0, "2h": 10.0, "6h": 4.0, "1d": 1.0, "3d": 0.5}
 DCS = (Datacenter("dc-a", 2), Datacenter("dc-b", 2), Datacenter("dc-c", 2))
+EVERYWHERE = {dc.name: FIRE for dc in DCS}
 
 
 def state(**changes: object) -> State:
@@ -32,7 +33,18 @@ def state(**changes: object) -> State:
 def seen(
     service: dict[str, float] = CALM, rps: float = 50.0, **parts: dict[str, dict[str, float]]
 ) -> Observation:
-    return Observation(True, rps, service, parts.get("dc", {}), parts.get("rev", {}))
+    datacenters = parts.get("dc", {})
+    return Observation(
+        True,
+        rps,
+        service,
+        datacenters,
+        parts.get("rev", {}),
+        # Unless told otherwise, every datacenter runs the current revision (1.1.0).
+        by_datacenter_revision=parts.get(
+            "by_dcrev", {f"{dc}/1.1.0": burn for dc, burn in datacenters.items()}
+        ),
+    )
 
 
 def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
@@ -52,14 +64,14 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
         ),
         (
             "an old revision burns: not the rollout's fault, page",
-            seen(FIRE, rev={"1.1.0": FIRE}),
+            seen(FIRE, rev={"1.1.0": FIRE}, dc=EVERYWHERE),
             state(current_since=NOW - datetime.timedelta(hours=3)),
             [("page", "", True)],
             "False",
         ),
         (
             "both revisions burn: rolling back would not help",
-            seen(FIRE, rev={"1.1.0": FIRE, "1.0.0": FIRE}),
+            seen(FIRE, rev={"1.1.0": FIRE, "1.0.0": FIRE}, dc=EVERYWHERE),
             state(),
             [("page", "", True)],
             "False",
@@ -69,6 +81,31 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
             seen(FIRE, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}),
             state(),
             [("drain", "dc-b", True)],
+            "False",
+        ),
+        (
+            "right after an incident everywhere the others' windows still burn, but they serve fine: drain",
+            seen(
+                FIRE,
+                dc={"dc-a": {"5m": 5.0, "1h": 20.0}, "dc-b": FIRE, "dc-c": {"5m": 5.0, "1h": 20.0}},
+                by_dcrev={"dc-a/1.1.0": CALM, "dc-b/1.1.0": FIRE, "dc-c/1.1.0": CALM},
+            ),
+            state(previous_revision=""),
+            [("drain", "dc-b", True)],
+            "False",
+        ),
+        (
+            "a fresh revision burns only in one datacenter, all run it: the datacenter is sick, drain",
+            seen(FIRE, rev={"1.1.0": FIRE}, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}),
+            state(),
+            [("drain", "dc-b", True)],
+            "False",
+        ),
+        (
+            "mid-rollout the new revision burns where it runs, the old one is fine: roll back",
+            seen(FIRE, rev={"1.1.0": FIRE, "1.0.0": CALM}, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}),
+            state(),
+            [("rollback", "1.0.0", True)],
             "False",
         ),
         (
@@ -95,6 +132,19 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
         (
             "a drained datacenter healthy for the period: undrain",
             seen(dc={"dc-a": CALM, "dc-b": CALM, "dc-c": CALM}),
+            state(
+                datacenters=(
+                    DCS[0],
+                    Datacenter("dc-b", 2, True, NOW - datetime.timedelta(minutes=11)),
+                    DCS[2],
+                )
+            ),
+            [("undrain", "dc-b", True)],
+            "True",
+        ),
+        (
+            "a recovered datacenter's 1h window still holds its sickness: the 5m decides",
+            seen(dc={"dc-a": CALM, "dc-b": {"5m": 0.0, "1h": 30.0}, "dc-c": CALM}),
             state(
                 datacenters=(
                     DCS[0],
@@ -136,10 +186,17 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
             "False",
         ),
         (
-            "Prometheus unreachable: no action, tell once",
+            "Prometheus unreachable for a while: no action, tell once",
             Observation(False),
-            state(),
+            state(unknown_since=NOW - datetime.timedelta(minutes=2)),
             [("notify_unknown", "", True)],
+            "Unknown",
+        ),
+        (
+            "Prometheus unreachable just now (a restart?): no action, not news yet",
+            Observation(False),
+            state(unknown_since=NOW - datetime.timedelta(seconds=20)),
+            [],
             "Unknown",
         ),
         (
@@ -152,7 +209,7 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
         (
             "too little traffic to judge",
             seen(FIRE, rps=0.01, rev={"1.1.0": FIRE}),
-            state(),
+            state(unknown_since=NOW - datetime.timedelta(minutes=5)),
             [("notify_unknown", "", True)],
             "Unknown",
         ),
@@ -265,3 +322,22 @@ def test_never_acts_twice_inside_the_cooldown_and_only_when_allowed(case: tuple[
         assert changes == []
     if given_state.remediation.mode != "auto" or given_state.paused:
         assert not any(a.execute for a in changes)
+
+
+def test_an_incident_is_about_users_now_not_what_the_long_windows_remember() -> None:
+    rolled_back = state(current_revision="1.0.0", previous_revision="1.1.0")
+    now_fine = {f"{dc.name}/1.0.0": CALM for dc in DCS}
+    after = decide(seen(FIRE, by_dcrev=now_fine), rolled_back, NOW)
+    assert after.slo_healthy == "False"  # the SLO windows still burn: the condition says so
+    assert not after.paging and after.recovered  # but users are fine: the incident can end
+    assert after.actions == ()  # and nobody is paged for what is over
+
+    hurting = decide(seen(FIRE, by_dcrev={**now_fine, "dc-b/1.0.0": FIRE}), rolled_back, NOW)
+    assert hurting.paging and not hurting.recovered
+
+    drained_b = replace(rolled_back, datacenters=(DCS[0], Datacenter("dc-b", 2, True), DCS[2]))
+    assert decide(seen(FIRE, by_dcrev={**now_fine, "dc-b/1.0.0": FIRE}), drained_b, NOW).recovered
+    assert not decide(seen(FIRE), rolled_back, NOW).recovered  # no data is not "fine"
+    rolling = replace(rolled_back, rolling_out=True)
+    mid_rollout = decide(seen(FIRE, by_dcrev=now_fine), rolling, NOW)
+    assert not mid_rollout.recovered and not mid_rollout.paging  # neither over nor a new incident

@@ -1,9 +1,9 @@
-"""`imageserver-operator run` as real processes, for tests and benchmarks."""
+"""`imageserver-operator run` as real processes, for tests, benchmarks and the demo."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from testbed.cluster import Cluster
@@ -13,14 +13,22 @@ from testbed.processes import Managed, State, spawn, stop
 class OperatorProcesses:
     """`imageserver-operator run` processes watching one namespace; stopped after the test."""
 
-    def __init__(self, cluster: Cluster, namespace: str, directory: Path) -> None:
+    def __init__(
+        self, cluster: Cluster, namespace: str, directory: Path, kubeconfig: Path | None = None
+    ) -> None:
         self.cluster = cluster
+        self.kubeconfig = kubeconfig or cluster.kubeconfig  # e.g. a ServiceAccount's, to test RBAC
         self.namespace = namespace
         self.state = State(directory)
         self.count = 0
 
     def start(
-        self, *, resync_seconds: float = 2.0, lease_seconds: int = 6, extra: Sequence[str] = ()
+        self,
+        *,
+        resync_seconds: float = 2.0,
+        lease_seconds: int = 6,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Managed:
         self.count += 1
         argv = [
@@ -36,12 +44,13 @@ class OperatorProcesses:
             str(resync_seconds),
             *extra,
         ]
-        env = {
-            "KUBECONFIG": str(self.cluster.kubeconfig),
+        environment = {
+            "KUBECONFIG": str(self.kubeconfig),
             "IMAGESERVER_OPERATOR_LEASE_SECONDS": str(lease_seconds),
             "POD_NAME": f"operator-{self.count}",
+            **(env or {}),
         }
-        return spawn(self.state, f"operator-{self.count}", argv, env)
+        return spawn(self.state, f"operator-{self.count}", argv, environment)
 
     def stop_all(self) -> None:
         for managed in self.state.processes.values():

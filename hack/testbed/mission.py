@@ -1,0 +1,247 @@
+"""One ImageServer served for real on the test bed, with the operator in the loop: the
+acceptance tests of the SLO loop and `make demo` both play their incidents on it.
+
+Started in the order a real installation comes up: the Slack token Secret, the pod runner,
+the operator (reconcile only), the ImageServer, Prometheus with the rule file the operator
+rendered into the `<name>-slo-rules` ConfigMap and a file_sd list of the pod processes, a
+seed upload, the Gateway's traffic, and then the operator again with its SLO loop (it judges
+only once Prometheus has something to judge).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from testbed.cluster import Cluster
+from testbed.gateway import Gateway
+from testbed.operators import OperatorProcesses
+from testbed.podrunner import PodRunner
+from testbed.prometheus import Prometheus
+from testbed.slack_stub import SlackStub
+
+
+def small_jpeg(n: int) -> bytes:
+    """A distinct small photo for upload number n (Pillow: the project's own dependency)."""
+    from PIL import Image  # noqa: PLC0415 - the test bed's cluster part must work without it
+
+    image = Image.new("RGB", (64, 48), ((n * 37) % 256, (n * 91) % 256, (n * 53) % 256))
+    image.putpixel((n % 64, (n // 64) % 48), (255 - (n % 256), n % 256, 128))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+class Mission:
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        workdir: Path,
+        spec: Mapping[str, Any],
+        *,
+        name: str = "shop",
+        faults: Mapping[str, float] | None = None,
+        per_second: float = 20.0,
+        slo_seconds: float = 2.0,
+        operator_env: Mapping[str, str] | None = None,
+        operator_kubeconfig: Path | None = None,
+        say: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.workdir = workdir
+        self.spec = dict(spec)
+        self.name = name
+        self.per_second = per_second
+        self.slo_seconds = slo_seconds
+        self.operator_env = dict(operator_env or {})
+        self.say = say
+        self.runner = PodRunner(cluster, namespace, workdir / "pods", faults=dict(faults or {}))
+        self.operators = OperatorProcesses(cluster, namespace, workdir / "operators", operator_kubeconfig)
+        self.stub = SlackStub()
+        self.prometheus: Prometheus | None = None
+        self.gateway: Gateway | None = None
+
+    # -- bring-up --------------------------------------------------------------------------
+
+    def start(self) -> Mission:
+        self.stub.start()
+        self.cluster.kubectl(
+            "create", "secret", "generic", "slack", "-n", self.namespace, "--from-literal=token=xoxb-test"
+        )
+        self.runner.start()
+        self.operators.start()
+        self.say("operator reconciling; applying the ImageServer")
+        self.apply()
+        self.cluster.kubectl(
+            "wait", "--for=condition=Ready", "--timeout=120s", f"imgs/{self.name}", "-n", self.namespace
+        )
+        rules = self.workdir / "rules.yml"
+        rules.write_text(self._rule_file())
+        self.prometheus = Prometheus(
+            [
+                {
+                    "job_name": "imageserver",
+                    "file_sd_configs": [{"files": [str(self.runner.targets)], "refresh_interval": "1s"}],
+                }
+            ],
+            [rules],
+            workdir=self.workdir / "prometheus",
+        ).start()
+        self.runner.wait_healthy(self._pods(), timeout=90)
+        self.say(f"{len(self.runner.runners)} imageserver processes healthy; Prometheus scraping them")
+        seed = self._seed()
+        self.gateway = Gateway(
+            self.cluster, self.namespace, self.name, self.runner, small_jpeg, per_second=self.per_second
+        )
+        self.gateway.uploaded.update(seed)
+        self.gateway.start()
+        self.operators.stop_all()
+        self.start_operator()
+        self.say(f"traffic flowing at {self.per_second:g} req/s; operator watching the SLOs")
+        return self
+
+    def start_operator(self, env: Mapping[str, str] | None = None) -> None:
+        """The operator with its SLO loop (again, after a crash)."""
+        assert self.prometheus is not None
+        self.operators.start(
+            extra=[
+                "--prometheus-url",
+                self.prometheus.url,
+                "--slo-seconds",
+                f"{self.slo_seconds:g}",
+                "--slack-base-url",
+                self.stub.base_url,
+            ],
+            env={**self.operator_env, **(env or {})},
+        )
+
+    def _rule_file(self) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = self.cluster.kubectl(
+                "get",
+                "configmap",
+                f"{self.name}-slo-rules",
+                "-n",
+                self.namespace,
+                "-o",
+                "jsonpath={.data.rules\\.yml}",
+                check=False,
+            )
+            if text.startswith("groups"):
+                return text
+            time.sleep(0.5)
+        raise TimeoutError(f"the operator rendered no {self.name}-slo-rules ConfigMap")
+
+    def _pods(self) -> int:
+        pods = json.loads(
+            self.cluster.kubectl(
+                "get",
+                "pods",
+                "-n",
+                self.namespace,
+                "-l",
+                f"app.kubernetes.io/instance={self.name}",
+                "-o",
+                "json",
+            )
+        )
+        return len(pods["items"])
+
+    def _seed(self) -> dict[str, str]:
+        """One upload, retried while frontends' shard maps catch up (a 503), as a client would."""
+        data = small_jpeg(0)
+        frontend = self.runner.wait_for_frontends(1)[0]
+        last = ""
+        for _ in range(60):
+            request = urllib.request.Request(f"{frontend.url}/v1/images", data=data)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return {json.loads(answer.read())["id"]: hashlib.sha256(data).hexdigest()}
+            except OSError as error:
+                last = str(error)
+            time.sleep(0.5)
+        raise RuntimeError(f"the seed upload never succeeded: {last}")
+
+    # -- the story -------------------------------------------------------------------------
+
+    def apply(self, **changes: Any) -> None:
+        self.spec.update(changes)
+        body = {
+            "apiVersion": "imageserver.dev/v1alpha1",
+            "kind": "ImageServer",
+            "metadata": {"name": self.name},
+            "spec": self.spec,
+        }
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
+
+    def imageserver(self) -> dict[str, Any]:
+        return dict(
+            json.loads(self.cluster.kubectl("get", "imgs", self.name, "-n", self.namespace, "-o", "json"))
+        )
+
+    def annotations(self) -> dict[str, str]:
+        return dict(self.imageserver()["metadata"].get("annotations") or {})
+
+    def events(self) -> list[dict[str, Any]]:
+        items = json.loads(self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json"))["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def reasons(self) -> list[str]:
+        return [str(e["reason"]) for e in self.events()]
+
+    def postmortems(self) -> list[dict[str, Any]]:
+        return list(
+            json.loads(self.cluster.kubectl("get", "pm", "-n", self.namespace, "-o", "json"))["items"]
+        )
+
+    def weights(self) -> dict[str, int]:
+        assert self.gateway is not None
+        self.gateway.refresh()
+        return dict(self.gateway.weights)
+
+    def until(self, what: str, check: Callable[[], bool], timeout: float, poll: float = 1.0) -> float:
+        """Seconds until check() holds; TimeoutError naming `what` when it never does."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if check():
+                return time.monotonic() - started
+            time.sleep(poll)
+        raise TimeoutError(f"not within {timeout:.0f}s: {what}")
+
+    def holds(self, what: str, check: Callable[[], bool], seconds: float, poll: float = 2.0) -> None:
+        """check() stays true for `seconds`; AssertionError naming `what` when it does not."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not check():
+                raise AssertionError(f"no longer true: {what}")
+            time.sleep(poll)
+
+    def errors_seen(self, selector: str) -> bool:
+        """Prometheus has scraped a 5xx from processes matching the label selector."""
+        assert self.prometheus is not None
+        return bool(self.prometheus.query(f'imageserver_http_requests_total{{code="500", {selector}}} > 0'))
+
+    def messages(self, containing: str = "") -> list[dict[str, Any]]:
+        return [m for m in self.stub.messages() if containing in m.get("text", "")]
+
+    def datacenters(self) -> Sequence[str]:
+        return [dc["name"] for dc in self.spec["datacenters"]]
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.operators.stop_all()
+        self.runner.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        self.stub.stop()
