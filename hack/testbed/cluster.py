@@ -72,16 +72,37 @@ class Cluster:
     binaries: dict[str, Path]
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return self._run("kubectl", args, input, check)
+
+    def helm(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """helm (built from the pinned module) against this cluster."""
+        return self._run("helm", args, input, check)
+
+    def _run(self, binary: str, args: tuple[str, ...], input: str | None, check: bool) -> str:
         done = subprocess.run(
-            [str(self.binaries["kubectl"]), f"--kubeconfig={self.kubeconfig}", *args],
+            [str(self.binaries[binary]), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
             check=False,
         )
         if check and done.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+            raise RuntimeError(f"{binary} {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout if check else done.stdout + done.stderr
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig that acts as a ServiceAccount (a bound token from the TokenRequest API),
+        to test what that account may and may not do."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=2h").strip()
+        config = self.kubeconfig.read_text()
+        head, _, _ = config.partition("users:")
+        path.write_text(
+            f"{head}users:\n- name: {name}\n  user:\n    token: {token}\n"
+            "contexts:\n- name: imageserver-sre\n  context:\n    cluster: imageserver-sre\n"
+            f"    user: {name}\n    namespace: {namespace}\ncurrent-context: imageserver-sre\n"
+        )
+        path.chmod(0o600)
+        return path
 
 
 def _nodes_per_region() -> int:

@@ -44,6 +44,18 @@ def _k8s_ldflags(version: str) -> list[str]:
     return flags
 
 
+def _helm_kube_version() -> list[str]:
+    """The Kubernetes version `helm template` assumes without a cluster, from its client-go,
+    as helm's Makefile sets it (unset, helm assumes v1.20 and refuses newer charts)."""
+    client_go = pinned_version(TOOLS_DIR / "helm" / "go.mod", "k8s.io/client-go")  # v0.36.2
+    minor = client_go.split(".")[1]
+    return [
+        f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
+        for package in ("lint/rules", "chartutil")
+        for part, value in (("Major", "1"), ("Minor", minor))
+    ]
+
+
 @dataclass(frozen=True)
 class GoTool:
     name: str
@@ -88,6 +100,7 @@ TOOLS: tuple[GoTool, ...] = (
         lambda v: [
             f"-X helm.sh/helm/v3/internal/version.version={v}",
             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+            *_helm_kube_version(),
         ],
     ),
 )
