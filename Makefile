@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
 
-.PHONY: bench bench-operator help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean
+.PHONY: bench bench-operator help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,8 +55,13 @@ cluster-status:  ## what the running cluster looks like
 gateway-api: cluster-up  ## install the Gateway API CRDs (standard channel) into the cluster
 	$(TESTBED) gateway-api
 
-demo: cluster-up  ## the whole story on one machine (for now: the cluster and its state)
-	@echo "The local cluster stays up for you to explore; make cluster-down stops it."
+demo: dev prometheus tools  ## the whole mission on one machine: chart, traffic, a bad rollout, a sick datacenter (results in demo-out/)
+	PYTHONPATH=hack $(PY) -m testbed.demo $(DEMO_ARGS)
+
+generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), the chart's values table
+	$(VENV)/bin/imageserver-operator crds --write crds
+	cp crds/*.yaml charts/imageserver-operator/crds/
+	$(VENV)/bin/python hack/chart_docs.py
 
 bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not a test)
 	PYTHONPATH=hack:tests $(PY) bench/imageserver_bench.py $(BENCH_ARGS)

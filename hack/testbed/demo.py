@@ -1,0 +1,390 @@
+"""`make demo`: the whole mission on one machine, told as it happens.
+
+The local cluster, the Helm chart, a three-datacenter ImageServer served by real imageserver
+processes under real traffic, Prometheus, the Slack API stub and the operator (run here with
+the chart's ServiceAccount token: the chart's own pod sits on a simulated KWOK node). Then two
+incidents: a bad rollout, rolled back; a sick datacenter, drained and, once it recovers,
+undrained. It writes what a reviewer needs into demo-out/ and exits 0 only when the story went
+as told; otherwise it says what diverged. It leaves nothing running.
+
+    python -m testbed.demo [--out demo-out] [--short]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed import cluster as local_cluster
+from testbed.cluster import Cluster, install_gateway_api
+from testbed.demo_report import Incident, plot, summary
+from testbed.mission import Mission
+from testbed.paths import REPO_ROOT
+from testbed.progress import say
+
+CHART = REPO_ROOT / "charts" / "imageserver-operator"
+SPEC: dict[str, Any] = {  # examples/three-datacenters.yaml, scaled to one machine's cores
+    "version": "1.0.0",
+    "datacenters": [
+        {"name": "dc-a", "frontendReplicas": 1},
+        {"name": "dc-b", "frontendReplicas": 1},
+        {"name": "dc-c", "frontendReplicas": 1},
+    ],
+    "shards": 2,
+    # Two replicas, one to acknowledge: a rollout restarts one at a time and loses nothing.
+    "storage": {"replicas": 2, "writeQuorum": 1},
+    # The defaults (10m) are for production; a demo cannot wait that long.
+    "remediation": {"cooldown": "30s", "drain": {"healthyPeriod": "30s"}},
+    "notifications": {"slack": {"channel": "#imageserver-oncall", "tokenSecretRef": {"name": "slack"}}},
+}
+BAD_REVISION, BAD_RATIO = "1.1.0", 0.3
+LIMIT = 120.0  # seconds from the first errors to the mitigation, at most
+
+
+class Diverged(Exception):
+    """The story did not go as told; the message says where."""
+
+
+def line(text: str) -> None:
+    sys.stderr.write(f"    {text}\n")
+    sys.stderr.flush()
+
+
+class Demo:
+    def __init__(self, cluster: Cluster, namespace: str, out: Path, workdir: Path, *, short: bool) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.out = out
+        self.workdir = workdir
+        self.short = short
+        self.mission: Mission | None = None
+        self.incidents: list[Incident] = []
+        self.release = "imageserver-operator"
+
+    # -- the story -------------------------------------------------------------------------
+
+    def play(self) -> None:
+        say("[2/6] installing the Helm chart")
+        kubeconfig = self.install_chart()
+        say("[3/6] a three-datacenter ImageServer under real traffic")
+        mission = Mission(
+            self.cluster,
+            self.namespace,
+            self.workdir,
+            SPEC,
+            faults={BAD_REVISION: BAD_RATIO},
+            operator_kubeconfig=kubeconfig,
+            say=line,
+        )
+        self.mission = mission
+        mission.start()
+        self.wait("the operator judges the SLOs healthy", lambda: self.slo_status() == "True", 90)
+        self.table()
+        say(f"[4/6] incident 1: revision {BAD_REVISION} fails {BAD_RATIO:.0%} of its requests")
+        self.bad_rollout()
+        self.table()
+        say("[5/6] incident 2: every frontend in dc-b fails")
+        self.sick_datacenter()
+        self.table()
+
+    def install_chart(self) -> Path:
+        install_gateway_api(self.cluster)
+        self.cluster.helm(
+            "install",
+            self.release,
+            str(CHART),
+            "-n",
+            self.namespace,
+            "--create-namespace",
+            "--set=slack.tokenSecrets={slack}",
+            "--wait",
+            "--timeout=2m",
+        )
+        line(f"helm install {self.release}: the operator's Deployment is Ready (on a simulated KWOK node)")
+        account = f"{self.release}"
+        kubeconfig = self.cluster.service_account_kubeconfig(
+            self.namespace, account, self.workdir / "operator.kubeconfig"
+        )
+        line(f"the operator runs here with ServiceAccount {account}'s token: the chart's RBAC, not admin")
+        return kubeconfig
+
+    def bad_rollout(self) -> None:
+        mission = self.live()
+        incident = Incident("bad rollout", time.time(), action="roll back to 1.0.0")
+        self.incidents.append(incident)
+        mission.apply(version=BAD_REVISION)
+        line(f"kubectl apply: spec.version {BAD_REVISION}")
+        incident.errors = self.wait(
+            "Prometheus sees the new revision's errors",
+            lambda: mission.errors_seen(f'revision="{BAD_REVISION}"'),
+            90,
+        )
+        incident.detected = self.wait("the operator opens an incident", self.incident_open, LIMIT)
+        incident.mitigated = self.wait(
+            "the operator rolls back to 1.0.0",
+            lambda: mission.imageserver()["spec"]["version"] == "1.0.0",
+            LIMIT - (incident.detected - incident.errors),
+        )
+        incident.postmortem = self.postmortem_of_last_action()
+        incident.resolved = self.wait("users are fine again: incident resolved", self.incident_closed, 180)
+        self.account(incident)
+
+    def sick_datacenter(self) -> None:
+        mission = self.live()
+        gateway = mission.gateway
+        assert gateway is not None
+        recorded = json.loads(mission.annotations().get("imageserver.dev/last-action", "{}"))
+        if recorded:  # the operator waits its cooldown between two actions; so does the story
+            last = datetime.datetime.fromisoformat(recorded["at"]).timestamp()
+            pause = last + 30 - time.time()
+            if pause > 0:
+                line(f"waiting {pause:.0f}s: the operator's cooldown (30s) separates two actions")
+                time.sleep(pause)
+        incident = Incident("sick datacenter", time.time(), action="drain dc-b")
+        self.incidents.append(incident)
+        mission.runner.sicken("dc-b", 1.0)
+        line("game day: dc-b's frontends now answer 500 to every request")
+        incident.errors = self.wait(
+            "Prometheus sees dc-b's errors", lambda: mission.errors_seen('datacenter="dc-b"'), 90
+        )
+        incident.detected = self.wait("the operator opens an incident", self.incident_open, LIMIT)
+        incident.mitigated = self.wait(
+            "the operator drains dc-b (HTTPRoute weight 0)",
+            lambda: mission.weights().get("dc-b") == 0,
+            LIMIT - (incident.detected - incident.errors),
+        )
+        incident.postmortem = self.postmortem_of_last_action()
+        lost = gateway.lost(["dc-a", "dc-c"])
+        line(f"dc-a and dc-c serve all {len(gateway.uploaded)} images uploaded so far ({len(lost)} missing)")
+        if lost:
+            raise Diverged(f"images not served after the drain: {', '.join(lost[:5])}")
+        incident.resolved = self.wait("users are fine again: incident resolved", self.incident_closed, 180)
+        self.account(incident)
+        mission.runner.sicken("dc-b", 0.0)
+        healed = time.time()
+        line("dc-b repaired; only the prober's trickle reaches it while it is drained")
+        if self.short:
+            line("(--short: not waiting for the undrain, which needs dc-b's 5m window to be clean)")
+            return
+        self.wait(
+            "the operator undrains dc-b (5m window clean, then healthyPeriod 30s)",
+            lambda: mission.weights().get("dc-b", 0) > 0,
+            540,
+            every=30,
+        )
+        line(f"dc-b serves again, {time.time() - healed:.0f} s after it was repaired")
+
+    # -- observation -----------------------------------------------------------------------
+
+    def live(self) -> Mission:
+        assert self.mission is not None
+        return self.mission
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float, every: float = 0.0) -> float:
+        """Poll until check(); print the milestone with its time; Diverged when it never comes."""
+        started = time.monotonic()
+        told = started
+        while time.monotonic() - started < timeout:
+            if check():
+                line(f"✓ {what} (+{time.monotonic() - started:.0f}s)")
+                return time.time()
+            if every and time.monotonic() - told >= every:
+                told = time.monotonic()
+                line(f"… {what}: waiting ({told - started:.0f}s)")
+            time.sleep(0.5)
+        raise Diverged(f"not within {timeout:.0f}s: {what}")
+
+    def incident_open(self) -> bool:
+        return "imageserver.dev/incident" in self.live().annotations()
+
+    def incident_closed(self) -> bool:
+        return not self.incident_open()
+
+    def postmortem_of_last_action(self) -> str:
+        recorded = json.loads(self.live().annotations().get("imageserver.dev/last-action", "{}"))
+        return str(recorded.get("incident", ""))
+
+    def slo_status(self) -> str:
+        conditions = self.live().imageserver().get("status", {}).get("conditions", [])
+        return str(next((c["status"] for c in conditions if c["type"] == "SLOHealthy"), ""))
+
+    def account(self, incident: Incident) -> None:
+        gateway = self.live().gateway
+        assert gateway is not None and incident.resolved is not None
+        incident.failed_requests = gateway.between(incident.started, incident.resolved).failed
+        if incident.postmortem:
+            body = json.loads(
+                self.cluster.kubectl("get", "pm", incident.postmortem, "-n", self.namespace, "-o", "json")
+            )
+            incident.budget_spent_percent = body["spec"].get("impact", {}).get("errorBudgetConsumedPercent")
+
+    def table(self) -> None:
+        """What a user sees: kubectl get imgs, plus where traffic goes."""
+        mission = self.live()
+        for row in self.cluster.kubectl("get", "imgs", "-n", self.namespace).splitlines():
+            line(f"  {row}")
+        weights = ", ".join(f"{dc} {w}" for dc, w in sorted(mission.weights().items()))
+        gateway = mission.gateway
+        ratio = gateway.error_ratio(5) if gateway is not None else 0.0
+        line(f"  HTTPRoute weights: {weights}; errors over the last 5 s: {ratio:.1%}")
+
+    # -- what it leaves ----------------------------------------------------------------------
+
+    def write(self) -> list[str]:
+        """demo-out/: Slack messages, Postmortems, plot, summary. Returns the divergences found."""
+        mission = self.live()
+        gateway = mission.gateway
+        assert gateway is not None and mission.prometheus is not None
+        self.out.mkdir(parents=True, exist_ok=True)
+        messages = mission.stub.messages()
+        (self.out / "slack-messages.json").write_text(json.dumps(messages, indent=2))
+        postmortems = [pm["metadata"]["name"] for pm in mission.postmortems()]
+        for name in postmortems:
+            exported = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "imageserver_operator.cli",
+                    "postmortem",
+                    "export",
+                    name,
+                    "-n",
+                    self.namespace,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+            )
+            (self.out / f"postmortem-{name}.md").write_text(exported.stdout)
+        datacenters = list(mission.datacenters())
+        lost = gateway.lost(datacenters)
+        table = summary(self.incidents, len(gateway.uploaded), len(lost))
+        (self.out / "summary.md").write_text(f"# make demo\n\n{table}\n")
+        self.plot(gateway.started_wall)
+        say("[6/6] results (also in demo-out/summary.md)")
+        for row in table.splitlines():
+            line(row)
+        line(f"demo-out/: {len(messages)} Slack messages, {len(postmortems)} postmortems, plot.png")
+
+        problems = [f"images lost: {', '.join(lost[:5])}"] if lost else []
+        for incident in self.incidents:
+            if incident.errors and incident.mitigated and incident.mitigated - incident.errors > LIMIT:
+                problems.append(
+                    f"{incident.title}: mitigated after {incident.mitigated - incident.errors:.0f}s"
+                )
+        if len(postmortems) != len(self.incidents):
+            problems.append(f"{len(postmortems)} postmortems for {len(self.incidents)} incidents")
+        for expected in ("Rolled back 1.0.0", "Drained dc-b"):
+            if not any(expected in m.get("text", "") for m in messages):
+                problems.append(f"no Slack message says {expected!r}")
+        if mission.reasons().count("RolledBack") != 1:
+            problems.append("not exactly one rollback")
+        return problems
+
+    def keep_evidence(self) -> None:
+        """When the story diverged: the operator's logs and what Prometheus said, for people."""
+        if self.mission is None:
+            return
+        evidence = self.out / "evidence"
+        evidence.mkdir(parents=True, exist_ok=True)
+        for log in self.mission.operators.state.directory.glob("logs/*.log"):
+            (evidence / log.name).write_text(log.read_text())
+        if self.mission.prometheus is not None:
+            ratios = self.mission.prometheus.query(
+                f'{{__name__=~"imageserver:.*", namespace="{self.namespace}"}}'
+            )
+            (evidence / "prometheus.json").write_text(json.dumps(ratios, indent=1))
+        (evidence / "imageserver.json").write_text(json.dumps(self.mission.imageserver(), indent=1))
+        line(f"evidence kept in {evidence}")
+
+    def plot(self, origin: float) -> None:
+        mission = self.live()
+        assert mission.gateway is not None and mission.prometheus is not None
+        end = time.time()
+        selector = f'namespace="{self.namespace}", route=~"upload|original|variant"'
+        by_revision = mission.prometheus.query_range(
+            f'sum by (revision) (rate(imageserver_http_requests_total{{{selector}, code=~"5.."}}[15s]))'
+            f" / sum by (revision) (rate(imageserver_http_requests_total{{{selector}}}[15s]))",
+            origin,
+            end,
+            2,
+        )
+        ratio = f'imageserver:availability_error_ratio_by_datacenter:rate5m{{namespace="{self.namespace}"}}'
+        burn = mission.prometheus.query_range(
+            f"{ratio} / 0.001",  # the default 99.9 % objective's budget
+            origin,
+            end,
+            2,
+        )
+
+        def series(result: list[dict[str, Any]], label: str) -> dict[str, list[tuple[float, float]]]:
+            return {
+                r["metric"].get(label, "?"): [(float(t), float(v)) for t, v in r["values"] if v != "NaN"]
+                for r in result
+            }
+
+        actions = []
+        for event in mission.events():
+            if event["reason"] in ("RolledBack", "Drained", "Undrained"):
+                stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+                when = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                actions.append((when, event["message"].split(":", 1)[0]))
+        plot(
+            self.out / "plot.png",
+            origin=origin,
+            users=mission.gateway.series(),
+            revisions=series(by_revision, "revision"),
+            burn=series(burn, "datacenter"),
+            actions=actions,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="testbed.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-out", help="where the results go")
+    parser.add_argument("--short", action="store_true", help="do not wait for the undrain (CI)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    say("[1/6] the local cluster")
+    running = local_cluster.running()
+    cluster = running or local_cluster.up()
+    namespace = f"demo-{uuid.uuid4().hex[:6]}"
+    workdir = Path(tempfile.mkdtemp(prefix="imageserver-demo-"))
+    demo = Demo(cluster, namespace, args.out, workdir, short=args.short)
+    problems: list[str] = []
+    try:
+        demo.play()
+        problems = demo.write()
+    except (Diverged, TimeoutError) as error:
+        problems = [str(error)]
+        demo.keep_evidence()
+    finally:
+        if demo.mission is not None:
+            demo.mission.stop()
+        cluster.helm("uninstall", demo.release, "-n", namespace, "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
+        if running is None:
+            local_cluster.down(cluster.state, quiet=True)
+    minutes = (time.monotonic() - started) / 60
+    if problems:
+        say(f"the story diverged ({minutes:.1f} min):")
+        for problem in problems:
+            line(f"✗ {problem}")
+        return 1
+    say(f"the story went as told in {minutes:.1f} min; nothing left running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
