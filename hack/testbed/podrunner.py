@@ -20,7 +20,6 @@ import secrets
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,24 +233,6 @@ class PodRunner:
             )
             with urllib.request.urlopen(request, timeout=5) as answer:
                 answer.read()
-
-    def drive(self, per_second: float, seconds: float, paths: list[str]) -> tuple[int, int]:
-        """Traffic, like a gateway: GETs spread over every running frontend. Returns (sent, 5xx)."""
-        sent = failed = 0
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for runner in self.frontends():
-                path = paths[sent % len(paths)]
-                try:
-                    with urllib.request.urlopen(f"{runner.url}{path}", timeout=5) as answer:
-                        answer.read()
-                except urllib.error.HTTPError as error:
-                    failed += error.code >= 500
-                except OSError:
-                    pass  # a process starting or stopping
-                sent += 1
-            time.sleep(1 / per_second)
-        return sent, failed
 
     def wait_healthy(self, count: int, timeout: float = 60) -> None:
         """Until `count` processes (storage and frontends) answer /healthz."""

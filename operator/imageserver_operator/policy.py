@@ -38,14 +38,14 @@ def duration(text: str) -> datetime.timedelta:
     return datetime.timedelta(**{unit: int(match.group(1))})
 
 
-PAGE_SHORT = 14.4  # the fast page's factor, on its short window
+PAGE_FAST = 14.4  # the fast page's burn factor (1h and 5m windows)
 
 
 def page_level(burn: Burn) -> bool:
     def over(window: str, factor: float) -> bool:
         return burn.get(window, 0.0) > factor
 
-    return (over("1h", 14.4) and over("5m", 14.4)) or (over("6h", 6) and over("30m", 6))
+    return (over("1h", PAGE_FAST) and over("5m", PAGE_FAST)) or (over("6h", 6) and over("30m", 6))
 
 
 def ticket_level(burn: Burn) -> bool:
@@ -53,10 +53,6 @@ def ticket_level(burn: Burn) -> bool:
         return burn.get(window, 0.0) > factor
 
     return (over("1d", 3) and over("2h", 3)) or (over("3d", 1) and over("6h", 1))
-
-
-def healthy(burn: Burn) -> bool:
-    return bool(burn) and burn.get("5m", 0.0) <= HEALTHY_BURN and burn.get("1h", 0.0) <= HEALTHY_BURN
 
 
 def recovered(burn: Burn) -> bool:
@@ -164,7 +160,7 @@ def users_hurt(observed: Observation, state: State) -> bool:
     lingering long window alone is not harm). Opening at 14.4x and resolving at 1x is the
     hysteresis that keeps an incident from flapping on stray errors."""
     serving = [_serving(observed, state, dc) for dc in state.datacenters if not dc.drained]
-    return any(burn.get("5m", 0.0) > PAGE_SHORT for burn in serving)
+    return any(burn.get("5m", 0.0) > PAGE_FAST for burn in serving)
 
 
 def users_fine(observed: Observation, state: State) -> bool:

@@ -77,6 +77,7 @@ class Remediator:
         self._healthy_since: dict[tuple[Key, str], datetime.datetime] = {}
         self._fine_since: dict[Key, datetime.datetime] = {}  # users fine continuously since
         self._unknown_since: dict[Key, datetime.datetime] = {}
+        self._last_decided: dict[Key, tuple[tuple[str, str, bool], ...]] = {}
         self._tally: dict[str, incidents.Tally] = {}  # open incident → its cost so far
         self._last_cycle: dict[Key, datetime.datetime] = {}
         self._reported: set[tuple[str, str, str]] = set()  # (incident, kind, target) told once
@@ -160,13 +161,15 @@ class Remediator:
             return
         state = self._state(key, body, spec, seen)
         decision = policy.decide(seen, state, case.now)
-        if decision.actions:
+        decided = tuple((a.kind, a.target, a.execute) for a in decision.actions)
+        if decided and decided != self._last_decided.get(key):  # a log line per change, not per cycle
             log.info(
                 "%s: %s; %s",
                 case.where,
                 decision.summary,
                 "; ".join(f"{a.kind} {a.target} (execute={a.execute}): {a.reason}" for a in decision.actions),
             )
+        self._last_decided[key] = decided
         if decision.slo_healthy == "Unknown":
             self._unknown_since.setdefault(key, case.now)
         else:
