@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
         if running is None:
             local_cluster.down(cluster.state, quiet=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # what matters was copied to demo-out/
     minutes = (time.monotonic() - started) / 60
     if problems:
         say(f"the story diverged ({minutes:.1f} min):")
