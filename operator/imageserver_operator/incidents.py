@@ -119,20 +119,27 @@ class Tally:
     seconds: float = 0.0
     requests: float = 0.0
     failed: float = 0.0
+    peak_errors_per_second: float = 0.0
 
     def add(self, seen: Observation, seconds: float) -> Tally:
         return Tally(
             self.seconds + seconds,
             self.requests + seen.requests_per_second * seconds,
             self.failed + seen.errors_per_second * seconds,
+            max(self.peak_errors_per_second, seen.errors_per_second),
         )
 
     def impact(self, budget: float, window: datetime.timedelta) -> dict[str, float]:
         """Failed requests, and the share of the SLO window's error budget they spent: the
-        budget is `budget` times the requests the window sees at the incident's mean rate."""
+        budget is `budget` times the requests the window sees at the incident's mean rate.
+
+        The rates are 5m rates, which spread a burst over five minutes: summed over an
+        incident shorter than that they undercount it. The worst 5 minutes (peak rate x 300 s)
+        holds a short incident whole, so the estimate is the larger of the two."""
+        failed = max(self.failed, self.peak_errors_per_second * 300)
         window_requests = self.requests / self.seconds * window.total_seconds() if self.seconds else 0.0
-        spent = 100 * self.failed / (budget * window_requests) if budget and window_requests else 0.0
-        return {"failedRequestsEstimate": round(self.failed), "errorBudgetConsumedPercent": round(spent, 2)}
+        spent = 100 * failed / (budget * window_requests) if budget and window_requests else 0.0
+        return {"failedRequestsEstimate": round(failed), "errorBudgetConsumedPercent": round(spent, 2)}
 
 
 def state_with_history(base: State, annotations: dict[str, str]) -> State:

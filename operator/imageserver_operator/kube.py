@@ -121,11 +121,14 @@ class Kube:
             if error.status != 409:  # already there: opened before a restart
                 raise
 
-    def append_timeline(self, namespace: str, name: str, entry: dict[str, str]) -> None:
-        body = self.get_postmortem(namespace, name)
-        timeline = [*body.get("spec", {}).get("timeline", []), entry]
+    def append_timeline(self, namespace: str, name: str, entry: dict[str, str], resolution: str = "") -> None:
+        """A timeline entry; with `resolution`, also what mitigated it (added to what is there)."""
+        spec = self.get_postmortem(namespace, name).get("spec", {})
+        patch: dict[str, Any] = {"timeline": [*spec.get("timeline", []), entry]}
+        if resolution:
+            patch["resolution"] = "\n".join(filter(None, [spec.get("resolution", ""), resolution]))
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, "postmortems", name, {"spec": {"timeline": timeline}}
+            GROUP, VERSION, namespace, "postmortems", name, {"spec": patch}
         )
 
     def resolve_postmortem(

@@ -11,7 +11,8 @@ def _items(values: list[str], empty: str = "TODO") -> str:
 
 def markdown(name: str, spec: PostmortemSpec) -> str:
     impact = spec.impact
-    minutes = impact.duration_seconds // 60
+    seconds = impact.duration_seconds
+    duration = f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
     burn = (
         ", ".join(f"{b.burn_rate:.1f}x over {b.window}" for b in spec.detection.burn_rates) or "not recorded"
     )
@@ -37,7 +38,7 @@ This is a blameless postmortem: it is about systems and processes, not people.
 
 ## Impact
 
-- Duration: {minutes} min
+- Duration: {duration}
 - Error budget consumed: {impact.error_budget_consumed_percent:.1f} % of the SLO window's budget
 - Failed requests (estimated): {impact.failed_requests_estimate}
 

@@ -342,6 +342,7 @@ class Remediator:
                 case.namespace,
                 incident,
                 {"time": case.stamp, "event": text, "actor": "operator"},
+                f"{text} (automated, {case.stamp})" if action.kind in PAST and not dry_run else "",
             )
         seen = case.seen
         scope = seen.by_datacenter.get(action.target) or seen.by_revision.get(action.target) or seen.service

@@ -174,6 +174,7 @@ async def test_a_burning_fresh_revision_is_rolled_back_once_told_and_written_up(
     events = [e["event"] for e in postmortem["timeline"]]
     assert events[0].startswith("incident opened") and events[-1].startswith("incident resolved")
     assert any(e.startswith("Rolled back 1.0.0: revision 1.1.0") for e in events)
+    assert postmortem["resolution"].startswith("Rolled back 1.0.0: revision 1.1.0")  # what mitigated it
     slo = next(c for c in after["status"]["conditions"] if c["type"] == "SLOHealthy")
     assert slo["status"] == "True"
 

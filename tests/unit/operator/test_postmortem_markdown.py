@@ -63,3 +63,8 @@ def test_markdown_has_every_section_of_the_google_form() -> None:
     assert "| TODO: prevent recurrence | TODO | TODO |" in text
     assert "blameless" in text
     assert "TODO: for people. The operator knows symptoms, not causes." in text
+
+
+def test_a_short_incident_says_its_duration_in_seconds() -> None:
+    spec = SPEC.model_copy(update={"impact": SPEC.impact.model_copy(update={"duration_seconds": 32})})
+    assert "- Duration: 32 s" in markdown("photos-1", spec)
