@@ -156,5 +156,6 @@ def state_with_history(base: State, annotations: dict[str, str]) -> State:
         unknown_notified=annotations.get(UNKNOWN_ANNOTATION) == "true",
         unknown_since=base.unknown_since,
         rolling_out=base.rolling_out,
+        previous_baseline=base.previous_baseline,
         min_requests_per_second=base.min_requests_per_second,
     )

@@ -102,6 +102,7 @@ class State:
     unknown_notified: bool = False  # "no data" already told once
     unknown_since: datetime.datetime | None = None  # judged Unknown continuously since
     rolling_out: bool = False  # workloads are still moving to the spec (Progressing=True)
+    previous_baseline: Burn | None = None  # the previous revision's burn while it was current
     min_requests_per_second: float = 0.1  # the low-traffic guard
 
 
@@ -208,7 +209,12 @@ def _rollback(observed: Observation, state: State, now: datetime.datetime) -> Ac
         return None
     if state.current_since is None or now - state.current_since > duration(policy.window):
         return None  # not a recent rollout: the revision is not the likely cause
-    previous = observed.by_revision.get(state.previous_revision, {})
+    # How the previous revision did while it was current: during the rollout its pods fail
+    # too when they depend on new ones (frontends reading from bad storage), which is no sign
+    # against it. Without that memory (a restarted operator), what it does now.
+    previous = state.previous_baseline
+    if previous is None:
+        previous = observed.by_revision.get(state.previous_revision, {})
     if page_level(previous):
         return None  # the previous revision burned too: rolling back would not help
     age = int((now - state.current_since).total_seconds() // 60)

@@ -78,6 +78,8 @@ class Remediator:
         self._fine_since: dict[Key, datetime.datetime] = {}  # users fine continuously since
         self._unknown_since: dict[Key, datetime.datetime] = {}
         self._last_decided: dict[Key, tuple[tuple[str, str, bool], ...]] = {}
+        # Each ImageServer's revisions' last burn while current: the previous one's baseline.
+        self._as_current: dict[Key, dict[str, dict[str, float]]] = {}
         self._tally: dict[str, incidents.Tally] = {}  # open incident → its cost so far
         self._last_cycle: dict[Key, datetime.datetime] = {}
         self._reported: set[tuple[str, str, str]] = set()  # (incident, kind, target) told once
@@ -136,11 +138,19 @@ class Remediator:
         progressing = any(
             c.get("type") == "Progressing" and c.get("status") == "True" for c in status.get("conditions", [])
         )
+        current, previous = revisions.get("current") or spec.version, revisions.get("previous", "")
+        remembered = self._as_current.setdefault(key, {})
+        baseline = remembered.get(previous) if previous else None
+        if seen.by_revision.get(current):
+            self._as_current[key] = {current: dict(seen.by_revision[current])} | (
+                {previous: baseline} if previous and baseline is not None else {}
+            )
         base = policy.State(
             remediation=spec.remediation,
             datacenters=tuple(datacenters),
-            current_revision=revisions.get("current") or spec.version,
-            previous_revision=revisions.get("previous", ""),
+            current_revision=current,
+            previous_revision=previous,
+            previous_baseline=baseline,
             current_since=_parse_time(revisions.get("since", "")),
             unknown_since=self._unknown_since.get(key),
             rolling_out=progressing,

@@ -63,6 +63,13 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
             "False",
         ),
         (
+            "mid-rollout the old revision's pods fail through the new ones, but it was fine: roll back",
+            seen(FIRE, rev={"1.1.0": FIRE, "1.0.0": FIRE}),
+            state(previous_baseline=CALM),
+            [("rollback", "1.0.0", True)],
+            "False",
+        ),
+        (
             "an old revision burns: not the rollout's fault, page",
             seen(FIRE, rev={"1.1.0": FIRE}, dc=EVERYWHERE),
             state(current_since=NOW - datetime.timedelta(hours=3)),
