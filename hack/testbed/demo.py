@@ -84,6 +84,7 @@ class Demo:
             self.workdir,
             SPEC,
             faults={BAD_REVISION: BAD_RATIO},
+            fault_roles=("frontend",),  # a bad frontend build: its rollback is clean and quick
             operator_kubeconfig=kubeconfig,
             say=line,
         )
@@ -144,6 +145,9 @@ class Demo:
         mission = self.live()
         gateway = mission.gateway
         assert gateway is not None
+        # Start from a steady state: every datacenter serving (a rollout's tail can make the
+        # operator drain one; then it comes back after its 5m window is clean).
+        self.wait("every datacenter serves", lambda: min(mission.weights().values()) > 0, 540, every=30)
         recorded = json.loads(mission.annotations().get("imageserver.dev/last-action", "{}"))
         if recorded:  # the operator waits its cooldown between two actions; so does the story
             last = datetime.datetime.fromisoformat(recorded["at"]).timestamp()

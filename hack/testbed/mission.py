@@ -49,6 +49,7 @@ class Mission:
         *,
         name: str = "shop",
         faults: Mapping[str, float] | None = None,
+        fault_roles: tuple[str, ...] = ("frontend", "storage"),
         per_second: float = 20.0,
         slo_seconds: float = 2.0,
         operator_env: Mapping[str, str] | None = None,
@@ -64,7 +65,9 @@ class Mission:
         self.slo_seconds = slo_seconds
         self.operator_env = dict(operator_env or {})
         self.say = say
-        self.runner = PodRunner(cluster, namespace, workdir / "pods", faults=dict(faults or {}))
+        self.runner = PodRunner(
+            cluster, namespace, workdir / "pods", faults=dict(faults or {}), fault_roles=fault_roles
+        )
         self.operators = OperatorProcesses(cluster, namespace, workdir / "operators", operator_kubeconfig)
         self.stub = SlackStub()
         self.prometheus: Prometheus | None = None

@@ -75,10 +75,12 @@ class PodRunner:
         *,
         interval: float = 0.5,
         faults: dict[str, float] | None = None,
+        fault_roles: tuple[str, ...] = ("frontend", "storage"),
     ) -> None:
         self.cluster = cluster
-        # A bad build, simulated: processes of these revisions fail this share of requests.
+        # A bad build, simulated: processes of these revisions (and roles) fail this share.
         self.faults = faults or {}
+        self.fault_roles = fault_roles
         self.datacenter_faults: dict[str, float] = {}  # a sick datacenter: its frontends fail
         self.admin_token = secrets.token_hex(16)
         self.namespace = namespace
@@ -141,7 +143,7 @@ class PodRunner:
             "IMAGESERVER_ENABLE_ADMIN": "true",
             "IMAGESERVER_ADMIN_TOKEN": self.admin_token,
         }
-        ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""), 0.0)
+        ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""), 0.0) if role in self.fault_roles else 0.0
         if role == "frontend":
             ratio = max(ratio, self.datacenter_faults.get(env.get("IMAGESERVER_DATACENTER", ""), 0.0))
         if ratio:
