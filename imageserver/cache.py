@@ -54,14 +54,23 @@ class ByteLRU(Generic[V]):
         if self.budget <= 0:  # caching off means every request renders, even concurrent ones
             self._on_miss()
             return await make()
-        cached = self.get(key)
-        if cached is not None:
-            self._on_hit()
-            return cached
-        pending = self._inflight.get(key)
-        if pending is not None:
+        while True:
+            cached = self.get(key)
+            if cached is not None:
+                self._on_hit()
+                return cached
+            pending = self._inflight.get(key)
+            if pending is None:
+                break
             self._on_hit()  # rendered once, for every concurrent request
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The request making it went away, and its render with it; this one is still
+                # here, so it makes the variant itself.
         self._on_miss()
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from imageserver import logs
+from imageserver import imaging, logs, memory
+from imageserver.admission import IPNetwork, Resources, parse_networks, resident_bytes, work_budget
 from imageserver.blobstore import BlobStore
 from imageserver.faults import Faults
 from imageserver.frontend import Settings, frontend_app
@@ -47,6 +48,13 @@ def _secret(file_option: str | None, env_name: str) -> str | None:
 def _sizes(text: str) -> tuple[Size, ...]:
     try:
         return tuple(Size.parse(part) for part in text.split(",") if part.strip())
+    except ValueError as why:
+        raise argparse.ArgumentTypeError(str(why)) from None
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(text)
     except ValueError as why:
         raise argparse.ArgumentTypeError(str(why)) from None
 
@@ -101,6 +109,46 @@ def parser() -> argparse.ArgumentParser:
     )
     serving.add_argument("--cache-bytes", type=int, default=int(_env("CACHE_BYTES", str(256 << 20)) or 0))
     serving.add_argument(
+        "--memory-limit",
+        type=int,
+        default=int(_env("MEMORY_LIMIT", "0") or 0),
+        help="bytes this process may use; 0: the container's cgroup limit (v1 or v2), else the "
+        "machine's memory. Uploads and renders are admitted against what the limit leaves "
+        "after the cache and the process itself",
+    )
+    serving.add_argument(
+        "--render-threads",
+        type=int,
+        default=int(_env("RENDER_THREADS", "0") or 0),
+        help="0: the cgroup's CPU quota, rounded up (else the CPUs this process may run on)",
+    )
+    serving.add_argument(
+        "--per-client",
+        type=int,
+        default=int(_env("PER_CLIENT", "8") or 8),
+        help="uploads and renders in flight per client (429 past it)",
+    )
+    serving.add_argument(
+        "--trusted-proxies",
+        type=_networks,
+        default=_networks(_env("TRUSTED_PROXIES", "") or ""),
+        help="addresses or CIDRs (comma-separated) whose X-Forwarded-For names the client, "
+        "such as the gateway's; none by default: the peer is the client",
+    )
+    serving.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=float(_env("BODY_IDLE_TIMEOUT", "10") or 10),
+        help="seconds an upload's body may send nothing before it is cut off (408); the whole "
+        "body must also arrive within 10 s plus its size at 64 KiB/s",
+    )
+    serving.add_argument(
+        "--queue",
+        type=int,
+        default=int(_env("QUEUE", "64") or 64),
+        help="requests that may wait for memory, and for a render thread (503 past it)",
+    )
+    serving.add_argument(
         "--workers",
         type=int,
         default=int(_env("WORKERS", "1") or 1),
@@ -131,15 +179,43 @@ def _faults(args: argparse.Namespace) -> Faults:
 
 def _settings(args: argparse.Namespace, admin_token: str | None) -> Settings:
     key = _secret(args.signing_key_file, "SIGNING_KEY")
-    return Settings(
+    found = Resources.discover()
+    limit = args.memory_limit or found.memory_limit
+    budget = work_budget(limit, cache_bytes=args.cache_bytes, resident_now=resident_bytes())
+    limits = Limits(max_bytes=args.max_upload_bytes, max_pixels=args.max_pixels)
+    if budget < 2 * limits.max_bytes:
+        raise SystemExit(
+            f"a memory limit of {limit >> 20} MiB leaves {max(budget, 0) >> 20} MiB for uploads and "
+            f"renders after the variant cache ({args.cache_bytes >> 20} MiB) and the process itself: "
+            f"one upload of --max-upload-bytes needs {(2 * limits.max_bytes) >> 20} MiB. Raise the "
+            "limit, or lower --cache-bytes or --max-upload-bytes"
+        )
+    imaging.configure(limits)
+    settings = Settings(
         datacenter=args.datacenter,
         revision=args.revision,
-        limits=Limits(max_bytes=args.max_upload_bytes, max_pixels=args.max_pixels),
+        limits=limits,
         allowlist=args.variants,
         signing_key=key.encode() if key else None,
         admin_token=admin_token,
         cache_bytes=args.cache_bytes,
+        render_threads=args.render_threads or found.cpus,
+        memory_budget=budget,
+        max_waiting=args.queue,
+        per_client=args.per_client,
+        trusted_proxies=args.trusted_proxies,
+        body_idle=args.body_idle_timeout,
     )
+    log.info(
+        "admission",
+        extra={
+            "memory_limit": limit,
+            "work_budget": budget,
+            "render_threads": settings.render_threads,
+            "per_client": settings.per_client,
+        },
+    )
+    return settings
 
 
 def build_app(args: argparse.Namespace) -> web.Application:
@@ -178,6 +254,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
 def _run(args: argparse.Namespace, reuse_port: bool) -> None:
     logs.setup(args.log_level, role=args.role, datacenter=args.datacenter, revision=args.revision)
+    memory.return_large_buffers()
     app = build_app(args)
     log.info("listening", extra={"host": args.host, "port": args.port, "pid": os.getpid()})
     web.run_app(
@@ -188,6 +265,8 @@ def _run(args: argparse.Namespace, reuse_port: bool) -> None:
         print=None,
         access_log=logging.getLogger("imageserver.access") if args.access_log else None,
         shutdown_timeout=10,
+        # A client that hangs up cancels its request: out of any waiting room, never started.
+        handler_cancellation=True,
     )
 
 

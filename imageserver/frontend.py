@@ -3,6 +3,11 @@
 Order of work on a GET, cheapest first: the id and query are checked, the variant is
 authorised (allowlisted, or signed), a matching If-None-Match is answered 304, and only then
 is anything read or rendered. Pillow runs in a thread pool (it releases the GIL).
+
+Uploads and renders are admitted before they cost anything (`admission`): a slot of the
+client's, memory for the body as declared, the body within a deadline, the header, memory
+for the decode the header implies, then a render thread. Each step refuses at once when it
+cannot be had soon: 413, 429 or 503 with Retry-After, 408 for a body that does not come.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from pathlib import Path
 
 from aiohttp import hdrs, web
 
-from imageserver import imaging, variants
+from imageserver import admission, imaging, variants
+from imageserver.admission import ClientLimit, Gate, Holding, IPNetwork, Shed
 from imageserver.cache import ByteLRU
 from imageserver.faults import Faults
 from imageserver.files import IMMUTABLE, blob_response
@@ -41,6 +47,14 @@ class Settings:
     admin_token: str | None = None  # admin endpoints exist only when set
     cache_bytes: int = 256 * 1024 * 1024
     render_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    memory_budget: int = 1 << 30  # for bodies and decodes; the CLI derives it from the cgroup
+    max_waiting: int = 64  # per gate; past it, 503 at once
+    max_wait: float = 2.0  # seconds in a gate's waiting room before 503
+    per_client: int = 8  # uploads and renders in flight per client
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For names the client
+    body_grace: float = 10.0  # a body must arrive within this, plus its size at body_min_rate
+    body_min_rate: int = 64 * 1024  # bytes per second
+    body_idle: float = 10.0  # seconds without a byte
 
 
 class Frontend:
@@ -49,6 +63,28 @@ class Frontend:
         self.settings = settings
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(settings.render_threads, thread_name_prefix="render")
+        self.memory = Gate(
+            "memory",
+            settings.memory_budget,
+            max_waiting=settings.max_waiting,
+            max_wait=settings.max_wait,
+            on_change=metrics.watch_gate,
+            on_abandon=metrics.count_abandoned,
+            show=admission.mebibytes,
+            client_share=0.5,  # one client's stalled uploads never hold all of it
+        )
+        self.threads = Gate(
+            "render",
+            settings.render_threads,  # a thread is only asked for work when one is free
+            max_waiting=settings.max_waiting,
+            max_wait=settings.max_wait,
+            on_change=metrics.watch_gate,
+            on_abandon=metrics.count_abandoned,
+            show=lambda n: f"{n} thread(s)",
+        )
+        self.clients = ClientLimit(settings.per_client)
+        metrics.watch_gate(self.memory)
+        metrics.watch_gate(self.threads)
         self.cache: ByteLRU[tuple[bytes, str]] = ByteLRU(
             settings.cache_bytes,
             lambda v: len(v[0]),
@@ -58,23 +94,55 @@ class Frontend:
 
     # -- upload ----------------------------------------------------------------------------
 
+    def client(self, request: web.Request) -> str:
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        return admission.client_of(request.remote, forwarded, self.settings.trusted_proxies)
+
+    def shed(self, why: Shed) -> web.Response:
+        self.metrics.shed.labels(reason=why.reason).inc()
+        retry = why.retry_after
+        return error(why.status, why.message, {"Retry-After": str(retry)} if retry else None)
+
     async def upload(self, request: web.Request) -> web.Response:
         limit = self.settings.limits.max_bytes
-        too_large = error(413, f"upload is larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
-            return too_large
+            return error(413, f"upload is larger than {limit} bytes")
+        client = self.client(request)
         try:
-            data = await request.read()  # stops at client_max_size, for chunked bodies too
-        except web.HTTPRequestEntityTooLarge:
-            return too_large
-        if not data:
-            return error(400, "empty body: send the image bytes")
+            self.clients.enter(client)
+        except Shed as why:
+            return self.shed(why)
         try:
-            image_id, (probe, rendered) = await asyncio.get_running_loop().run_in_executor(
-                self.pool, _digest_and_render, data, self.settings
-            )
-        except Rejected as why:
-            return error(why.status, why.message)
+            return await self._upload(request, client)
+        except Shed as why:
+            response = self.shed(why)
+            if why.status == 408:
+                response.force_close()  # the rest of the body may still be on its way
+            return response
+        finally:
+            self.clients.leave(client)
+
+    async def _upload(self, request: web.Request, client: str) -> web.Response:
+        declared = (
+            request.content_length if request.content_length is not None else self.settings.limits.max_bytes
+        )
+        with Holding() as held:
+            # The chunks and their join: twice the body, at the peak.
+            body_grant = await held.take(self.memory, 2 * declared + 1, client)
+            data = await self._read_body(request, declared)
+            self.memory.shrink(body_grant, len(data) + 1)
+            if not data:
+                return error(400, "empty body: send the image bytes")
+            try:
+                info = await asyncio.to_thread(imaging.probe, data, self.settings.limits)
+                need = imaging.upload_need(info, self.settings.allowlist)
+                await held.take(self.memory, imaging.memory_cost(info, need, 0), client)
+                await held.take(self.threads, 1, client)
+                work = self.pool.submit(_digest_and_render, data, self.settings)
+                held.busy_until(work)
+                image_id, (probe, rendered) = await asyncio.wrap_future(work)
+            except Rejected as why:
+                return error(why.status, why.message)
         blobs = {variants.blob_name(image_id, Variant(size)): body for size, body in rendered.items()}
         blobs[image_id] = data
         try:
@@ -91,16 +159,37 @@ class Frontend:
         }
         return web.json_response(body, status=201, headers={hdrs.LOCATION: f"/v1/images/{image_id}"})
 
+    async def _read_body(self, request: web.Request, declared: int) -> bytes:
+        """The body, no larger than the limit, arriving within its deadline: a grace period
+        plus its size at a slow but honest rate, and never idle for long (408 otherwise)."""
+        settings, limit = self.settings, self.settings.limits.max_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(settings.body_grace + declared / settings.body_min_rate):
+                while True:
+                    async with asyncio.timeout(settings.body_idle):
+                        chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise Shed(413, "body_too_large", f"upload is larger than {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Shed(408, "body_timeout", "the upload's body did not arrive in time") from None
+        return b"".join(chunks)
+
     # -- reads -----------------------------------------------------------------------------
 
-    def _authorise(self, request: web.Request, variant: Variant) -> web.Response | None:
+    def _authorise(self, path: str, query: dict[str, str], variant: Variant) -> web.Response | None:
         if variants.is_allowlisted(variant, self.settings.allowlist):
             return None
         key = self.settings.signing_key
         allowed = ", ".join(str(s) for s in self.settings.allowlist)
         if key is None:
             return error(403, f"only the allowlisted sizes ({allowed}) can be served")
-        if not variants.signature_valid(key, request.path, request.query):
+        if not variants.signature_valid(key, path, query):
             return error(403, f"sizes other than {allowed} need a valid signature (sig)")
         return None
 
@@ -109,24 +198,31 @@ class Frontend:
         if not IMAGE_ID.fullmatch(image_id):
             return error(404, "no such image")
         try:
-            variant = variants.parse(request.query, max_dimension=self.settings.limits.max_dimension)
+            query = variants.single_values(request.query.items())
+            variant = variants.parse(query, max_dimension=self.settings.limits.max_dimension)
         except BadVariant as why:
             return error(400, str(why))
         if variant is not None:
-            refused = self._authorise(request, variant)
+            refused = self._authorise(request.path, query, variant)
             if refused is not None:
                 return refused
         tag = variants.etag(image_id, variant)
-        if variants.etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), tag):
-            return web.Response(status=304, headers={hdrs.ETAG: tag, hdrs.CACHE_CONTROL: IMMUTABLE})
+        if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+        not_modified = web.Response(status=304, headers={hdrs.ETAG: tag, hdrs.CACHE_CONTROL: IMMUTABLE})
+        if variants.etag_matches(if_none_match, tag):
+            return not_modified
         try:
-            blob = await self._find(image_id, variant)
+            blob = await self._find(image_id, variant, self.client(request))
         except Unavailable as why:
             return error(503, f"no replica can serve the image now: {why}", RETRY_AFTER)
         except Rejected as why:  # a stored original that no longer decodes
             return error(why.status, why.message)
+        except Shed as why:
+            return self.shed(why)
         if blob is None:
             return error(404, "no such image")
+        if variants.matches_any(if_none_match):
+            return not_modified
         return blob_response(blob, tag, cache=True)
 
     async def _original_bytes(self, image_id: str) -> bytes | None:
@@ -135,15 +231,15 @@ class Frontend:
             return await asyncio.to_thread(blob.read_bytes)
         return blob
 
-    async def _find(self, image_id: str, variant: Variant | None) -> Blob | None:
+    async def _find(self, image_id: str, variant: Variant | None, client: str) -> Blob | None:
         name = variants.blob_name(image_id, variant)
         if variant is None:
             return await self.store.get(image_id, name)
         if variants.is_allowlisted(variant, self.settings.allowlist):
-            return await self._stored_variant(image_id, variant, name)
-        return await self._render(image_id, variant)
+            return await self._stored_variant(image_id, variant, name, client)
+        return await self._render(image_id, variant, client)
 
-    async def _stored_variant(self, image_id: str, variant: Variant, name: str) -> Blob | None:
+    async def _stored_variant(self, image_id: str, variant: Variant, name: str, client: str) -> Blob | None:
         """Allowlisted variants are small and immutable: after the first read they are
         answered from memory, which costs less than opening the file again."""
         cached = self.cache.get(name)
@@ -152,7 +248,7 @@ class Frontend:
         stored = await self.store.get(image_id, name)
         if stored is None:
             # Uploaded before this size was allowlisted: render it once and keep it.
-            rendered = await self._render(image_id, variant)
+            rendered = await self._render(image_id, variant, client)
             if rendered is not None:
                 await self.store.put(image_id, {name: rendered})
             return rendered
@@ -160,17 +256,26 @@ class Frontend:
         self.cache.put(name, (data, ""))
         return data
 
-    async def _render(self, image_id: str, variant: Variant) -> bytes | None:
+    async def _render(self, image_id: str, variant: Variant, client: str) -> bytes | None:
         key = variants.blob_name(image_id, variant)
 
         async def make() -> tuple[bytes, str]:
-            original = await self._original_bytes(image_id)
-            if original is None:
-                raise _Missing
-            body, fmt = await asyncio.get_running_loop().run_in_executor(
-                self.pool, imaging.render, original, variant, self.settings.limits
-            )
-            return body, fmt
+            self.clients.enter(client)
+            try:
+                original = await self._original_bytes(image_id)
+                if original is None:
+                    raise _Missing
+                limits = self.settings.limits
+                info = await asyncio.to_thread(imaging.probe, original, limits)
+                cost = imaging.memory_cost(info, imaging.variant_need(info, variant), len(original))
+                with Holding() as held:
+                    await held.take(self.memory, cost, client)
+                    await held.take(self.threads, 1, client)
+                    work = self.pool.submit(imaging.render, original, variant, limits)
+                    held.busy_until(work)
+                    return await asyncio.wrap_future(work)
+            finally:
+                self.clients.leave(client)
 
         try:
             body, _ = await self.cache.get_or_make(key, make)

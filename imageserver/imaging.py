@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from imageserver.variants import Format, Size, Variant
 
@@ -31,6 +31,16 @@ R = TypeVar("R")
 ORIENTATION_TAG = 0x0112
 # Orientations 5-8 turn the image a quarter: stored width is displayed height.
 TRANSPOSED = frozenset({5, 6, 7, 8})
+# What shows an image with EXIF orientation N upright (as ImageOps.exif_transpose does).
+TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 PIL_FORMATS: dict[str, Format] = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 RESAMPLE = Image.Resampling.LANCZOS
 REDUCING_GAP = 3.0
@@ -57,6 +67,55 @@ class Probe:
     format: Format
     width: int  # as displayed, after EXIF orientation
     height: int
+    mode: str = "RGB"  # Pillow's pixel mode, which sets the bytes per pixel in memory
+    frames: int = 1  # only the first is ever decoded
+
+
+# Measured peaks of a render above the process's baseline, per decoded pixel: Pillow keeps
+# 1 byte per pixel for these modes and 4 for every other (RGB included); resizing an image
+# with alpha premultiplies it into a second full-size copy (7000x7000 RGBA: 422 MB, 2.2x its
+# pixels), others peak near 1.3x. The estimate stays above every measured case.
+ONE_BYTE_MODES = frozenset({"1", "L", "P"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+CODEC_WORKING_SET = 8 << 20  # libjpeg/zlib state and encoder buffers
+
+
+def decoded_size(info: Probe, need: tuple[int, int]) -> tuple[int, int]:
+    """What `_decode` will hold in memory (stored orientation) when asked for `need`: JPEG
+    decodes scaled by 1/2, 1/4 or 1/8 as far as that still covers it (Pillow's draft rule)."""
+    # Displayed or stored orientation gives the same area: both sides swap together.
+    width, height = info.width, info.height
+    if info.format != "jpeg":
+        return width, height
+    scale = min(width // max(1, need[0]), height // max(1, need[1]))
+    factor = next((f for f in (8, 4, 2) if f <= scale), 1)
+    return -(-width // factor), -(-height // factor)
+
+
+def memory_cost(info: Probe, need: tuple[int, int], encoded_bytes: int) -> int:
+    """Bytes a render of `info` down to `need` may take at its peak, from the header alone."""
+    width, height = decoded_size(info, need)
+    per_pixel = 1 if info.mode in ONE_BYTE_MODES else 4
+    factor = 3.0 if info.mode in ALPHA_MODES else 1.5
+    return int(width * height * per_pixel * factor) + encoded_bytes + CODEC_WORKING_SET
+
+
+def upload_need(info: Probe, sizes: Iterable[Size]) -> tuple[int, int]:
+    """The largest allowlisted rendition: what an upload decodes down to (the full image when
+    there is none, to prove it decodes)."""
+    fits = [fit_within(info.width, info.height, size) for size in sizes]
+    return max(fits, key=lambda d: d[0] * d[1]) if fits else (info.width, info.height)
+
+
+def variant_need(info: Probe, variant: Variant) -> tuple[int, int]:
+    """What a variant decodes down to (displayed orientation): the fit-in size, or for a cover
+    crop the scale at which the box is filled, never above the original."""
+    box = variant.size
+    if variant.fit == "contain":
+        return fit_within(info.width, info.height, box)
+    scale = min(max(box.width / info.width, box.height / info.height), 1.0)
+    out_w, out_h = min(box.width, info.width), min(box.height, info.height)
+    return max(out_w, math.ceil(info.width * scale)), max(out_h, math.ceil(info.height * scale))
 
 
 def sniff(data: bytes) -> Format | None:
@@ -70,15 +129,22 @@ def sniff(data: bytes) -> Format | None:
     return None
 
 
+def configure(limits: Limits) -> None:
+    """Pillow's own bomb check at our limit, so the two never disagree (its default is ~89 MP)."""
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+
+
 def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Format]:
     fmt = sniff(data)
     if fmt is None:
         raise Rejected(415, "not a JPEG, PNG or WebP image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Past the limit Pillow warns (the check below refuses, with the exact count);
+            # past twice the limit it refuses by itself.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise Rejected(413, f"image has more pixels than the limit of {limits.max_pixels}") from None
     except Exception as error:  # any header Pillow cannot read is the client's problem
         raise Rejected(400, f"cannot read the {fmt} header: {error}") from None
@@ -91,6 +157,11 @@ def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Format]:
 
 
 def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, from what was read with the header. Pillow's PNG getexif()
+    decodes the whole image to look for an eXIf chunk after the pixels: a 190 KB bomb became
+    200 MB before any check could refuse it. Such a late chunk is not honoured."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # a broken EXIF block only loses the orientation
@@ -104,7 +175,7 @@ def probe(data: bytes, limits: Limits) -> Probe:
     width, height = image.size
     if _orientation(image) in TRANSPOSED:
         width, height = height, width
-    return Probe(fmt, width, height)
+    return Probe(fmt, width, height, image.mode, getattr(image, "n_frames", 1))
 
 
 def fit_within(width: int, height: int, box: Size) -> tuple[int, int]:
@@ -116,16 +187,16 @@ def fit_within(width: int, height: int, box: Size) -> tuple[int, int]:
 def _decode(data: bytes, limits: Limits, smallest_needed: tuple[int, int]) -> Image.Image:
     """Decode, as small as still covers `smallest_needed` (displayed size), oriented."""
     image, _ = _open(data, limits)
-    turned = _orientation(image) in TRANSPOSED
-    need = smallest_needed[::-1] if turned else smallest_needed
+    orientation = _orientation(image)
+    need = smallest_needed[::-1] if orientation in TRANSPOSED else smallest_needed
     try:
         if image.format == "JPEG":
             image.draft("RGB" if image.mode not in ("L", "CMYK") else image.mode, need)
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
     except Exception as error:  # truncated or corrupt data
         raise Rejected(400, f"cannot decode the image: {error}") from None
-    return image
+    turn = TURNS.get(orientation)
+    return image.transpose(turn) if turn is not None else image
 
 
 def _for_format(image: Image.Image, fmt: Format) -> Image.Image:
@@ -185,16 +256,14 @@ def _untrusted(work: Callable[P, R]) -> Callable[P, R]:
 def render_allowlisted(data: bytes, sizes: Iterable[Size], limits: Limits) -> tuple[Probe, dict[Size, bytes]]:
     """Decode once and render every allowlisted fit-in size, largest first, each from the last."""
     info = probe(data, limits)
+    sizes = tuple(sizes)
     targets = sorted(
         {size: fit_within(info.width, info.height, size) for size in sizes}.items(),
         key=lambda item: item[1][0] * item[1][1],
         reverse=True,
     )
-    if not targets:
-        _decode(data, limits, (info.width, info.height))  # still prove the image decodes
-        return info, {}
-    smallest_needed = targets[0][1]
-    current = _decode(data, limits, smallest_needed)
+    # With no sizes this decodes the whole image: an upload must still prove it decodes.
+    current = _decode(data, limits, upload_need(info, sizes))
     rendered: dict[Size, bytes] = {}
     for size, dims in targets:
         current = _resized(current, dims)
@@ -208,14 +277,13 @@ def render(data: bytes, variant: Variant, limits: Limits) -> tuple[bytes, Format
     info = probe(data, limits)
     fmt = variant.format or info.format
     box = variant.size
+    need = variant_need(info, variant)
     if variant.fit == "contain":
-        dims = fit_within(info.width, info.height, box)
-        image = _resized(_decode(data, limits, dims), dims)
+        image = _resized(_decode(data, limits, need), need)
         return encode(image, fmt), fmt
     # cover: scale so the box is filled, then take the centre; never upscale.
     scale = min(max(box.width / info.width, box.height / info.height), 1.0)
     out_w, out_h = min(box.width, info.width), min(box.height, info.height)
-    need = (max(out_w, math.ceil(info.width * scale)), max(out_h, math.ceil(info.height * scale)))
     image = _decode(data, limits, need)
     # Crop in the decoded image's coordinates (draft may have shrunk it already).
     factor = image.width / info.width

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -30,7 +32,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class ClientErrorsAreNotOurs(logging.Filter):
+    """aiohttp logs a request line it cannot parse at ERROR with a traceback, yet it is the
+    client's mistake and has been answered 400: anyone could fill our error logs (and page
+    whoever alerts on them). Such records become one DEBUG line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args = "malformed request refused with 400: %s", (error.message,)
+            record.exc_info = record.exc_text = None
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup(level: str, **static: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(static))
+    handler.addFilter(ClientErrorsAreNotOurs())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from imageserver.admission import Gate
     from imageserver.blobstore import BlobStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -71,6 +72,34 @@ class Metrics:
             ["kind"],
             registry=reg,
         )
+        self.shed = Counter(
+            "imageserver_shed_requests",
+            "Requests refused by admission control, by reason (body_timeout, client_concurrency, "
+            "memory_queue_full, memory_wait, memory_exceeds_capacity, render_queue_full, render_wait, ...).",
+            ["reason"],
+            registry=reg,
+        )
+        self.admission_in_use = Gauge(
+            "imageserver_admission_in_use",
+            "What admitted work holds of a gate: bytes of memory, or render threads.",
+            ["gate"],
+            registry=reg,
+        )
+        self.admission_capacity = Gauge(
+            "imageserver_admission_capacity",
+            "A gate's capacity: the memory budget in bytes, or the render threads.",
+            ["gate"],
+            registry=reg,
+        )
+        self.admission_waiting = Gauge(
+            "imageserver_admission_queue_depth", "Requests waiting at a gate.", ["gate"], registry=reg
+        )
+        self.abandoned = Counter(
+            "imageserver_admission_abandoned",
+            "Requests whose client hung up while they waited at a gate: work never started.",
+            ["gate"],
+            registry=reg,
+        )
         info = Gauge(
             "imageserver_build_info",
             "Constant 1, labelled with role, datacenter and revision.",
@@ -83,6 +112,14 @@ class Metrics:
         """Report the store's counts at every scrape."""
         self.storage_objects.set_function(lambda: store.count)
         self.storage_bytes.set_function(lambda: store.bytes)
+
+    def watch_gate(self, gate: Gate) -> None:
+        self.admission_in_use.labels(gate=gate.name).set(gate.in_use)
+        self.admission_capacity.labels(gate=gate.name).set(gate.capacity)
+        self.admission_waiting.labels(gate=gate.name).set(gate.waiting)
+
+    def count_abandoned(self, gate: Gate) -> None:
+        self.abandoned.labels(gate=gate.name).inc()
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         # Label lookups cost more than the increments on the hot path: keep the children.

@@ -6,11 +6,12 @@ write goes to every replica of that shard in the local datacenter and succeeds o
 `writeQuorum` replicas hold all of it. The other datacenters get their copy from a queue
 (async, the default) or before the upload is acknowledged (sync).
 
-A read tries the local owner shard's replicas, then the shard that owned the id before the
-last resharding (rendezvous hashing's second choice), then the other datacenters. Replicas
-of owner shards that answered "not here", and the local owner replicas that were not asked,
-are checked and written back in the background (read repair). That also moves ids onto a
-newly added shard as they are read.
+A read asks in a fixed number of parallel rounds under one deadline (`read_rounds`): the
+local owner shard (one replica first, the others when it misses or is slow: a hedged read),
+then the local datacenter's other shards, then the other datacenters. A miss therefore costs
+three round trips, never a walk of replicas one after another. Local owner replicas that
+answered "not here", or were not asked, are checked and written back in the background (read
+repair). That also moves ids onto a newly added shard as they are read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,11 @@ import aiohttp
 
 from imageserver.metrics import Metrics
 from imageserver.stores import Unavailable
-from imageserver.topology import Datacenter, Topology, TopologyWatcher
+from imageserver.topology import Datacenter, Shard, Topology, TopologyWatcher
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
+Place = tuple[Datacenter, Shard]  # a shard in a datacenter
 
 
 @dataclass
@@ -38,14 +40,6 @@ class _Copy:
     image_id: str
     blobs: Mapping[str, bytes]
     attempt: int = 0
-
-
-@dataclass
-class _ReadOutcome:
-    data: bytes | None = None
-    missing: list[str] = field(default_factory=list)  # owner replicas that lack the blob
-    unasked: list[str] = field(default_factory=list)  # owner replicas not asked before the hit
-    errors: int = 0
 
 
 class ReplicatedStore:
@@ -57,6 +51,8 @@ class ReplicatedStore:
         *,
         timeout: float = 5.0,
         queue_size: int = 256,
+        read_deadline: float = 3.0,
+        hedge_after: float = 0.05,
     ) -> None:
         self.topology = topology
         self.datacenter = datacenter
@@ -65,6 +61,10 @@ class ReplicatedStore:
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(maxsize=queue_size)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.read_deadline = read_deadline
+        self.hedge_after = hedge_after  # a local storage read takes ~1 ms; 50 ms is a slow one
+        self._lookups: dict[str, asyncio.Future[bytes | None]] = {}
+        self._repairing: set[tuple[str, str]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -194,43 +194,80 @@ class ReplicatedStore:
         await self.queue.put(copy)
         self.metrics.replication_queue.set(self.queue.qsize())
 
-    # -- reads -----------------------------------------------------------------------------
-
-    async def _read_dc(self, dc: Datacenter, image_id: str, name: str, outcome: _ReadOutcome) -> bool:
-        for rank, shard in enumerate(dc.shards_for(image_id)[:2]):
-            replicas = list(shard.replicas)
-            random.shuffle(replicas)  # spread reads over the replicas
-            for position, base in enumerate(replicas):
-                status, data = await self._get_blob(base, name)
-                if data is not None:
-                    outcome.data = data
-                    if rank == 0:
-                        outcome.unasked = replicas[position + 1 :]
-                    return True
-                if status == 404:
-                    if rank == 0:
-                        outcome.missing.append(base)
-                else:
-                    outcome.errors += 1
-        return False
-
-    def _order(self, topology: Topology, local: Datacenter) -> Iterable[Datacenter]:
-        yield local
-        yield from sorted(topology.others(self.datacenter), key=lambda dc: (dc.drained, -dc.weight, dc.name))
+    # -- reads ---------------------------------------------------------------------------
 
     async def get(self, image_id: str, name: str) -> bytes | None:
-        topology, local = self._current()
-        outcome = _ReadOutcome()
-        for dc in self._order(topology, local):
-            if await self._read_dc(dc, image_id, name, outcome):
-                break
-        if outcome.data is None:
-            if outcome.errors:
-                raise Unavailable("no replica that answered has the image, and some did not answer")
+        """The blob from wherever it is, None when the replicas that must hold it agree it
+        does not exist, `Unavailable` when that cannot be known by the deadline. Concurrent
+        reads of one blob share one lookup, which a caller that hangs up does not cancel."""
+        lookup = self._lookups.get(name)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(image_id, name))
+            self._lookups[name] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(name, None))
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, image_id: str, name: str) -> bytes | None:
+        topology, _ = self._current()
+        evidence = _Evidence(topology.write_quorum)
+        rounds = read_rounds(topology, self.datacenter, image_id)
+        try:
+            async with asyncio.timeout(self.read_deadline):
+                for number, places in enumerate(rounds):
+                    hedge = self.hedge_after if number == 0 else None
+                    data = await self._round(places, name, evidence, hedge=hedge)
+                    if data is not None:
+                        self._repair_later(rounds[0], name, data, evidence)
+                        return data
+        except TimeoutError:
+            raise Unavailable(f"no answer from enough replicas within {self.read_deadline:g} s") from None
+        everywhere = [place for places in rounds for place in places]
+        unknown = [f"{dc.name}/{shard.name}" for dc, shard in everywhere if not evidence.rules_out(dc, shard)]
+        if unknown:
+            raise Unavailable(f"too few replicas answered for {', '.join(unknown[:4])}")
+        return None
+
+    async def _round(
+        self, places: Sequence[Place], name: str, evidence: _Evidence, *, hedge: float | None
+    ) -> bytes | None:
+        """Ask every replica of `places` at once; with `hedge`, the first one alone until it
+        misses, fails or takes longer than that. The first copy wins; the round also ends as
+        soon as every shard in it is known not to hold the blob (a black-holed replica is not
+        waited for)."""
+        asks = [
+            (dc, shard, base)
+            for dc, shard in places
+            for base in random.sample(shard.replicas, len(shard.replicas))
+        ]
+        waiting: dict[asyncio.Task[tuple[int, bytes | None]], tuple[Datacenter, Shard, str]] = {}
+
+        def ask(batch: Sequence[tuple[Datacenter, Shard, str]]) -> None:
+            for dc, shard, base in batch:
+                evidence.asked.add(base)
+                waiting[asyncio.ensure_future(self._get_blob(base, name))] = (dc, shard, base)
+
+        held_back = list(asks[1:]) if hedge is not None else []
+        ask(asks[:1] if hedge is not None else asks)
+        try:
+            while waiting:
+                done, _ = await asyncio.wait(
+                    waiting, timeout=hedge if held_back else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    dc, shard, base = waiting.pop(task)
+                    status, data = task.result()
+                    if data is not None:
+                        return data
+                    evidence.record(dc, shard, base, status)
+                if held_back:  # the first one missed, failed or is slow: ask the rest now
+                    ask(held_back)
+                    held_back = []
+                if all(evidence.rules_out(dc, shard) for dc, shard in places):
+                    return None
             return None
-        if outcome.missing or outcome.unasked:
-            self._spawn(self._repair(outcome.missing, outcome.unasked, name, outcome.data))
-        return outcome.data
+        finally:
+            for task in waiting:
+                task.cancel()
 
     async def _has_blob(self, base: str, name: str) -> bool | None:
         try:
@@ -239,11 +276,63 @@ class ReplicatedStore:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
-    async def _repair(self, missing: list[str], unasked: list[str], name: str, data: bytes) -> None:
-        lacking = list(missing)
-        for base in unasked:
-            if await self._has_blob(base, name) is False:
-                lacking.append(base)
-        for base in lacking:
-            if await self._put_blob(base, name, data):
-                self.metrics.repairs.inc()
+    def _repair_later(self, owners: Sequence[Place], name: str, data: bytes, evidence: _Evidence) -> None:
+        """Write the blob back to the local owner replicas that said they lack it, and check
+        the ones never asked (a hedged read asks one): a replica that missed a write, or an
+        owner that is new since a resharding, gets it."""
+        replicas = [base for _, shard in owners for base in shard.replicas]
+        missing = [base for base in replicas if base in evidence.absent_at]
+        unasked = [base for base in replicas if base not in evidence.asked]
+        todo = [base for base in missing + unasked if (base, name) not in self._repairing]
+        if todo:
+            self._repairing.update((base, name) for base in todo)
+            self._spawn(self._repair(todo, set(missing), name, data))
+
+    async def _repair(self, replicas: list[str], known_missing: set[str], name: str, data: bytes) -> None:
+        try:
+            for base in replicas:
+                if base not in known_missing and await self._has_blob(base, name) is not False:
+                    continue
+                if await self._put_blob(base, name, data):
+                    self.metrics.repairs.inc()
+        finally:
+            self._repairing.difference_update((base, name) for base in replicas)
+
+
+def read_rounds(topology: Topology, local: str, image_id: str) -> list[list[Place]]:
+    """Where a read looks, in parallel rounds, from the topology alone: the local owner
+    shard; the local datacenter's other shards (an image stored before a resharding, in
+    whatever order the shards were added); the other datacenters, every shard (an upload
+    there whose copy has not arrived yet). Rounds with nothing to ask are left out."""
+    here = topology.datacenter(local)
+    assert here is not None
+    ranked = list(here.shards_for(image_id))
+    others = sorted(topology.others(local), key=lambda dc: (dc.drained, -dc.weight, dc.name))
+    rounds = [
+        [(here, ranked[0])],
+        [(here, shard) for shard in ranked[1:]],
+        [(dc, shard) for dc in others for shard in dc.shards_for(image_id)],
+    ]
+    return [places for places in rounds if places]
+
+
+@dataclass
+class _Evidence:
+    """What the replicas asked so far said about one blob."""
+
+    write_quorum: int
+    asked: set[str] = field(default_factory=set)
+    absent_at: set[str] = field(default_factory=set)  # replicas that answered 404
+    absent: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def record(self, dc: Datacenter, shard: Shard, base: str, status: int) -> None:
+        if status == 404:
+            self.absent_at.add(base)
+            key = (dc.name, shard.name)
+            self.absent[key] = self.absent.get(key, 0) + 1
+
+    def rules_out(self, dc: Datacenter, shard: Shard) -> bool:
+        """An acknowledged write is on `writeQuorum` replicas of its shard, so once
+        R - W + 1 of them say 404, that shard cannot hold an acknowledged copy."""
+        needed = max(1, len(shard.replicas) - self.write_quorum + 1)
+        return self.absent.get((dc.name, shard.name), 0) >= needed

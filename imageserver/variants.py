@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -20,6 +20,10 @@ FORMATS: tuple[Format, ...] = ("jpeg", "png", "webp")
 CONTENT_TYPES: dict[str, str] = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 VARIANT_PARAMS = frozenset({"w", "h", "fit", "format", "sig"})
+# Parsed strictly, ASCII only: str.isdigit() takes "²" and int() then refuses it.
+DIMENSION = re.compile(r"[0-9]{1,5}")
+SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")  # an HMAC-SHA256 in unpadded base64url
+MAX_VALUE_LENGTH = 64
 
 
 class BadVariant(ValueError):
@@ -65,11 +69,32 @@ def default_allowlist() -> tuple[Size, ...]:
     return (Size(300, 300), Size(1200, 1200))
 
 
+def single_values(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The query as one value per parameter. A repeated parameter is refused rather than read
+    first- or last-wins: a cache in front of us could read the other one."""
+    query: dict[str, str] = {}
+    for key, value in items:
+        if key in query:
+            raise BadVariant(f"give {_shown(key)} only once")
+        query[key] = value
+    return query
+
+
+def _shown(text: str) -> str:
+    """A client's text, safe and short enough to repeat in an error message."""
+    return text if len(text) <= 40 and text.isascii() and text.isprintable() else ascii(text[:40])
+
+
 def parse(query: Mapping[str, str], *, max_dimension: int) -> Variant | None:
     """The variant a query asks for, or None for the original bytes."""
     unknown = set(query) - VARIANT_PARAMS
     if unknown:
-        raise BadVariant(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+        raise BadVariant(f"unknown query parameter(s): {', '.join(_shown(k) for k in sorted(unknown)[:5])}")
+    for key, value in query.items():
+        if len(value) > MAX_VALUE_LENGTH:
+            raise BadVariant(f"{key} is longer than {MAX_VALUE_LENGTH} characters")
+    if "sig" in query and not SIGNATURE.fullmatch(query["sig"]):
+        raise BadVariant("sig must be a signature: 43 URL-safe base64 characters")
     if "w" not in query and "h" not in query:
         if set(query) - {"sig"}:
             raise BadVariant("fit and format need a size: give w and h")
@@ -79,7 +104,7 @@ def parse(query: Mapping[str, str], *, max_dimension: int) -> Variant | None:
     dims = []
     for key in ("w", "h"):
         raw = query[key]
-        if not raw.isdigit() or not 1 <= int(raw) <= max_dimension:
+        if not DIMENSION.fullmatch(raw) or not 1 <= int(raw) <= max_dimension:
             raise BadVariant(f"{key} must be a whole number from 1 to {max_dimension}")
         dims.append(int(raw))
     fit = query.get("fit", "contain")
@@ -107,14 +132,15 @@ def etag(image_id: str, variant: Variant | None) -> str:
 
 
 def etag_matches(if_none_match: str | None, tag: str) -> bool:
-    """RFC 9110 weak comparison against an If-None-Match list."""
+    """RFC 9110 weak comparison against an If-None-Match list of tags. `*` is not a tag: it
+    matches only an image that exists, which only a lookup can tell (`matches_any`)."""
     if not if_none_match:
         return False
-    for raw in if_none_match.split(","):
-        candidate = raw.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == tag:
-            return True
-    return False
+    return any(raw.strip().removeprefix("W/") == tag for raw in if_none_match.split(","))
+
+
+def matches_any(if_none_match: str | None) -> bool:
+    return if_none_match is not None and if_none_match.strip() == "*"
 
 
 def canonical(path: str, query: Mapping[str, str]) -> bytes:
@@ -130,4 +156,6 @@ def sign(key: bytes, path: str, query: Mapping[str, str]) -> str:
 
 def signature_valid(key: bytes, path: str, query: Mapping[str, str]) -> bool:
     given = query.get("sig", "")
-    return bool(given) and hmac.compare_digest(given, sign(key, path, query))
+    # compare_digest raises TypeError on non-ASCII str: compare bytes, always.
+    expected = sign(key, path, query).encode()
+    return bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)

@@ -6,91 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 import samples
-from servers import Processes, Server
+from clusters import eventually, metric, start_cluster
+from servers import Processes
 
 from imageserver import hashing
-
-
-@dataclass
-class Cluster:
-    processes: Processes
-    storage: dict[tuple[str, str, int], Server]  # (datacenter, shard, replica)
-    frontends: dict[str, Server]
-    topology: Path
-    quorum: int
-
-    def document(self, generation: int = 1) -> dict[str, Any]:
-        datacenters: dict[str, dict[str, list[str]]] = {}
-        for (dc, shard, _), server in sorted(self.storage.items()):
-            datacenters.setdefault(dc, {}).setdefault(shard, []).append(server.url)
-        return {
-            "generation": generation,
-            "writeQuorum": self.quorum,
-            "crossDatacenter": "async",
-            "datacenters": [
-                {"name": dc, "shards": [{"name": s, "replicas": urls} for s, urls in shards.items()]}
-                for dc, shards in datacenters.items()
-            ],
-        }
-
-    def write_topology(self, generation: int = 1) -> None:
-        tmp = self.topology.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.document(generation)))
-        tmp.replace(self.topology)
-
-    def add_storage(self, dc: str, shard: str, replica: int, data: Path) -> Server:
-        server = self.processes.start(
-            "storage", "--data", str(data / f"{dc}-{shard}-{replica}"), "--datacenter", dc
-        )
-        self.storage[(dc, shard, replica)] = server
-        return server
-
-    def shards(self, dc: str) -> list[str]:
-        return sorted({s for d, s, _ in self.storage if d == dc})
-
-
-def start_cluster(
-    processes: Processes, tmp_path: Path, dcs: tuple[str, ...], *, shards: int, replicas: int, quorum: int
-) -> Cluster:
-    cluster = Cluster(processes, {}, {}, tmp_path / "topology.json", quorum)
-    for dc in dcs:
-        for s in range(shards):
-            for r in range(replicas):
-                cluster.add_storage(dc, f"s{s}", r, tmp_path)
-    cluster.write_topology()
-    for dc in dcs:
-        cluster.frontends[dc] = processes.start(
-            "frontend", "--topology", str(cluster.topology), "--datacenter", dc
-        )
-    for frontend in cluster.frontends.values():
-        assert requests.get(f"{frontend.url}/readyz", timeout=5).status_code == 200
-    return cluster
-
-
-def metric(server: Server, name: str) -> float:
-    for line in requests.get(f"{server.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def eventually(check: Any, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return bool(check())
 
 
 def test_acknowledged_uploads_survive_sigkill_of_a_storage_node_mid_stream(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from imageserver.cache import ByteLRU
 
 
@@ -72,17 +70,25 @@ async def test_a_failed_render_reaches_every_waiter_and_is_not_cached() -> None:
     assert await cache.get_or_make("k", fine) == b"ok"
 
 
-async def test_a_cancelled_render_cancels_its_waiters_instead_of_hanging_them() -> None:
+async def test_a_waiter_whose_render_was_cancelled_makes_it_itself_instead_of_hanging() -> None:
+    """The request rendering a variant hangs up: the others waiting for the same variant are
+    still there, so one of them renders it; none hangs, none is cancelled for another."""
     cache: ByteLRU[bytes] = ByteLRU(1 << 20, len)
+    makers = 0
 
     async def slow() -> bytes:
-        await asyncio.sleep(10)
-        return b"never"
+        nonlocal makers
+        makers += 1
+        await asyncio.sleep(0.05)
+        return b"made"
 
     first = asyncio.ensure_future(cache.get_or_make("k", slow))
     await asyncio.sleep(0)
     second = asyncio.ensure_future(cache.get_or_make("k", slow))
+    third = asyncio.ensure_future(cache.get_or_make("k", slow))
     await asyncio.sleep(0)
     first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(second, 1)
+    assert await asyncio.wait_for(second, 1) == b"made"
+    assert await asyncio.wait_for(third, 1) == b"made"
+    assert first.cancelled() and makers == 2  # the cancelled one, then one for both waiters
+    assert cache.get("k") == b"made"

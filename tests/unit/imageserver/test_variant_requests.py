@@ -59,9 +59,49 @@ def test_if_none_match_follows_weak_comparison_and_lists() -> None:
     tag = variants.etag(ID, None)
     assert variants.etag_matches(tag, tag)
     assert variants.etag_matches(f'"other", W/{tag}', tag)
-    assert variants.etag_matches("*", tag)
     assert not variants.etag_matches('"other"', tag)
     assert not variants.etag_matches(None, tag)
+
+
+def test_if_none_match_star_is_not_a_tag_it_asks_whether_the_image_exists() -> None:
+    # RFC 9110 13.1.2: "*" is false only when a current representation exists, which only a
+    # lookup can tell; matching it as a tag answered 304 for images that do not exist.
+    assert not variants.etag_matches("*", variants.etag(ID, None))
+    assert variants.matches_any("*") and variants.matches_any(" * ")
+    assert not variants.matches_any(None) and not variants.matches_any('"*"')
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"w": "²", "h": "1"}, "w must be a whole number"),  # isdigit() says yes, int() says no
+        ({"w": "\uff13\uff10\uff10", "h": "300"}, "w must be a whole number"),  # fullwidth 300
+        ({"w": "300", "h": "300 "}, "h must be a whole number"),
+        ({"w": "0300", "h": "300"}, ""),  # leading zeros are still ASCII digits: fine
+        ({"w": "300", "h": "300", "sig": "é" * 43}, "sig must be a signature"),
+        ({"w": "300", "h": "300", "sig": "A" * 44}, "sig must be a signature"),
+        ({"w": "300", "h": "300", "fit": "c" * 65}, "longer than 64"),
+        ({"\udcff": "1"}, "unknown query parameter(s): '\\udcff'"),
+    ],
+)
+def test_what_is_not_ascii_digits_or_a_signature_is_a_clear_400(query: dict[str, str], message: str) -> None:
+    if not message:
+        assert parse(query) == Variant(Size(300, 300))
+        return
+    with pytest.raises(BadVariant) as refused:
+        parse(query)
+    assert message in str(refused.value)
+
+
+def test_a_repeated_parameter_is_refused_not_read_first_or_last_wins() -> None:
+    with pytest.raises(BadVariant, match="give w only once"):
+        variants.single_values([("w", "300"), ("h", "300"), ("w", "1200")])
+    assert variants.single_values([("w", "300"), ("h", "300")]) == {"w": "300", "h": "300"}
+
+
+def test_a_non_ascii_signature_is_invalid_not_an_error() -> None:
+    query = {"w": "300", "h": "200", "sig": "é" * 43}
+    assert not variants.signature_valid(KEY, f"/v1/images/{ID}", query)  # no TypeError
 
 
 def test_signatures_cover_every_parameter_in_any_order_and_only_the_right_key_verifies() -> None:

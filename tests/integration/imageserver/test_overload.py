@@ -1,0 +1,141 @@
+"""Under attack the server stays inside its memory budget and fair to everyone else: stalled
+uploads, decompression bombs and clients that hang up are refused or cut off with a 4xx or a
+503 that says when to come back, and a well-behaved client keeps being served quickly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import samples
+from attacks import ATTACKER, GOOD, PeakRss, StalledUpload, WellBehaved, bomb, post
+from clusters import metric
+from servers import Processes, Server
+
+BUDGET = 512 << 20
+REFUSALS = {408, 413, 429, 503}
+
+
+@pytest.fixture
+def guarded(imageserver: Processes, tmp_path: Path) -> Server:
+    return imageserver.start(
+        "serve",
+        "--data",
+        str(tmp_path / "data"),
+        "--memory-limit",
+        str(BUDGET),
+        "--cache-bytes",
+        str(16 << 20),
+        "--render-threads",
+        "2",
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--body-idle-timeout",
+        "3",
+    )
+
+
+def shed(server: Server) -> Counter[str]:
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    reasons: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("imageserver_shed_requests_total{"):
+            reasons[line.split('reason="', 1)[1].split('"', 1)[0]] = int(float(line.rsplit(" ", 1)[1]))
+    return reasons
+
+
+def test_the_attack_mix_stays_in_budget_and_a_good_client_is_served(guarded: Server) -> None:
+    server = guarded
+    rss = PeakRss(server.managed.pid)
+    good = WellBehaved(server.url)
+    client = threading.Thread(target=good.run)
+    client.start()
+    bombs = [f"{ATTACKER[:-2]}{i}" for i in range(10, 26)]  # 16 more attackers, one bomb each
+    try:
+        with ThreadPoolExecutor(80) as pool:
+            stalled = list(pool.map(lambda _: StalledUpload(server.port, ATTACKER), range(50)))
+            exploding = [pool.submit(post, server.port, bomb(), who) for who in bombs[:8]]
+            leaving = [pool.submit(post, server.port, bomb(), who, hang_up_after=0.3) for who in bombs[8:]]
+            answers = [f.result() for f in exploding + leaving]
+            time.sleep(2)  # the good client goes on while the stalled bodies are held
+            stalled_answers = [upload.answer(wait=10) for upload in stalled]
+    finally:
+        good.stop.set()
+        client.join()
+        peak = rss.stop()
+    for upload in stalled:
+        upload.close()
+
+    assert peak < BUDGET, f"RSS reached {peak >> 20} MiB"
+    assert good.latencies and set(good.statuses) <= {200, 201}, good.statuses
+    assert good.p99() < 1.0, f"the good client's p99 was {good.p99():.2f} s"
+    # Bombs are refused from their header: their decode would not fit what one client may use.
+    assert [a.status for a in answers[:8]] == [413] * 8
+    assert all(a.status in (413, None) for a in answers[8:])  # 413 before the hang-up, or none
+    # Stalled bodies: most refused at once for the client's share, the rest cut off.
+    assert set(stalled_answers) <= REFUSALS, Counter(stalled_answers)
+    assert Counter(stalled_answers)[408] >= 1 and Counter(stalled_answers)[429] >= 40
+    reasons = shed(server)
+    assert reasons["memory_exceeds_capacity"] >= 8 and reasons["body_timeout"] >= 1, reasons
+    # Once the attack stops, everything is back to normal.
+    assert (
+        requests.post(f"{server.url}/v1/images", data=samples.jpeg(640, 480, seed=99), timeout=10).status_code
+        == 201
+    )
+    assert metric(server, 'imageserver_admission_in_use{gate="memory"}') < 64 << 20
+
+
+def test_refusals_under_load_say_when_to_come_back(guarded: Server) -> None:
+    """A client at its limit of requests in flight gets 429 with Retry-After; a 413 has none
+    (it will never fit); other clients are served meanwhile."""
+    stalled = [StalledUpload(guarded.port, ATTACKER, size=1 << 20, missing=100) for _ in range(8)]
+    try:
+        refused = post(guarded.port, samples.jpeg(64, 48), ATTACKER)
+        assert refused.status == 429 and refused.retry_after
+        too_big = post(guarded.port, bomb(), GOOD)
+        assert too_big.status == 413 and not too_big.retry_after
+        assert post(guarded.port, samples.jpeg(64, 48, seed=5), GOOD).status == 201  # others are fine
+    finally:
+        for upload in stalled:
+            upload.close()
+
+
+def test_clients_that_hang_up_while_queued_never_cost_a_render(
+    imageserver: Processes, tmp_path: Path
+) -> None:
+    """One render thread, busy with a heavy image; six clients queue heavy images behind it
+    and hang up. Their work is dropped from the queue, never started: a small upload that
+    comes next waits only for the render already running."""
+    server = imageserver.start(
+        "serve", "--data", str(tmp_path / "data"), "--render-threads", "1", "--trusted-proxies", "127.0.0.1"
+    )
+    heavy = bomb(3000, 3000)  # about a second of rendering here
+    with ThreadPoolExecutor(8) as pool:
+        running = pool.submit(post, server.port, heavy, "192.0.2.1")
+        time.sleep(0.15)
+        leavers = [
+            pool.submit(post, server.port, heavy, f"192.0.2.{i}", hang_up_after=0.3) for i in range(2, 8)
+        ]
+        assert [f.result().status for f in leavers] == [None] * 6  # no answer by 0.3 s: they left
+        small = post(server.port, samples.jpeg(320, 240, seed=1), GOOD)
+        assert running.result().status == 201
+    assert small.status == 201
+    assert small.seconds < 2.5, f"the small upload waited {small.seconds:.1f} s behind abandoned work"
+    assert metric(server, 'imageserver_admission_abandoned_total{gate="render"}') == 6
+    assert metric(server, 'imageserver_admission_queue_depth{gate="render"}') == 0
+
+
+def test_a_body_that_stops_coming_is_cut_off_with_408(guarded: Server) -> None:
+    started = time.monotonic()
+    stalled = StalledUpload(guarded.port, GOOD, size=1 << 20, missing=1000)
+    try:
+        assert stalled.answer(wait=15) == 408
+    finally:
+        stalled.close()
+    assert 2.5 < time.monotonic() - started < 10
+    assert metric(guarded, 'imageserver_admission_in_use{gate="memory"}') == 0
