@@ -6,6 +6,9 @@
   (c) original GET                           vs nginx serving the same files (sendfile)
   (d) uploads of 6 MP JPEGs (variants rendered, written to R=2 replicas, W=2, copied to a
       second datacenter)                     vs the raw Pillow cost of the same rendering
+  (e) well-behaved clients uploading 1 MP JPEGs to a server with a 512 MB limit, under the
+      attack mix (stalled 20 MB uploads, PNG bombs, bombs whose clients hang up)
+                                             vs the same clients with no attack
 
 Load comes from wrk on 127.0.0.1. Servers get the same processes (1) and render threads
 (2) as thumbor. Results: a table on stdout and in bench/out/results.md.
@@ -21,12 +24,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import attacks
 import requests
 import samples
 from servers import SIGNING_KEY, Processes, Server
@@ -108,7 +113,7 @@ request = function()
   counter = counter + 1
   -- Bytes after the JPEG end marker are ignored by decoders but give every upload a new id.
   local body = bodies[(counter %% #bodies) + 1] .. "upload-" .. (seed or 0) .. "-" .. counter
-  return wrk.format("POST", "/v1/images", {["Content-Type"] = "image/jpeg"}, body)
+  return wrk.format("POST", "/v1/images", {["Content-Type"] = "image/jpeg"%s}, body)
 end
 """
 
@@ -334,7 +339,7 @@ def run(seconds: int, count: int) -> list[Result]:
             "d",
             "imageserver upload (2 DCs, R=2, W=2)",
             cluster.url,
-            LUA_UPLOAD % _lua_list([str(f) for f in files]),
+            LUA_UPLOAD % (_lua_list([str(f) for f in files]), ""),
             connections=4,
         )
         say("d: raw Pillow limit of the upload rendering (2 threads)")
@@ -344,12 +349,77 @@ def run(seconds: int, count: int) -> list[Result]:
             seconds,
         )
         results.append(Result("d", "raw Pillow limit of the rendering (2 threads)", raw_upload, 0, 0, 0))
+        results.extend(overload(processes, work, seconds))
     finally:
         processes.stop_all()
         for managed in state.processes.values():
             stop(managed)
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def overload(processes: Processes, work: Path, seconds: int) -> list[Result]:
+    """(e): the same well-behaved uploaders, alone and beside the attack mix, on one server
+    with a 512 MB limit; the server's peak RSS is in the row."""
+    server = processes.start(
+        "serve",
+        "--data",
+        str(work / "overload"),
+        "--memory-limit",
+        str(512 << 20),
+        "--cache-bytes",
+        str(16 << 20),
+        "--render-threads",
+        "2",
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--body-idle-timeout",
+        "5",
+    )
+    photos = []
+    for seed in range(8):
+        photo = work / f"small-{seed}.jpg"
+        photo.write_bytes(samples.jpeg(1200, 800, seed=100 + seed, quality=85))
+        photos.append(str(photo))
+    script = LUA_UPLOAD % (_lua_list(photos), f', ["X-Forwarded-For"] = "{attacks.GOOD}"')
+    rows = []
+    for label, attacked in (("same clients, no attack", False), ("imageserver, under the attack mix", True)):
+        say(f"e: {label}")
+        stop_attack = threading.Event()
+        attackers = threading.Thread(target=attack, args=(server.port, stop_attack), daemon=True)
+        if attacked:
+            attackers.start()
+            time.sleep(1)  # the attack is in full swing before the clients start
+        rss = attacks.PeakRss(server.managed.pid)
+        rps, p50, p99, errors = wrk(server.url, script, seconds=seconds, connections=4, warmup=0)
+        peak = rss.stop()
+        stop_attack.set()
+        if attacked:
+            attackers.join()
+        rows.append(Result("e", f"{label} (peak RSS {peak >> 20} MB)", rps, p50, p99, errors))
+    return rows[::-1]  # ours first: the ratio is attacked / not attacked
+
+
+def attack(port: int, stop_attack: threading.Event) -> None:
+    """Keeps 50 stalled 20 MB uploads open, and sends bombs from 8 clients and bombs from 8
+    clients that hang up at 0.3 s, until told to stop."""
+    bomb = attacks.bomb()
+
+    def bomber(identity: str, hang_up: float | None) -> None:
+        while not stop_attack.is_set():
+            attacks.post(port, bomb, identity, hang_up_after=hang_up)
+
+    def staller() -> None:
+        while not stop_attack.is_set():
+            upload = attacks.StalledUpload(port, attacks.ATTACKER)
+            upload.answer(wait=30)  # until the server cuts it off (or refuses it)
+            upload.close()
+
+    with ThreadPoolExecutor(66) as pool:
+        for _ in range(50):
+            pool.submit(staller)
+        for i in range(16):
+            pool.submit(bomber, f"198.51.100.{10 + i}", 0.3 if i >= 8 else None)
 
 
 def start_upload_cluster(processes: Processes, work: Path) -> Server:
@@ -383,7 +453,7 @@ def table(results: list[Result]) -> str:
         "| scenario | server | req/s | p50 ms | p99 ms | errors | ratio |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    for scenario in "abcd":
+    for scenario in "abcde":
         rows = [r for r in results if r.scenario == scenario]
         ours = next(r for r in rows if r.server.startswith("imageserver"))
         for r in rows:

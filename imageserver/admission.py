@@ -6,8 +6,10 @@ has a waiting room of bounded size and bounded wait; past either, the request is
 503 and `Retry-After` (the server is busy, try again), never queued without end. When room
 frees, the waiter whose client holds the least goes first, so one client's backlog cannot
 stand in front of everyone else. A client may hold at most a share of a gate (half of the
-memory) and have only so many expensive requests at once (429 past either). A waiter whose
-client hangs up leaves the room (its task is cancelled), so abandoned work is never started.
+memory: past it, its requests wait), and have only so many expensive requests in flight at
+once (429 past it), which also bounds how much of a waiting room one client can fill. A
+waiter whose client hangs up leaves the room (its task is cancelled), so abandoned work is
+never started.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class Gate:
         self.client_limit = max(1, int(capacity * client_share))  # what one client may hold
         self._waiting: list[_Waiter] = []
         self._held: Counter[str] = Counter()
+        # Grants from the waiting room since it was last empty: between clients that hold
+        # nothing, the one served less goes first (with one slot, everyone holds nothing
+        # whenever a grant is made).
+        self._served: Counter[str] = Counter()
         self._arrivals = itertools.count()
 
     @property
@@ -106,23 +112,22 @@ class Gate:
                 f"this request needs {self._show(weight)} of {self.name} to process; "
                 f"the server gives one client at most {self._show(self.client_limit)}",
             )
-        if self._held[client] + weight > self.client_limit:
-            raise Shed(
-                429,
-                f"{self.name}_client_share",
-                f"this client's requests already hold {self._show(self._held[client])} of "
-                f"{self.name}: wait for them to finish",
-            )
         grant = Grant(weight, client)
-        if not self._waiting and self.in_use + weight <= self.capacity:
+        fits = self._held[client] + weight <= self.client_limit  # past its share, a client waits
+        if not self._waiting and fits and self.in_use + weight <= self.capacity:
             self._take(grant)
             self._on_change(self)
             return grant
-        if len(self._waiting) >= self.max_waiting:
-            raise Shed(503, f"{self.name}_queue_full", f"the server is busy ({self.name}): try again shortly")
+        # Ranked with those already waiting: admitted now if it comes first and fits.
         waiter = _Waiter(grant, next(self._arrivals), asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         self._wake()
+        if waiter.ready.done():
+            self._on_change(self)
+            return grant
+        if len(self._waiting) > self.max_waiting:
+            self._waiting.remove(waiter)
+            raise Shed(503, f"{self.name}_queue_full", f"the server is busy ({self.name}): try again shortly")
         self._on_change(self)
         try:
             async with asyncio.timeout(self.max_wait):
@@ -169,21 +174,33 @@ class Gate:
         self._wake()
         self._on_change(self)
 
+    def _rank(self, waiter: _Waiter) -> tuple[int, int, int]:
+        client = waiter.grant.client
+        return self._held[client], self._served[client], waiter.order
+
     def _wake(self) -> None:
-        """Grant waiters in order of how little their client holds, then of arrival; chosen
-        again after every grant, since a grant changes what its client holds."""
+        """Grant waiters that fit, the one whose client holds least first, then the one
+        served least, then the earliest; chosen again after every grant, since a grant
+        changes what its client holds. A client is never granted past its share."""
         while True:
             # A waiter cancelled a moment ago (hung up, timed out) is still listed until its
             # own task runs again; its future is already done and takes no grant.
             fitting = [
                 w
                 for w in self._waiting
-                if not w.ready.done() and self.in_use + w.grant.weight <= self.capacity
+                if not w.ready.done()
+                and self.in_use + w.grant.weight <= self.capacity
+                and self._held[w.grant.client] + w.grant.weight <= self.client_limit
             ]
             if not fitting:
+                if not self._waiting:
+                    self._served.clear()
                 return
-            chosen = min(fitting, key=lambda w: (self._held[w.grant.client], w.order))
+            chosen = min(
+                fitting, key=lambda w: (self._held[w.grant.client], self._served[w.grant.client], w.order)
+            )
             self._take(chosen.grant)
+            self._served[chosen.grant.client] += 1
             self._waiting.remove(chosen)
             chosen.ready.set_result(None)
 
@@ -230,9 +247,12 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    # An IPv4 peer seen through an IPv6 socket (::ffff:10.0.0.1) is that IPv4 address.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
 
 
 def client_of(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]) -> str:

@@ -71,17 +71,19 @@ class Probe:
     frames: int = 1  # only the first is ever decoded
 
 
-# Measured peaks of a render above the process's baseline, per decoded pixel: Pillow keeps
-# 1 byte per pixel for these modes and 4 for every other (RGB included); resizing an image
-# with alpha premultiplies it into a second full-size copy (7000x7000 RGBA: 422 MB, 2.2x its
-# pixels), others peak near 1.3x. The estimate stays above every measured case.
+# Measured peaks of a render above the process's baseline: Pillow keeps 1 byte per pixel for
+# these modes and 4 for every other (RGB included). At the peak a render holds the decoded
+# source, a reduced intermediate (at most as large) and the result; resizing an image with
+# alpha first premultiplies it into another full-size copy. Measured: a 7000x7000 RGBA PNG
+# to 1200x1200 peaks at 422 MB, a 2048x2048 RGB PNG to 2000x2000 at 47 MB.
 ONE_BYTE_MODES = frozenset({"1", "L", "P"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 CODEC_WORKING_SET = 8 << 20  # libjpeg/zlib state and encoder buffers
 
 
 def decoded_size(info: Probe, need: tuple[int, int]) -> tuple[int, int]:
-    """What `_decode` will hold in memory (stored orientation) when asked for `need`: JPEG
+    """The size `_decode` holds in memory when asked for `need` (either orientation: only the
+    area matters here): JPEG
     decodes scaled by 1/2, 1/4 or 1/8 as far as that still covers it (Pillow's draft rule)."""
     # Displayed or stored orientation gives the same area: both sides swap together.
     width, height = info.width, info.height
@@ -96,8 +98,9 @@ def memory_cost(info: Probe, need: tuple[int, int], encoded_bytes: int) -> int:
     """Bytes a render of `info` down to `need` may take at its peak, from the header alone."""
     width, height = decoded_size(info, need)
     per_pixel = 1 if info.mode in ONE_BYTE_MODES else 4
-    factor = 3.0 if info.mode in ALPHA_MODES else 1.5
-    return int(width * height * per_pixel * factor) + encoded_bytes + CODEC_WORKING_SET
+    copies = 3 if info.mode in ALPHA_MODES else 2  # source (+ premultiplied) + intermediate
+    result = need[0] * need[1] * per_pixel
+    return width * height * per_pixel * copies + result + encoded_bytes + CODEC_WORKING_SET
 
 
 def upload_need(info: Probe, sizes: Iterable[Size]) -> tuple[int, int]:
@@ -253,9 +256,12 @@ def _untrusted(work: Callable[P, R]) -> Callable[P, R]:
 
 
 @_untrusted
-def render_allowlisted(data: bytes, sizes: Iterable[Size], limits: Limits) -> tuple[Probe, dict[Size, bytes]]:
-    """Decode once and render every allowlisted fit-in size, largest first, each from the last."""
-    info = probe(data, limits)
+def render_allowlisted(
+    data: bytes, sizes: Iterable[Size], limits: Limits, info: Probe | None = None
+) -> tuple[Probe, dict[Size, bytes]]:
+    """Decode once and render every allowlisted fit-in size, largest first, each from the last.
+    `info`: the probe of these very bytes, when admission has made it already."""
+    info = info or probe(data, limits)
     sizes = tuple(sizes)
     targets = sorted(
         {size: fit_within(info.width, info.height, size) for size in sizes}.items(),
@@ -272,9 +278,10 @@ def render_allowlisted(data: bytes, sizes: Iterable[Size], limits: Limits) -> tu
 
 
 @_untrusted
-def render(data: bytes, variant: Variant, limits: Limits) -> tuple[bytes, Format]:
-    """One on-demand variant: fit-in or cover-crop, in the asked (or original) format."""
-    info = probe(data, limits)
+def render(data: bytes, variant: Variant, limits: Limits, info: Probe | None = None) -> tuple[bytes, Format]:
+    """One on-demand variant: fit-in or cover-crop, in the asked (or original) format.
+    `info`: the probe of these very bytes, when admission has made it already."""
+    info = info or probe(data, limits)
     fmt = variant.format or info.format
     box = variant.size
     need = variant_need(info, variant)

@@ -323,16 +323,15 @@ class _Evidence:
     write_quorum: int
     asked: set[str] = field(default_factory=set)
     absent_at: set[str] = field(default_factory=set)  # replicas that answered 404
-    absent: dict[tuple[str, str], int] = field(default_factory=dict)
+    absent: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # shard → replicas
 
     def record(self, dc: Datacenter, shard: Shard, base: str, status: int) -> None:
         if status == 404:
             self.absent_at.add(base)
-            key = (dc.name, shard.name)
-            self.absent[key] = self.absent.get(key, 0) + 1
+            self.absent.setdefault((dc.name, shard.name), set()).add(base)
 
     def rules_out(self, dc: Datacenter, shard: Shard) -> bool:
         """An acknowledged write is on `writeQuorum` replicas of its shard, so once
         R - W + 1 of them say 404, that shard cannot hold an acknowledged copy."""
-        needed = max(1, len(shard.replicas) - self.write_quorum + 1)
-        return self.absent.get((dc.name, shard.name), 0) >= needed
+        needed = max(1, len(set(shard.replicas)) - self.write_quorum + 1)
+        return len(self.absent.get((dc.name, shard.name), ())) >= needed

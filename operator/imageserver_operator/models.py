@@ -207,6 +207,11 @@ class ImageServerSpec(Model):
                     fieldPath=".datacenters",
                 ),
                 cel(
+                    "self.trustedProxies.all(p, isIP(p) || isCIDR(p))",
+                    "trustedProxies must be IP addresses or CIDRs, such as 10.0.0.0/8 or fd00::/8",
+                    fieldPath=".trustedProxies",
+                ),
+                cel(
                     "self.shards >= oldSelf.shards",
                     "shards cannot be decreased: the images on the removed shards would be stranded",
                     fieldPath=".shards",
@@ -238,6 +243,21 @@ class ImageServerSpec(Model):
         },
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pod resources.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Addresses or CIDRs of the proxies in front of the frontends (your Gateway's pods, "
+        "e.g. the pod CIDR) whose X-Forwarded-For names the client. Frontends limit each client's "
+        "uploads and renders in flight and share of memory; while this is empty, the client is the "
+        "peer, so all traffic through one gateway pod counts as one client.",
+        json_schema_extra={
+            "items": {
+                "type": "string",
+                "maxLength": 43,
+                "pattern": r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+            }
+        },
+    )
     slo: SLOSpec = Field(default_factory=SLOSpec, description="Service level objectives.")
     remediation: RemediationSpec = Field(
         default_factory=RemediationSpec, description="What the operator may do."

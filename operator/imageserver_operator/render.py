@@ -248,6 +248,8 @@ def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) ->
         ",".join(spec.variants),
     ]
     container = _container(spec, dc.name, args, spec.resources.frontend)
+    if spec.trusted_proxies:
+        container["env"].append({"name": "IMAGESERVER_TRUSTED_PROXIES", "value": ",".join(spec.trusted_proxies)})
     container["volumeMounts"] = [{"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True}]
     deployment = {
         "apiVersion": "apps/v1",

@@ -101,6 +101,11 @@ def test_kubectl_explain_teaches_the_fields(cluster: Cluster, imageserver_crd: s
             'Unsupported value: "yolo": supported values: "auto", "dryRun", "off"',
         ),
         ({"replicaz": 3}, 'unknown field "spec.replicaz"'),
+        (
+            {"trustedProxies": ["10.0.0.0/8", "gateway.example"]},
+            "spec.trustedProxies: Invalid value: trustedProxies must be IP addresses or CIDRs",
+        ),
+        ({"trustedProxies": ["::::"]}, "trustedProxies must be IP addresses or CIDRs"),
         ({"version": "1.0."}, "spec.version in body should match"),
     ],
 )

@@ -40,6 +40,13 @@ def guarded(imageserver: Processes, tmp_path: Path) -> Server:
     )
 
 
+def resident(server: Server) -> int:
+    for line in Path(f"/proc/{server.managed.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def shed(server: Server) -> Counter[str]:
     text = requests.get(f"{server.url}/metrics", timeout=5).text
     reasons: Counter[str] = Counter()
@@ -52,6 +59,7 @@ def shed(server: Server) -> Counter[str]:
 def test_the_attack_mix_stays_in_budget_and_a_good_client_is_served(guarded: Server) -> None:
     server = guarded
     rss = PeakRss(server.managed.pid)
+    baseline = resident(server)
     good = WellBehaved(server.url)
     client = threading.Thread(target=good.run)
     client.start()
@@ -72,6 +80,9 @@ def test_the_attack_mix_stays_in_budget_and_a_good_client_is_served(guarded: Ser
         upload.close()
 
     assert peak < BUDGET, f"RSS reached {peak >> 20} MiB"
+    # And the memory comes back: freed buffers are returned, not kept at the peak.
+    after = resident(server)
+    assert after < baseline + (96 << 20), f"RSS {after >> 20} MiB after the attack, {baseline >> 20} before"
     assert good.latencies and set(good.statuses) <= {200, 201}, good.statuses
     assert good.p99() < 1.0, f"the good client's p99 was {good.p99():.2f} s"
     # Bombs are refused from their header: their decode would not fit what one client may use.

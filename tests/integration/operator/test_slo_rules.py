@@ -223,3 +223,39 @@ def test_an_hour_of_total_outage_spends_about_139_percent_of_a_30_day_budget(
             }
         ],
     )
+
+
+def test_refusals_of_clients_spend_no_budget_but_shedding_does(tmp_path: Path, rules: Path) -> None:
+    """429 (a client past its share), 408 (a body that never came), 413 (too big) and 400 are
+    the client's doing: a flood of them pages nobody. A 503 from load shedding is a user who
+    got no image: it counts, so an overload shows in the SLO (and imageserver_shed_requests_total
+    tells it apart from a bad build)."""
+    minutes = 30
+    clients = [requests(code, 500, minutes) for code in ("429", "408", "413", "400")]
+    checks: list[dict[str, Any]] = [
+        {"alertname": "ImageServerAvailabilityBurnPage", "eval_time": at, "exp_alerts": []}
+        for at in ("5m", "15m", "30m")
+    ]
+    shedding = [requests("200", 900, minutes), requests("503", 100, minutes)]
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [requests("200", 100, minutes), *clients],
+                "alert_rule_test": checks,
+            },
+            {
+                "interval": "1m",
+                "input_series": shedding,
+                "alert_rule_test": [
+                    {
+                        "alertname": "ImageServerAvailabilityBurnPage",
+                        "eval_time": "10m",
+                        "exp_alerts": [expected("availability", "failing requests", "99.9", "0.001")],
+                    }
+                ],
+            },
+        ],
+    )

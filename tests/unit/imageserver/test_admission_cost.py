@@ -1,0 +1,249 @@
+"""What a render will cost in memory, known from the header before any pixel is decoded: the
+decoded size follows Pillow's own JPEG draft rule, the estimate grows with pixels and bytes
+per pixel, and it stays above what a real render takes at its peak. An estimate below the
+peak lets the memory gate admit more than the process can hold."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import samples
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from imageserver import imaging
+from imageserver.imaging import Limits, Probe
+from imageserver.variants import Format, Size, Variant, default_allowlist
+
+LIMITS = Limits()
+
+
+def picture(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """Smooth content, quick to make and to encode: memory depends on pixels, not content."""
+    ramp = Image.linear_gradient("L").resize((width, height))
+    bands = (
+        ramp,
+        ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        ramp.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+    )
+    image = Image.merge("RGB", bands)
+    return image if mode == "RGB" else image.convert(mode)
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> dict[tuple[int, int], bytes]:
+    return {size: encoded(picture(*size), "JPEG") for size in [(3000, 2000), (3001, 2001)]}
+
+
+# -- the decoded size: Pillow's draft rule ---------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(3000, 2000), (3001, 2001)], ids=["even", "odd"])
+@pytest.mark.parametrize(
+    "need",
+    [
+        (3000, 2000),
+        (1600, 1000),  # just above half: no scaling
+        (1500, 1000),  # exactly half
+        (1499, 999),
+        (1200, 1200),  # the height rules
+        (1200, 800),
+        (750, 500),  # exactly a quarter
+        (749, 499),
+        (376, 251),
+        (375, 250),  # exactly an eighth
+        (300, 300),
+        (300, 200),
+        (1, 1),  # never smaller than an eighth
+    ],
+)
+def test_a_jpeg_is_decoded_at_the_size_pillows_draft_chooses(
+    jpegs: dict[tuple[int, int], bytes], size: tuple[int, int], need: tuple[int, int]
+) -> None:
+    data = jpegs[size]
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", need)
+    assert imaging.decoded_size(imaging.probe(data, LIMITS), need) == image.size
+
+
+@pytest.mark.parametrize("need", [(1000, 1500), (400, 300), (250, 375)])
+def test_a_turned_jpeg_decodes_the_same_area_as_its_stored_orientation(need: tuple[int, int]) -> None:
+    data = samples.with_orientation(picture(3000, 2000), 6)
+    info = imaging.probe(data, LIMITS)
+    assert (info.width, info.height) == (2000, 3000)  # displayed
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", need[::-1])  # what _decode asks of the stored image
+    width, height = imaging.decoded_size(info, need)
+    assert width * height == image.size[0] * image.size[1]
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+@pytest.mark.parametrize("need", [(1, 1), (300, 300), (3000, 2000)])
+def test_formats_without_draft_decode_at_full_size(fmt: Format, need: tuple[int, int]) -> None:
+    assert imaging.decoded_size(Probe(fmt, 3000, 2000), need) == (3000, 2000)
+
+
+# -- the estimate ----------------------------------------------------------------------------
+
+NEED = (300, 300)
+
+
+def cost(fmt: Format, width: int, height: int, mode: str = "RGB", encoded_bytes: int = 0) -> int:
+    return imaging.memory_cost(Probe(fmt, width, height, mode), NEED, encoded_bytes)
+
+
+def test_the_estimate_grows_with_the_pixels() -> None:
+    assert cost("png", 1000, 1000) < cost("png", 2000, 1000) < cost("png", 2000, 2000)
+
+
+def test_alpha_costs_more_than_colour_and_grey_less() -> None:
+    assert cost("png", 2000, 2000, "L") < cost("png", 2000, 2000, "RGB") < cost("png", 2000, 2000, "RGBA")
+    assert cost("png", 2000, 2000, "P") == cost("png", 2000, 2000, "L")
+    assert cost("png", 2000, 2000, "LA") > cost("png", 2000, 2000, "RGB")
+
+
+def test_the_estimate_includes_the_encoded_bytes() -> None:
+    assert cost("png", 2000, 2000, encoded_bytes=5_000_000) - cost("png", 2000, 2000) == 5_000_000
+
+
+def test_a_jpeg_that_decodes_scaled_costs_less_than_a_png_of_the_same_size() -> None:
+    assert cost("jpeg", 4000, 3000) < cost("png", 4000, 3000)
+
+
+@given(
+    width=st.integers(1, 10_000),
+    height=st.integers(1, 10_000),
+    need=st.tuples(st.integers(1, 5000), st.integers(1, 5000)),
+    more=st.tuples(st.integers(0, 5000), st.integers(0, 5000)),
+    mode=st.sampled_from(["1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16"]),
+)
+def test_asking_for_more_never_costs_less(
+    width: int, height: int, need: tuple[int, int], more: tuple[int, int], mode: str
+) -> None:
+    info = Probe("jpeg", width, height, mode)
+    bigger = (need[0] + more[0], need[1] + more[1])
+    assert imaging.memory_cost(info, need, 0) <= imaging.memory_cost(info, bigger, 0)
+    # Never below the pixels the decoder must at least hold, one byte each, at an eighth.
+    assert imaging.memory_cost(info, need, 0) >= -(-width // 8) * -(-height // 8)
+
+
+@pytest.mark.parametrize(
+    ("size", "sizes", "expected"),
+    [
+        pytest.param((3000, 2000), default_allowlist(), (1200, 800), id="largest allowlisted"),
+        pytest.param((800, 600), default_allowlist(), (800, 600), id="never upscaled"),
+        pytest.param((3000, 2000), (), (3000, 2000), id="no sizes: the whole image"),
+    ],
+)
+def test_an_upload_decodes_down_to_its_largest_rendition(
+    size: tuple[int, int], sizes: tuple[Size, ...], expected: tuple[int, int]
+) -> None:
+    assert imaging.upload_need(Probe("jpeg", *size), sizes) == expected
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        pytest.param(Variant(Size(300, 300)), (300, 200), id="contain"),
+        pytest.param(Variant(Size(300, 300), "cover"), (450, 300), id="cover fills the box"),
+        pytest.param(Variant(Size(4000, 4000), "cover"), (3000, 2000), id="cover never upscales"),
+    ],
+)
+def test_a_variant_decodes_down_to_what_fills_its_box(variant: Variant, expected: tuple[int, int]) -> None:
+    assert imaging.variant_need(Probe("jpeg", 3000, 2000), variant) == expected
+
+
+# -- calibration against real renders ---------------------------------------------------------
+
+# A child's ru_maxrss starts at its parent's peak on Linux (it is kept across fork and exec),
+# so with this test process as the parent it would hide the render. VmHWM is the peak of the
+# child's own address space: the render's peak, whatever this process did before.
+MEASURE = textwrap.dedent(
+    """
+    import io, sys
+    from pathlib import Path
+    from PIL import Image
+    from imageserver import imaging, memory
+    from imageserver.variants import Size, Variant, default_allowlist
+
+    memory.return_large_buffers()  # as the server does when it starts
+
+    def peak_kib():
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+    path, mode, fmt, variant = sys.argv[1:5]
+    data = Path(path).read_bytes()
+    # Warm up, as a serving process is: the codecs are loaded before the baseline.
+    small = io.BytesIO()
+    Image.new(mode, (64, 64)).save(small, fmt)
+    imaging.render_allowlisted(small.getvalue(), default_allowlist(), imaging.Limits())
+    before = peak_kib()
+    if variant == "upload":
+        imaging.render_allowlisted(data, default_allowlist(), imaging.Limits())
+    else:
+        width, height = map(int, variant.split("x"))
+        imaging.render(data, Variant(Size(width, height)), imaging.Limits())
+    print(peak_kib() - before)
+    """
+)
+
+
+def measured_peak(path: Path, mode: str, fmt: str, variant: str) -> int:
+    """Bytes a render takes at its peak above the baseline, in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), mode, fmt, variant],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(done.stdout) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    ("width", "height", "mode", "fmt"),
+    [
+        pytest.param(3000, 3000, "RGBA", "PNG", id="rgba png"),  # premultiplied copy when resized
+        pytest.param(4000, 4000, "RGB", "PNG", id="rgb png"),
+        pytest.param(3000, 2000, "RGB", "JPEG", id="rgb jpeg drafted"),
+    ],
+)
+def test_the_upload_estimate_covers_the_measured_peak(
+    tmp_path: Path, width: int, height: int, mode: str, fmt: str
+) -> None:
+    path = tmp_path / f"image.{fmt.lower()}"
+    path.write_bytes(encoded(picture(width, height, mode), fmt))
+    info = imaging.probe(path.read_bytes(), LIMITS)
+    need = imaging.upload_need(info, default_allowlist())
+    peak = measured_peak(path, mode, fmt, "upload")
+    decoded = imaging.decoded_size(info, need)
+    # The measurement works: the decoded pixels alone show up (Pillow keeps at least 1 byte each).
+    assert peak >= decoded[0] * decoded[1]
+    assert imaging.memory_cost(info, need, 0) >= peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_the_variant_estimate_covers_the_measured_peak_of_a_render_near_full_size(tmp_path: Path) -> None:
+    path = tmp_path / "image.png"
+    path.write_bytes(encoded(picture(2048, 2048), "PNG"))
+    data = path.read_bytes()
+    info = imaging.probe(data, LIMITS)
+    variant = Variant(Size(2000, 2000))  # a signed variant a little smaller than the original
+    peak = measured_peak(path, "RGB", "PNG", "2000x2000")
+    assert peak >= 2048 * 2048 * 4  # the decode alone
+    # Measured ~47 MiB; estimated ~32 MiB.
+    assert imaging.memory_cost(info, imaging.variant_need(info, variant), len(data)) >= peak
