@@ -125,7 +125,7 @@ class Gate:
         if waiter.ready.done():
             self._on_change(self)
             return grant
-        if len(self._waiting) > self.max_waiting:
+        if sum(not w.ready.done() for w in self._waiting) > self.max_waiting:
             self._waiting.remove(waiter)
             raise Shed(503, f"{self.name}_queue_full", f"the server is busy ({self.name}): try again shortly")
         self._on_change(self)
@@ -133,12 +133,18 @@ class Gate:
             async with asyncio.timeout(self.max_wait):
                 await waiter.ready
         except TimeoutError:
-            self._give_back_if_granted(waiter)
-            raise Shed(
-                503, f"{self.name}_wait", f"the server is busy ({self.name}): try again shortly"
-            ) from None
+            if self._granted(waiter):
+                return grant  # room came in the very turn the time ran out: keep it
+            if self._held[client] + weight > self.client_limit:
+                # Only its own share held it back: the client's doing, not an overload.
+                held = self._show(self._held[client])
+                mine = f"this client's requests already hold {held} of {self.name}: wait for them to finish"
+                raise Shed(429, f"{self.name}_client_share", mine) from None
+            busy = f"the server is busy ({self.name}): try again shortly"
+            raise Shed(503, f"{self.name}_wait", busy) from None
         except asyncio.CancelledError:  # the client went away while waiting
-            self._give_back_if_granted(waiter)
+            if self._granted(waiter):
+                self.release(grant)
             self._on_abandon(self)
             raise
         finally:
@@ -147,10 +153,10 @@ class Gate:
             self._on_change(self)
         return grant
 
-    def _give_back_if_granted(self, waiter: _Waiter) -> None:
-        # Granted in the same loop turn as the timeout or the cancellation.
-        if waiter.ready.done() and not waiter.ready.cancelled():
-            self.release(waiter.grant)
+    @staticmethod
+    def _granted(waiter: _Waiter) -> bool:
+        """Granted in the same loop turn as the timeout or the cancellation?"""
+        return waiter.ready.done() and not waiter.ready.cancelled()
 
     def release(self, grant: Grant) -> None:
         if grant.released:
@@ -196,9 +202,7 @@ class Gate:
                 if not self._waiting:
                     self._served.clear()
                 return
-            chosen = min(
-                fitting, key=lambda w: (self._held[w.grant.client], self._served[w.grant.client], w.order)
-            )
+            chosen = min(fitting, key=self._rank)
             self._take(chosen.grant)
             self._served[chosen.grant.client] += 1
             self._waiting.remove(chosen)
@@ -259,7 +263,7 @@ def client_of(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[
     """Who a request is from: the peer, unless the peer is a trusted proxy; then the nearest
     address in X-Forwarded-For that is not one (right to left, as proxies append). Anything
     malformed stops the walk: an address a client could have written is never believed past
-    the last proxy we trust."""
+    the last proxy we trust. An IPv6 client is its /64: one host is given a whole one."""
     current = _address(peer or "")
     if current is None:
         return peer or "unknown"
@@ -269,6 +273,8 @@ def client_of(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[
         if previous is None:
             break
         current = previous
+    if isinstance(current, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((current, 64), strict=False))
     return str(current)
 
 
@@ -389,15 +395,23 @@ class Holding:
 
     def __init__(self) -> None:
         self._grants: list[tuple[Gate, Grant]] = []
-        self._work: concurrent.futures.Future[Any] | None = None
+        self._work: concurrent.futures.Future[Any] | asyncio.Future[Any] | None = None
 
     async def take(self, gate: Gate, weight: int, client: str) -> Grant:
         grant = await gate.acquire(weight, client)
         self._grants.append((gate, grant))
         return grant
 
-    def busy_until(self, work: concurrent.futures.Future[Any]) -> None:
+    def busy_until(self, work: concurrent.futures.Future[Any] | asyncio.Future[Any]) -> None:
+        """Keep the grants past the request's end while `work` (a render thread's job, a
+        store that goes on after the client left) still uses what they count."""
         self._work = work
+
+    def give_back(self, gate: Gate) -> None:
+        """Release what is held of `gate` now (a render thread, once the render is done)."""
+        for held, grant in self._grants:
+            if held is gate:
+                gate.release(grant)
 
     def __enter__(self) -> Holding:
         return self
@@ -407,7 +421,12 @@ class Holding:
             self._release()
             return
         loop = asyncio.get_running_loop()
-        self._work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+
+        def later(_: object) -> None:
+            if not loop.is_closed():  # shutting down: nothing is left to admit
+                loop.call_soon_threadsafe(self._release)
+
+        self._work.add_done_callback(later)
 
     def _release(self) -> None:
         for gate, grant in self._grants:

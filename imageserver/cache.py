@@ -50,7 +50,12 @@ class ByteLRU(Generic[V]):
             _, evicted = self._items.popitem(last=False)
             self.used -= self._size_of(evicted)
 
-    async def get_or_make(self, key: str, make: Callable[[], Awaitable[V]]) -> V:
+    async def get_or_make(
+        self, key: str, make: Callable[[], Awaitable[V]], *, personal: tuple[type[Exception], ...] = ()
+    ) -> V:
+        """The value, made once for everyone who asks while it is being made. `personal`:
+        failures that concern only the caller that made it (a refusal for its client): the
+        others try to make it themselves."""
         if self.budget <= 0:  # caching off means every request renders, even concurrent ones
             self._on_miss()
             return await make()
@@ -65,6 +70,8 @@ class ByteLRU(Generic[V]):
             self._on_hit()  # rendered once, for every concurrent request
             try:
                 return await asyncio.shield(pending)
+            except personal:
+                continue
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if not pending.cancelled() or (task is not None and task.cancelling()):

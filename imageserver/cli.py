@@ -22,7 +22,7 @@ from imageserver import imaging, logs, memory
 from imageserver.admission import IPNetwork, Resources, parse_networks, resident_bytes, work_budget
 from imageserver.blobstore import BlobStore
 from imageserver.faults import Faults
-from imageserver.frontend import Settings, frontend_app
+from imageserver.frontend import CLIENT_SHARE, Settings, frontend_app
 from imageserver.imaging import Limits
 from imageserver.metrics import Metrics
 from imageserver.replication import ReplicatedStore
@@ -139,8 +139,19 @@ def parser() -> argparse.ArgumentParser:
         "--body-idle-timeout",
         type=float,
         default=float(_env("BODY_IDLE_TIMEOUT", "10") or 10),
-        help="seconds an upload's body may send nothing before it is cut off (408); the whole "
-        "body must also arrive within 10 s plus its size at 64 KiB/s",
+        help="seconds an upload's body may send nothing before it is cut off (408)",
+    )
+    serving.add_argument(
+        "--body-grace",
+        type=float,
+        default=float(_env("BODY_GRACE", "10") or 10),
+        help="seconds before an upload's body must keep up --body-min-rate on average",
+    )
+    serving.add_argument(
+        "--body-min-rate",
+        type=int,
+        default=int(_env("BODY_MIN_RATE", str(64 << 10)) or 0),
+        help="bytes per second an upload's body must average after the grace (408 otherwise)",
     )
     serving.add_argument(
         "--queue",
@@ -180,15 +191,17 @@ def _faults(args: argparse.Namespace) -> Faults:
 def _settings(args: argparse.Namespace, admin_token: str | None) -> Settings:
     key = _secret(args.signing_key_file, "SIGNING_KEY")
     found = Resources.discover()
-    limit = args.memory_limit or found.memory_limit
+    workers = max(1, args.workers)  # they share the container: each gets its part
+    limit = (args.memory_limit or found.memory_limit) // workers
     budget = work_budget(limit, cache_bytes=args.cache_bytes, resident_now=resident_bytes())
     limits = Limits(max_bytes=args.max_upload_bytes, max_pixels=args.max_pixels)
-    if budget < 2 * limits.max_bytes:
+    if budget * CLIENT_SHARE < 2 * limits.max_bytes + 1:
         raise SystemExit(
-            f"a memory limit of {limit >> 20} MiB leaves {max(budget, 0) >> 20} MiB for uploads and "
-            f"renders after the variant cache ({args.cache_bytes >> 20} MiB) and the process itself: "
-            f"one upload of --max-upload-bytes needs {(2 * limits.max_bytes) >> 20} MiB. Raise the "
-            "limit, or lower --cache-bytes or --max-upload-bytes"
+            f"a memory limit of {limit >> 20} MiB per process leaves {max(budget, 0) >> 20} MiB for "
+            f"uploads and renders after the variant cache ({args.cache_bytes >> 20} MiB) and the "
+            f"process itself, of which one client may use {CLIENT_SHARE:.0%}: one upload of "
+            f"--max-upload-bytes needs {(2 * limits.max_bytes) >> 20} MiB. Raise the limit, or lower "
+            "--cache-bytes or --max-upload-bytes"
         )
     imaging.configure(limits)
     settings = Settings(
@@ -199,12 +212,14 @@ def _settings(args: argparse.Namespace, admin_token: str | None) -> Settings:
         signing_key=key.encode() if key else None,
         admin_token=admin_token,
         cache_bytes=args.cache_bytes,
-        render_threads=args.render_threads or found.cpus,
+        render_threads=args.render_threads or max(1, found.cpus // workers),
         memory_budget=budget,
         max_waiting=args.queue,
         per_client=args.per_client,
         trusted_proxies=args.trusted_proxies,
         body_idle=args.body_idle_timeout,
+        body_grace=args.body_grace,
+        body_min_rate=max(1, args.body_min_rate),
     )
     log.info(
         "admission",

@@ -18,7 +18,7 @@ class Faults:
     error_ratio: float = 0.0
     latency_seconds: float = 0.0
     draining: bool = False
-    _owed: float = field(default=0.0, repr=False)  # failures due but not yet given
+    _owed: dict[str, float] = field(default_factory=dict, repr=False)  # per route: failures due
 
     def validate(self) -> None:
         if not 0.0 <= self.error_ratio <= 1.0:
@@ -26,17 +26,17 @@ class Faults:
         if not 0.0 <= self.latency_seconds <= 60.0:
             raise ValueError("latencySeconds must be between 0 and 60")
 
-    def should_fail(self) -> bool:
-        """Error diffusion: every request adds `error_ratio` to what is owed, and a whole
-        failure owed is given. Over any n consecutive requests (at one ratio) the failures are
-        n * ratio rounded down or up."""
+    def should_fail(self, route: str = "") -> bool:
+        """Error diffusion, per route: every request adds `error_ratio` to what its route
+        owes, and a whole failure owed is given. Over any n consecutive requests of a route
+        (at one ratio) the failures are n * ratio rounded down or up. Per route, because a
+        client alternating two routes at ratio 0.5 would otherwise see one always fail."""
         if self.error_ratio <= 0:
             return False
-        self._owed += self.error_ratio
-        if self._owed >= 1.0 - 1e-9:  # 1e-9: ten times 0.1 is 0.9999999999999999
-            self._owed -= 1.0
-            return True
-        return False
+        owed = self._owed.get(route, 0.0) + self.error_ratio
+        failed = owed >= 1.0 - 1e-9  # 1e-9: ten times 0.1 is 0.9999999999999999
+        self._owed[route] = owed - 1.0 if failed else owed
+        return failed
 
     def describe(self) -> dict[str, object]:
         return {

@@ -5,7 +5,7 @@ authorised (allowlisted, or signed), a matching If-None-Match is answered 304, a
 is anything read or rendered. Pillow runs in a thread pool (it releases the GIL).
 
 Uploads and renders are admitted before they cost anything (`admission`): a slot of the
-client's, memory for the body as declared, the body within a deadline, the header, memory
+client's, the body within its deadlines and memory for it as it arrives, the header, memory
 for the decode the header implies, then a render thread. Each step refuses at once when it
 cannot be had soon: 413, 429 or 503 with Retry-After, 408 for a body that does not come.
 """
@@ -37,8 +37,10 @@ from imageserver.variants import IMAGE_ID, BadVariant, Size, Variant
 from imageserver.web import application, error
 
 log = logging.getLogger(__name__)
-RETRY_AFTER = {"Retry-After": "1"}
+RETRY_AFTER = {"Retry-After": str(admission.RETRY_AFTER_SECONDS)}
+CLIENT_SHARE = 0.5  # of the memory budget: one client's stalled uploads never hold all of it
 T = TypeVar("T")
+BODY_STEP = 4 << 20  # memory for a body is taken in steps of this (twice: chunks and join)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Frontend:
             on_change=memory_changed,
             on_abandon=metrics.count_abandoned,
             show=admission.mebibytes,
-            client_share=0.5,  # one client's stalled uploads never hold all of it
+            client_share=CLIENT_SHARE,
         )
         self.threads = Gate(
             "render",
@@ -138,14 +140,8 @@ class Frontend:
             self.clients.leave(client)
 
     async def _upload(self, request: web.Request, client: str) -> web.Response:
-        declared = (
-            request.content_length if request.content_length is not None else self.settings.limits.max_bytes
-        )
         with Holding() as held:
-            # The chunks and their join: twice the body, at the peak.
-            body_grant = await held.take(self.memory, 2 * declared + 1, client)
-            data = await self._read_body(request, declared)
-            self.memory.shrink(body_grant, len(data) + 1)
+            data = await self._read_body(request, held, client)
             if not data:
                 return error(400, "empty body: send the image bytes")
             try:
@@ -154,16 +150,23 @@ class Frontend:
                 await held.take(self.memory, imaging.memory_cost(info, need, 0), client)
                 await held.take(self.threads, 1, client)
                 image_id, (probe, rendered) = await self._in_pool(
-                    held, _digest_and_render, data, self.settings, info
+                    held, "upload", _digest_and_render, data, self.settings, info
                 )
             except Rejected as why:
                 return error(why.status, why.message)
-        blobs = {variants.blob_name(image_id, Variant(size)): body for size, body in rendered.items()}
-        blobs[image_id] = data
-        try:
-            await self.store.put(image_id, blobs)
-        except Unavailable as why:
-            return error(503, f"could not store the image: {why}", RETRY_AFTER)
+            held.give_back(self.threads)
+            blobs = {variants.blob_name(image_id, Variant(size)): body for size, body in rendered.items()}
+            blobs[image_id] = data
+            # Once begun, the copies are finished even if the client leaves (a local quorum
+            # without its queued cross-datacenter copies would be a half-stored image), and
+            # the bytes they send stay counted until then.
+            stored = asyncio.ensure_future(self.store.put(image_id, blobs))
+            stored.add_done_callback(lambda done: done.cancelled() or done.exception())
+            held.busy_until(stored)
+            try:
+                await asyncio.shield(stored)
+            except Unavailable as why:
+                return error(503, f"could not store the image: {why}", RETRY_AFTER)
         body = {
             "id": image_id,
             "width": probe.width,
@@ -174,10 +177,16 @@ class Frontend:
         }
         return web.json_response(body, status=201, headers={hdrs.LOCATION: f"/v1/images/{image_id}"})
 
-    async def _in_pool(self, held: Holding, work: Callable[..., T], *args: object) -> T:
+    async def _in_pool(self, held: Holding, kind: str, work: Callable[..., T], *args: object) -> T:
         """Run admitted work on a render thread. Its grants stay held until the thread is done
         with it; if its client leaves before a thread took it up, it never starts."""
-        future = self.pool.submit(work, *args)
+        started = self.metrics.renders.labels(kind=kind)
+
+        def run() -> T:
+            started.inc()
+            return work(*args)
+
+        future = self.pool.submit(run)
         held.busy_until(future)
         try:
             return await asyncio.wrap_future(future)
@@ -186,23 +195,35 @@ class Frontend:
                 self.metrics.count_abandoned(self.threads)
             raise
 
-    async def _read_body(self, request: web.Request, declared: int) -> bytes:
-        """The body, no larger than the limit, arriving within its deadline: a grace period
-        plus its size at a slow but honest rate, and never idle for long (408 otherwise)."""
+    async def _read_body(self, request: web.Request, held: Holding, client: str) -> bytes:
+        """The body, no larger than the limit. Memory is taken as it arrives, in steps (twice
+        what came: the chunks and their join), so a body that trickles holds only what it
+        sent. It must keep an average rate after a grace period, and never go idle for long:
+        the next byte is due by start + grace + received / rate (408 otherwise)."""
         settings, limit = self.settings, self.settings.limits.max_bytes
+        declared = request.content_length if request.content_length is not None else limit
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         chunks: list[bytes] = []
-        size = 0
+        size = reserved = 0
         try:
-            async with asyncio.timeout(settings.body_grace + declared / settings.body_min_rate):
-                while True:
-                    async with asyncio.timeout(settings.body_idle):
-                        chunk = await request.content.readany()
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > limit:
-                        raise Shed(413, "body_too_large", f"upload is larger than {limit} bytes")
-                    chunks.append(chunk)
+            while True:
+                due = started + settings.body_grace + size / settings.body_min_rate
+                wait = min(settings.body_idle, due - loop.time())
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise Shed(413, "body_too_large", f"upload is larger than {limit} bytes")
+                while 2 * size > reserved:
+                    step = 2 * max(1, min(BODY_STEP, declared - reserved // 2, limit - reserved // 2))
+                    await held.take(self.memory, step, client)
+                    reserved += step
+                chunks.append(chunk)
         except TimeoutError:
             raise Shed(408, "body_timeout", "the upload's body did not arrive in time") from None
         return b"".join(chunks)
@@ -303,11 +324,11 @@ class Frontend:
             with Holding() as held:
                 await held.take(self.memory, cost, client)
                 await held.take(self.threads, 1, client)
-                return await self._in_pool(held, imaging.render, original, variant, limits, info)
+                return await self._in_pool(held, "variant", imaging.render, original, variant, limits, info)
 
         self.clients.enter(client)
         try:
-            body, _ = await self.cache.get_or_make(key, make)
+            body, _ = await self.cache.get_or_make(key, make, personal=(Shed,))
         except _Missing:
             return None
         finally:

@@ -68,16 +68,18 @@ class Probe:
     width: int  # as displayed, after EXIF orientation
     height: int
     mode: str = "RGB"  # Pillow's pixel mode, which sets the bytes per pixel in memory
-    frames: int = 1  # only the first is ever decoded
 
 
-# Measured peaks of a render above the process's baseline: Pillow keeps 1 byte per pixel for
-# these modes and 4 for every other (RGB included). At the peak a render holds the decoded
-# source, a reduced intermediate (at most as large) and the result; resizing an image with
-# alpha first premultiplies it into another full-size copy. Measured: a 7000x7000 RGBA PNG
-# to 1200x1200 peaks at 422 MB, a 2048x2048 RGB PNG to 2000x2000 at 47 MB.
-ONE_BYTE_MODES = frozenset({"1", "L", "P"})
-ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# Measured peaks of a render above the process's baseline. Pillow keeps 1 byte per pixel for
+# L and 4 for every other mode it resizes in (RGB included; palette and 1-bit images become
+# RGB(A) first). At the peak a render holds the decoded source, a reduced intermediate (at
+# most as large) and the result; an image with alpha is first premultiplied into another
+# full-size copy; libwebp decodes into canvases of its own. Measured: a 7000x7000 RGBA PNG to
+# 1200x1200: 422 MB; a 2048x2048 RGB PNG to 2000x2000: 47 MB; a 4000x4000 palette PNG to a
+# JPEG: 152 MB; a 4000x4000 WebP upload: 244 MB.
+ONE_BYTE_MODES = frozenset({"L"})
+THREE_COPY_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "P", "1"})
+WEBP_CANVASES = 12  # bytes per pixel that libwebp's decoder holds besides Pillow's image
 CODEC_WORKING_SET = 8 << 20  # libjpeg/zlib state and encoder buffers
 
 
@@ -98,9 +100,10 @@ def memory_cost(info: Probe, need: tuple[int, int], encoded_bytes: int) -> int:
     """Bytes a render of `info` down to `need` may take at its peak, from the header alone."""
     width, height = decoded_size(info, need)
     per_pixel = 1 if info.mode in ONE_BYTE_MODES else 4
-    copies = 3 if info.mode in ALPHA_MODES else 2  # source (+ premultiplied) + intermediate
+    copies = 3 if info.mode in THREE_COPY_MODES else 2  # source (+ converted) + intermediate
+    codec = WEBP_CANVASES if info.format == "webp" else 0
     result = need[0] * need[1] * per_pixel
-    return width * height * per_pixel * copies + result + encoded_bytes + CODEC_WORKING_SET
+    return width * height * (per_pixel * copies + codec) + result + encoded_bytes + CODEC_WORKING_SET
 
 
 def upload_need(info: Probe, sizes: Iterable[Size]) -> tuple[int, int]:
@@ -133,8 +136,11 @@ def sniff(data: bytes) -> Format | None:
 
 
 def configure(limits: Limits) -> None:
-    """Pillow's own bomb check at our limit, so the two never disagree (its default is ~89 MP)."""
+    """Pillow's own bomb check at our limit, so the two never disagree (its default is ~89 MP).
+    Past the limit Pillow only warns (`_open` refuses, with the exact count); past twice the
+    limit it refuses by itself."""
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Format]:
@@ -142,11 +148,7 @@ def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Format]:
     if fmt is None:
         raise Rejected(415, "not a JPEG, PNG or WebP image")
     try:
-        with warnings.catch_warnings():
-            # Past the limit Pillow warns (the check below refuses, with the exact count);
-            # past twice the limit it refuses by itself.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+        image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
     except Image.DecompressionBombError:
         raise Rejected(413, f"image has more pixels than the limit of {limits.max_pixels}") from None
     except Exception as error:  # any header Pillow cannot read is the client's problem
@@ -178,7 +180,7 @@ def probe(data: bytes, limits: Limits) -> Probe:
     width, height = image.size
     if _orientation(image) in TRANSPOSED:
         width, height = height, width
-    return Probe(fmt, width, height, image.mode, getattr(image, "n_frames", 1))
+    return Probe(fmt, width, height, image.mode)
 
 
 def fit_within(width: int, height: int, box: Size) -> tuple[int, int]:

@@ -94,6 +94,12 @@ class Metrics:
         self.admission_waiting = Gauge(
             "imageserver_admission_queue_depth", "Requests waiting at a gate.", ["gate"], registry=reg
         )
+        self.renders = Counter(
+            "imageserver_renders",
+            "Renders a thread started, by kind (upload: the allowlisted sizes; variant: on demand).",
+            ["kind"],
+            registry=reg,
+        )
         self.abandoned = Counter(
             "imageserver_admission_abandoned",
             "Requests whose client hung up while they waited at a gate: work never started.",

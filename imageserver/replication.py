@@ -53,6 +53,7 @@ class ReplicatedStore:
         queue_size: int = 256,
         read_deadline: float = 3.0,
         hedge_after: float = 0.05,
+        remote_patience: float = 1.0,
     ) -> None:
         self.topology = topology
         self.datacenter = datacenter
@@ -63,6 +64,7 @@ class ReplicatedStore:
         self._tasks: set[asyncio.Task[None]] = set()
         self.read_deadline = read_deadline
         self.hedge_after = hedge_after  # a local storage read takes ~1 ms; 50 ms is a slow one
+        self.remote_patience = remote_patience
         self._lookups: dict[str, asyncio.Future[bytes | None]] = {}
         self._repairing: set[tuple[str, str]] = set()
 
@@ -123,10 +125,15 @@ class ReplicatedStore:
                 return False
         return True
 
-    async def _get_blob(self, base: str, name: str) -> tuple[int, bytes | None]:
+    async def _get_blob(
+        self, base: str, name: str, answering: asyncio.Event | None = None
+    ) -> tuple[int, bytes | None]:
+        """Status and body; `answering` is set once a 200 starts to arrive."""
         try:
             async with self.session.get(f"{base}/v1/blobs/{name}") as response:
                 if response.status == 200:
+                    if answering is not None:
+                        answering.set()
                     return 200, await response.read()
                 return response.status, None
         except (aiohttp.ClientError, TimeoutError):
@@ -205,35 +212,49 @@ class ReplicatedStore:
             lookup = asyncio.ensure_future(self._lookup(image_id, name))
             self._lookups[name] = lookup
             lookup.add_done_callback(lambda _: self._lookups.pop(name, None))
+            # Retrieved even when every caller has hung up, so it is not logged as lost.
+            lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(lookup)
 
     async def _lookup(self, image_id: str, name: str) -> bytes | None:
         topology, _ = self._current()
         evidence = _Evidence(topology.write_quorum)
         rounds = read_rounds(topology, self.datacenter, image_id)
-        try:
-            async with asyncio.timeout(self.read_deadline):
-                for number, places in enumerate(rounds):
-                    hedge = self.hedge_after if number == 0 else None
-                    data = await self._round(places, name, evidence, hedge=hedge)
-                    if data is not None:
-                        self._repair_later(rounds[0], name, data, evidence)
-                        return data
-        except TimeoutError:
-            raise Unavailable(f"no answer from enough replicas within {self.read_deadline:g} s") from None
-        everywhere = [place for places in rounds for place in places]
-        unknown = [f"{dc.name}/{shard.name}" for dc, shard in everywhere if not evidence.rules_out(dc, shard)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_deadline
+        for number, places in enumerate(rounds):
+            remote = places[0][0].name != self.datacenter
+            budget = deadline - loop.time()
+            try:
+                # Another datacenter only has what was uploaded there and not yet copied
+                # here: worth a short wait, never worth a 503 for every unknown id while it
+                # is down or drained.
+                async with asyncio.timeout(min(budget, self.remote_patience) if remote else budget):
+                    data = await self._round(
+                        places, name, evidence, hedge=self.hedge_after if number == 0 else None
+                    )
+            except TimeoutError:
+                if not remote:
+                    raise Unavailable(
+                        f"no answer from enough replicas within {self.read_deadline:g} s"
+                    ) from None
+                data = None
+            if data is not None:
+                self._repair_later(rounds[0], name, data, evidence)
+                return data
+        here = [place for places in rounds for place in places if place[0].name == self.datacenter]
+        unknown = [shard.name for dc, shard in here if not evidence.rules_out(dc, shard)]
         if unknown:
-            raise Unavailable(f"too few replicas answered for {', '.join(unknown[:4])}")
+            raise Unavailable(f"too few replicas of {', '.join(unknown[:4])} answered")
         return None
 
     async def _round(
         self, places: Sequence[Place], name: str, evidence: _Evidence, *, hedge: float | None
     ) -> bytes | None:
         """Ask every replica of `places` at once; with `hedge`, the first one alone until it
-        misses, fails or takes longer than that. The first copy wins; the round also ends as
-        soon as every shard in it is known not to hold the blob (a black-holed replica is not
-        waited for)."""
+        misses, fails or has not started to answer within that (a large blob still arriving is
+        not slow). The first copy wins; the round also ends as soon as every shard in it is
+        known not to hold the blob (a black-holed replica is not waited for)."""
         asks = [
             (dc, shard, base)
             for dc, shard in places
@@ -241,18 +262,22 @@ class ReplicatedStore:
         ]
         waiting: dict[asyncio.Task[tuple[int, bytes | None]], tuple[Datacenter, Shard, str]] = {}
 
+        answering = asyncio.Event()
+
         def ask(batch: Sequence[tuple[Datacenter, Shard, str]]) -> None:
             for dc, shard, base in batch:
                 evidence.asked.add(base)
-                waiting[asyncio.ensure_future(self._get_blob(base, name))] = (dc, shard, base)
+                fetch = self._get_blob(base, name, answering)
+                waiting[asyncio.ensure_future(fetch)] = (dc, shard, base)
 
         held_back = list(asks[1:]) if hedge is not None else []
         ask(asks[:1] if hedge is not None else asks)
         try:
             while waiting:
-                done, _ = await asyncio.wait(
-                    waiting, timeout=hedge if held_back else None, return_when=asyncio.FIRST_COMPLETED
-                )
+                patience = hedge if held_back and not answering.is_set() else None
+                done, _ = await asyncio.wait(waiting, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
+                if not done and answering.is_set():
+                    continue  # on its way: no need to ask the others
                 for task in done:
                     dc, shard, base = waiting.pop(task)
                     status, data = task.result()
@@ -302,8 +327,8 @@ class ReplicatedStore:
 def read_rounds(topology: Topology, local: str, image_id: str) -> list[list[Place]]:
     """Where a read looks, in parallel rounds, from the topology alone: the local owner
     shard; the local datacenter's other shards (an image stored before a resharding, in
-    whatever order the shards were added); the other datacenters, every shard (an upload
-    there whose copy has not arrived yet). Rounds with nothing to ask are left out."""
+    whatever order the shards were added); the owner shard in every other datacenter (an
+    upload there whose copy has not arrived yet). Rounds with nothing to ask are left out."""
     here = topology.datacenter(local)
     assert here is not None
     ranked = list(here.shards_for(image_id))
@@ -311,7 +336,7 @@ def read_rounds(topology: Topology, local: str, image_id: str) -> list[list[Plac
     rounds = [
         [(here, ranked[0])],
         [(here, shard) for shard in ranked[1:]],
-        [(dc, shard) for dc in others for shard in dc.shards_for(image_id)],
+        [(dc, dc.shards_for(image_id)[0]) for dc in others if dc.shards],
     ]
     return [places for places in rounds if places]
 

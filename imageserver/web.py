@@ -49,7 +49,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             if faults.latency_seconds:
                 metrics.faults.labels(kind="latency").inc()
                 await asyncio.sleep(faults.latency_seconds)
-            if faults.should_fail():
+            if faults.should_fail(route):
                 metrics.faults.labels(kind="error").inc()
                 response: web.StreamResponse = error(500, "injected fault (game day)")
                 status = response.status

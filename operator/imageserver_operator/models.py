@@ -246,10 +246,11 @@ class ImageServerSpec(Model):
     trusted_proxies: list[str] = Field(
         default_factory=list,
         max_length=16,
-        description="Addresses or CIDRs of the proxies in front of the frontends (your Gateway's pods, "
-        "e.g. the pod CIDR) whose X-Forwarded-For names the client. Frontends limit each client's "
-        "uploads and renders in flight and share of memory; while this is empty, the client is the "
-        "peer, so all traffic through one gateway pod counts as one client.",
+        description="Addresses or CIDRs of the proxies in front of the frontends (your Gateway's pods) "
+        "whose X-Forwarded-For names the client; name only them: any peer trusted here may name "
+        "itself anyone. Frontends limit each client's uploads and renders in flight and share of "
+        "memory; while this is empty, the client is the peer, so all traffic through one gateway "
+        "pod counts as one client.",
         json_schema_extra={
             "items": {
                 "type": "string",

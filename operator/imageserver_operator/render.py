@@ -249,7 +249,8 @@ def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) ->
     ]
     container = _container(spec, dc.name, args, spec.resources.frontend)
     if spec.trusted_proxies:
-        container["env"].append({"name": "IMAGESERVER_TRUSTED_PROXIES", "value": ",".join(spec.trusted_proxies)})
+        proxies = ",".join(spec.trusted_proxies)
+        container["env"].append({"name": "IMAGESERVER_TRUSTED_PROXIES", "value": proxies})
     container["volumeMounts"] = [{"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True}]
     deployment = {
         "apiVersion": "apps/v1",

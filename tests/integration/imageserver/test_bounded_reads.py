@@ -132,3 +132,19 @@ def test_an_image_is_still_found_through_the_black_hole_and_from_the_other_datac
         answer = requests.get(f"{cluster.frontends['dc-a'].url}/v1/images/{image_id}", timeout=30)
         assert answer.status_code == 200 and answer.content == image
         assert time.monotonic() - started < 2.0
+
+
+def test_a_miss_is_still_a_quick_404_while_the_other_datacenter_is_down(
+    imageserver: Processes, tmp_path: Path
+) -> None:
+    """The other datacenter only holds what was uploaded there and not yet copied here: a
+    short wait for it, but while it is down or drained every unknown id must not become a
+    503 (each one would spend the healthy datacenter's error budget)."""
+    cluster = start_cluster(imageserver, tmp_path, ("dc-a", "dc-b"), shards=2, replicas=3, quorum=2)
+    for (dc, _, _), server in cluster.storage.items():
+        if dc == "dc-b":
+            server.kill()
+    started = time.monotonic()
+    answer = requests.get(f"{cluster.frontends['dc-a'].url}/v1/images/{UNKNOWN}", timeout=30)
+    assert answer.status_code == 404, answer.text
+    assert time.monotonic() - started < 2.0

@@ -75,7 +75,7 @@ def test_the_memory_budget_and_render_threads_come_from_the_cgroup(
     try:
         wait_until("imageserver in a cgroup", lambda: _healthy(server.url), managed, 30)
         assert str(managed.pid) in (memory / "cgroup.procs").read_text().split()
-        assert metric(server, 'imageserver_admission_capacity{gate="render"}') == 1
+        assert metric(server, 'imageserver_admission_capacity{gate="render"}') == 2  # 1 thread, 2 slots
         budget = metric(server, 'imageserver_admission_capacity{gate="memory"}')
         # 85 % of the limit, less the cache and what the process held at start (tens of MiB).
         ceiling = LIMIT * 0.85 - CACHE

@@ -110,8 +110,10 @@ def test_the_estimate_grows_with_the_pixels() -> None:
 
 def test_alpha_costs_more_than_colour_and_grey_less() -> None:
     assert cost("png", 2000, 2000, "L") < cost("png", 2000, 2000, "RGB") < cost("png", 2000, 2000, "RGBA")
-    assert cost("png", 2000, 2000, "P") == cost("png", 2000, 2000, "L")
+    # Palette and 1-bit images are converted to RGB(A) to be resized: priced like RGBA.
+    assert cost("png", 2000, 2000, "P") == cost("png", 2000, 2000, "1") == cost("png", 2000, 2000, "RGBA")
     assert cost("png", 2000, 2000, "LA") > cost("png", 2000, 2000, "RGB")
+    assert cost("webp", 2000, 2000, "RGB") > cost("png", 2000, 2000, "RGB")  # libwebp's canvases
 
 
 def test_the_estimate_includes_the_encoded_bytes() -> None:
@@ -184,7 +186,7 @@ MEASURE = textwrap.dedent(
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
-    path, mode, fmt, variant = sys.argv[1:5]
+    path, mode, fmt, variant, out = sys.argv[1:6]
     data = Path(path).read_bytes()
     # Warm up, as a serving process is: the codecs are loaded before the baseline.
     small = io.BytesIO()
@@ -195,16 +197,16 @@ MEASURE = textwrap.dedent(
         imaging.render_allowlisted(data, default_allowlist(), imaging.Limits())
     else:
         width, height = map(int, variant.split("x"))
-        imaging.render(data, Variant(Size(width, height)), imaging.Limits())
+        imaging.render(data, Variant(Size(width, height), format=out or None), imaging.Limits())
     print(peak_kib() - before)
     """
 )
 
 
-def measured_peak(path: Path, mode: str, fmt: str, variant: str) -> int:
+def measured_peak(path: Path, mode: str, fmt: str, variant: str, out: str = "") -> int:
     """Bytes a render takes at its peak above the baseline, in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path), mode, fmt, variant],
+        [sys.executable, "-c", MEASURE, str(path), mode, fmt, variant, out],
         capture_output=True,
         text=True,
         check=True,
@@ -220,6 +222,8 @@ def measured_peak(path: Path, mode: str, fmt: str, variant: str) -> int:
         pytest.param(3000, 3000, "RGBA", "PNG", id="rgba png"),  # premultiplied copy when resized
         pytest.param(4000, 4000, "RGB", "PNG", id="rgb png"),
         pytest.param(3000, 2000, "RGB", "JPEG", id="rgb jpeg drafted"),
+        pytest.param(3000, 3000, "RGB", "WEBP", id="webp: libwebp's canvases"),
+        pytest.param(3000, 3000, "P", "PNG", id="palette png"),
     ],
 )
 def test_the_upload_estimate_covers_the_measured_peak(
@@ -245,5 +249,21 @@ def test_the_variant_estimate_covers_the_measured_peak_of_a_render_near_full_siz
     variant = Variant(Size(2000, 2000))  # a signed variant a little smaller than the original
     peak = measured_peak(path, "RGB", "PNG", "2000x2000")
     assert peak >= 2048 * 2048 * 4  # the decode alone
-    # Measured ~47 MiB; estimated ~32 MiB.
+    # Measured ~47 MiB: the source, an intermediate and the result at once.
+    assert imaging.memory_cost(info, imaging.variant_need(info, variant), len(data)) >= peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("mode", ["P", "1"])
+def test_a_palette_or_bilevel_image_converted_to_jpeg_is_priced_for_its_conversions(
+    tmp_path: Path, mode: str
+) -> None:
+    """A palette or 1-bit PNG becomes RGB(A) to be resized and RGB to be a JPEG: measured
+    152 MiB for a 4000x4000 palette PNG where 1 byte per pixel priced 54 MiB."""
+    path = tmp_path / "image.png"
+    path.write_bytes(encoded(picture(3000, 3000, mode), "PNG"))
+    data = path.read_bytes()
+    info = imaging.probe(data, LIMITS)
+    variant = Variant(Size(2800, 2800), format="jpeg")
+    peak = measured_peak(path, mode, "PNG", "2800x2800", "jpeg")
     assert imaging.memory_cost(info, imaging.variant_need(info, variant), len(data)) >= peak

@@ -465,3 +465,21 @@ async def test_a_render_already_finished_at_exit_releases_at_once() -> None:
             await held.take(memory, 30, "a")
             held.busy_until(work)
     assert memory.in_use == 0
+
+
+async def test_a_client_held_back_only_by_its_own_share_is_told_429_not_503() -> None:
+    """Its own requests hold its share: waiting longer is the client's doing, not an
+    overload, so it must not spend the error budget (a 503 would)."""
+    g = Gate("memory", 10, max_waiting=8, max_wait=0.05, client_share=0.5)
+    mine = await g.acquire(5, "a")
+    with pytest.raises(Shed) as refused:
+        await g.acquire(1, "a")
+    assert (refused.value.status, refused.value.reason) == (429, "memory_client_share")
+    assert refused.value.retry_after == 1
+    other = await g.acquire(5, "b")  # the rest is there for others
+    with pytest.raises(Shed) as busy:
+        await g.acquire(1, "c")  # held back by the others: that is an overload
+    assert (busy.value.status, busy.value.reason) == (503, "memory_wait")
+    g.release(mine)
+    g.release(other)
+    assert g.in_use == 0 and g.waiting == 0

@@ -28,7 +28,7 @@ def digits(text: str, zero: int) -> str:
         pytest.param("203.0.113.7", ["198.51.100.1"], "203.0.113.7", id="header ignored"),
         pytest.param("203.0.113.7", ["10.0.0.1"], "203.0.113.7", id="claiming to be a proxy"),
         pytest.param("10.0.0.1", ["198.51.100.1"], "10.0.0.1", id="even a private peer"),
-        pytest.param("2001:db8::7", ["198.51.100.1"], "2001:db8::7", id="ipv6 peer"),
+        pytest.param("2001:db8::7", ["198.51.100.1"], "2001:db8::/64", id="ipv6 peer"),
     ],
 )
 def test_without_trusted_proxies_the_peer_is_the_client_whatever_the_header_says(
@@ -56,10 +56,11 @@ def test_without_trusted_proxies_the_peer_is_the_client_whatever_the_header_says
         pytest.param("10.0.0.1", ["198.51.100.1:4711"], "10.0.0.1", id="hop with a port"),
         pytest.param("10.0.0.1", [" 198.51.100.1 "], "198.51.100.1", id="spaces around a hop"),
         # IPv6, written in any of its forms, is given back in one canonical spelling.
-        pytest.param("fd00::1", ["2001:DB8:0:0::9"], "2001:db8::9", id="ipv6 canonical"),
-        pytest.param("fd00::1", ["2001:db8::9, fd00::2"], "2001:db8::9", id="ipv6 chain"),
-        pytest.param("10.0.0.1", ["2001:db8::9"], "2001:db8::9", id="ipv6 behind ipv4 proxy"),
-        pytest.param("fd00::1", ["[2001:db8::9]"], "fd00::1", id="bracketed ipv6 is malformed"),
+        # An IPv6 client is its /64: a host is given a whole one, and could rotate within it.
+        pytest.param("fd00::1", ["2001:DB8:0:0::9"], "2001:db8::/64", id="ipv6 canonical"),
+        pytest.param("fd00::1", ["2001:db8::9, fd00::2"], "2001:db8::/64", id="ipv6 chain"),
+        pytest.param("10.0.0.1", ["2001:db8::9"], "2001:db8::/64", id="ipv6 behind ipv4 proxy"),
+        pytest.param("fd00::1", ["[2001:db8::9]"], "fd00::/64", id="bracketed ipv6 is malformed"),
     ],
 )
 def test_behind_trusted_proxies_the_client_is_the_nearest_untrusted_hop(
@@ -111,8 +112,13 @@ def test_a_spoofing_client_cannot_pick_its_identity(peer: str, forwarded: list[s
     # Untrusted peer: the header does not matter at all (an IPv4-mapped IPv6 peer is the
     # IPv4 address it carries).
     address = ipaddress.ip_address(peer)
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    assert client_of(peer, forwarded, ()) == str(mapped or address)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        expected = str(address.ipv4_mapped)
+    elif isinstance(address, ipaddress.IPv6Address):
+        expected = str(ipaddress.IPv6Network((address, 64), strict=False))
+    else:
+        expected = str(address)
+    assert client_of(peer, forwarded, ()) == expected
 
 
 # -- the trusted proxy list from configuration ---------------------------------------------

@@ -33,3 +33,14 @@ def test_the_edges_fail_never_and_always() -> None:
 def test_half_alternates() -> None:
     faults = Faults(error_ratio=0.5)
     assert [faults.should_fail() for _ in range(6)] == [False, True] * 3
+
+
+def test_each_route_fails_its_own_share_whatever_the_interleaving() -> None:
+    """A client alternating uploads and reads at ratio 0.5 sees half of each fail, not every
+    upload and no read."""
+    faults = Faults(error_ratio=0.5)
+    failed = {"upload": 0, "variant": 0}
+    for _ in range(100):
+        for route in failed:
+            failed[route] += faults.should_fail(route)
+    assert failed == {"upload": 50, "variant": 50}

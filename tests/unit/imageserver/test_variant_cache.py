@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from imageserver.cache import ByteLRU
 
 
@@ -92,3 +94,40 @@ async def test_a_waiter_whose_render_was_cancelled_makes_it_itself_instead_of_ha
     assert await asyncio.wait_for(third, 1) == b"made"
     assert first.cancelled() and makers == 2  # the cancelled one, then one for both waiters
     assert cache.get("k") == b"made"
+
+
+class Refused(Exception):
+    """A refusal that concerns only the caller that made the variant."""
+
+
+async def test_a_refusal_for_the_caller_that_made_it_is_not_handed_to_the_others() -> None:
+    cache: ByteLRU[bytes] = ByteLRU(1 << 20, len)
+
+    async def refused() -> bytes:
+        await asyncio.sleep(0.02)
+        raise Refused
+
+    async def made() -> bytes:
+        return b"mine"
+
+    first = asyncio.ensure_future(cache.get_or_make("k", refused, personal=(Refused,)))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.get_or_make("k", made, personal=(Refused,)))
+    with pytest.raises(Refused):
+        await first
+    assert await asyncio.wait_for(second, 1) == b"mine"  # made it itself
+
+
+async def test_other_failures_are_shared_by_everyone_who_waited() -> None:
+    cache: ByteLRU[bytes] = ByteLRU(1 << 20, len)
+
+    async def broken() -> bytes:
+        await asyncio.sleep(0.02)
+        raise ValueError("corrupt original")
+
+    first = asyncio.ensure_future(cache.get_or_make("k", broken, personal=(Refused,)))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(cache.get_or_make("k", broken, personal=(Refused,)))
+    for task in (first, second):
+        with pytest.raises(ValueError, match="corrupt"):
+            await task
