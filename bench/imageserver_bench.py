@@ -361,21 +361,7 @@ def run(seconds: int, count: int) -> list[Result]:
 def overload(processes: Processes, work: Path, seconds: int) -> list[Result]:
     """(e): the same well-behaved uploaders, alone and beside the attack mix, on one server
     with a 512 MB limit; the server's peak RSS is in the row."""
-    server = processes.start(
-        "serve",
-        "--data",
-        str(work / "overload"),
-        "--memory-limit",
-        str(512 << 20),
-        "--cache-bytes",
-        str(16 << 20),
-        "--render-threads",
-        "2",
-        "--trusted-proxies",
-        "127.0.0.1",
-        "--body-idle-timeout",
-        "5",
-    )
+    server = processes.start(*attacks.guarded(work / "overload", body_idle=5))
     photos = []
     for seed in range(8):
         photo = work / f"small-{seed}.jpg"

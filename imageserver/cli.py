@@ -59,16 +59,33 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
         raise argparse.ArgumentTypeError(str(why)) from None
 
 
+def _number(
+    group: argparse.ArgumentParser,
+    flag: str,
+    kind: Callable[[str], float],
+    default: float,
+    help: str | None = None,
+    *,
+    env: str | None = None,
+) -> None:
+    """A numeric option whose default is IMAGESERVER_<FLAG> (or `env`) when that is set."""
+    name = "IMAGESERVER_" + (env or flag.removeprefix("--").replace("-", "_").upper())
+    raw = os.environ.get(name)
+    try:
+        value = kind(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r}: {flag} takes a number") from None
+    group.add_argument(flag, type=kind, default=value, help=help)
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    common.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080))
+    _number(common, "--port", int, 8080)
     common.add_argument("--datacenter", default=_env("DATACENTER", "local"), help="labels metrics")
     common.add_argument("--revision", default=_env("REVISION", "dev"), help="labels metrics")
-    common.add_argument(
-        "--max-upload-bytes", type=int, default=int(_env("MAX_UPLOAD_BYTES", str(25 << 20)) or 0)
-    )
-    common.add_argument("--max-pixels", type=int, default=int(_env("MAX_PIXELS", "50000000") or 0))
+    _number(common, "--max-upload-bytes", int, 25 << 20)
+    _number(common, "--max-pixels", int, 50_000_000)
     common.add_argument(
         "--enable-admin",
         action="store_true",
@@ -80,17 +97,14 @@ def parser() -> argparse.ArgumentParser:
         default=_env("ADMIN_TOKEN_FILE"),
         help="file holding the admin bearer token (or IMAGESERVER_ADMIN_TOKEN)",
     )
-    common.add_argument(
-        "--fault-error-ratio",
-        type=float,
-        default=float(_env("FAULT_ERROR_RATIO", "0") or 0),
-        help="fail this share of data requests (game days)",
-    )
-    common.add_argument(
+    _number(common, "--fault-error-ratio", float, 0.0, "fail this share of data requests (game days)")
+    _number(
+        common,
         "--fault-latency",
-        type=float,
-        default=float(_env("FAULT_LATENCY_SECONDS", "0") or 0),
-        help="add this many seconds to data requests (game days)",
+        float,
+        0.0,
+        "add this many seconds to data requests (game days)",
+        env="FAULT_LATENCY_SECONDS",
     )
     common.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     common.add_argument("--access-log", action="store_true", default=_env("ACCESS_LOG") == "true")
@@ -107,27 +121,24 @@ def parser() -> argparse.ArgumentParser:
         default=_env("SIGNING_KEY_FILE"),
         help="HMAC key for on-demand variants (or IMAGESERVER_SIGNING_KEY); none: allowlist only",
     )
-    serving.add_argument("--cache-bytes", type=int, default=int(_env("CACHE_BYTES", str(256 << 20)) or 0))
-    serving.add_argument(
+    _number(serving, "--cache-bytes", int, 256 << 20)
+    _number(
+        serving,
         "--memory-limit",
-        type=int,
-        default=int(_env("MEMORY_LIMIT", "0") or 0),
-        help="bytes this process may use; 0: the container's cgroup limit (v1 or v2), else the "
+        int,
+        0,
+        "bytes this process may use; 0: the container's cgroup limit (v1 or v2), else the "
         "machine's memory. Uploads and renders are admitted against what the limit leaves "
         "after the cache and the process itself",
     )
-    serving.add_argument(
+    _number(
+        serving,
         "--render-threads",
-        type=int,
-        default=int(_env("RENDER_THREADS", "0") or 0),
-        help="0: the cgroup's CPU quota, rounded up (else the CPUs this process may run on)",
+        int,
+        0,
+        "0: the cgroup's CPU quota, rounded up (else the CPUs this process may run on)",
     )
-    serving.add_argument(
-        "--per-client",
-        type=int,
-        default=int(_env("PER_CLIENT", "8") or 8),
-        help="uploads and renders in flight per client (429 past it)",
-    )
+    _number(serving, "--per-client", int, 8, "uploads and renders in flight per client (429 past it)")
     serving.add_argument(
         "--trusted-proxies",
         type=_networks,
@@ -135,35 +146,40 @@ def parser() -> argparse.ArgumentParser:
         help="addresses or CIDRs (comma-separated) whose X-Forwarded-For names the client, "
         "such as the gateway's; none by default: the peer is the client",
     )
-    serving.add_argument(
+    _number(
+        serving,
         "--body-idle-timeout",
-        type=float,
-        default=float(_env("BODY_IDLE_TIMEOUT", "10") or 10),
-        help="seconds an upload's body may send nothing before it is cut off (408)",
+        float,
+        10.0,
+        "seconds an upload's body may send nothing before it is cut off (408)",
     )
-    serving.add_argument(
+    _number(
+        serving,
         "--body-grace",
-        type=float,
-        default=float(_env("BODY_GRACE", "10") or 10),
-        help="seconds before an upload's body must keep up --body-min-rate on average",
+        float,
+        10.0,
+        "seconds before an upload's body must keep up --body-min-rate on average",
     )
-    serving.add_argument(
+    _number(
+        serving,
         "--body-min-rate",
-        type=int,
-        default=int(_env("BODY_MIN_RATE", str(64 << 10)) or 0),
-        help="bytes per second an upload's body must average after the grace (408 otherwise)",
+        int,
+        64 << 10,
+        "bytes per second an upload's body must average after the grace (408 otherwise)",
     )
-    serving.add_argument(
+    _number(
+        serving,
         "--queue",
-        type=int,
-        default=int(_env("QUEUE", "64") or 64),
-        help="requests that may wait for memory, and for a render thread (503 past it)",
+        int,
+        64,
+        "requests that may wait for memory, and for a render thread (503 past it)",
     )
-    serving.add_argument(
+    _number(
+        serving,
         "--workers",
-        type=int,
-        default=int(_env("WORKERS", "1") or 1),
-        help="processes sharing the port (SO_REUSEPORT); metrics are per process, "
+        int,
+        1,
+        "processes sharing the port (SO_REUSEPORT); metrics are per process, "
         "so under Prometheus keep 1 and scale pods instead",
     )
 

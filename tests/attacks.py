@@ -25,6 +25,27 @@ from PIL import Image
 STATUS = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
 ATTACKER = "198.51.100.66"
 GOOD = "203.0.113.10"
+BUDGET = 512 << 20  # the memory limit of the server under attack
+
+
+def guarded(data: Path, *, body_idle: float) -> list[str]:
+    """`imageserver serve` arguments of the server under attack: a 512 MB limit, a small
+    cache, 2 render threads, and 127.0.0.1 trusted to name the clients."""
+    return [
+        "serve",
+        "--data",
+        str(data),
+        "--memory-limit",
+        str(BUDGET),
+        "--cache-bytes",
+        str(16 << 20),
+        "--render-threads",
+        "2",
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--body-idle-timeout",
+        str(body_idle),
+    ]
 
 
 @functools.cache

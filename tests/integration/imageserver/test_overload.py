@@ -12,34 +12,20 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import attacks
 import pytest
 import requests
 import samples
-from attacks import ATTACKER, GOOD, PeakRss, StalledUpload, WellBehaved, bomb, post
+from attacks import ATTACKER, BUDGET, GOOD, PeakRss, StalledUpload, WellBehaved, bomb, post
 from clusters import metric
 from servers import Processes, Server
 
-BUDGET = 512 << 20
 REFUSALS = {408, 413, 429, 503}
 
 
 @pytest.fixture
 def guarded(imageserver: Processes, tmp_path: Path) -> Server:
-    return imageserver.start(
-        "serve",
-        "--data",
-        str(tmp_path / "data"),
-        "--memory-limit",
-        str(BUDGET),
-        "--cache-bytes",
-        str(16 << 20),
-        "--render-threads",
-        "2",
-        "--trusted-proxies",
-        "127.0.0.1",
-        "--body-idle-timeout",
-        "3",
-    )
+    return imageserver.start(*attacks.guarded(tmp_path / "data", body_idle=3))
 
 
 def resident(server: Server) -> int:
