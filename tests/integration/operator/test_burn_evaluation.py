@@ -55,8 +55,8 @@ def test_a_failing_revision_burns_at_page_level_and_is_attributed(
         [rules],
     )
 
-    # The bad revision fails exactly every other request (faults are spread evenly, not drawn),
-    # so what is left to chance is Prometheus' extrapolation at the edges of a young series:
+    # The bad revision fails half its requests within 3 over any run (faults follow the ratio,
+    # they are not drawn), so what is left is Prometheus' extrapolation at the edges of a young series:
     # up to about one scrape interval out of the window's span. Reading only after min_rounds
     # scrapes keeps that under 1/min_rounds, so the burn is 500 ± 15 %, well inside the bounds.
     rounds, min_rounds = 0, 8
