@@ -169,17 +169,6 @@ class Gate:
         self._wake()
         self._on_change(self)
 
-    def shrink(self, grant: Grant, weight: int) -> None:
-        """Hold less from now on (a body read, its chunks freed)."""
-        if grant.released or weight >= grant.weight:
-            return
-        freed = grant.weight - weight
-        grant.weight = weight
-        self.in_use -= freed
-        self._held[grant.client] -= freed
-        self._wake()
-        self._on_change(self)
-
     def _rank(self, waiter: _Waiter) -> tuple[int, int, int]:
         client = waiter.grant.client
         return self._held[client], self._served[client], waiter.order

@@ -261,26 +261,6 @@ async def test_queued_requests_of_one_client_never_take_it_past_its_share() -> N
     second.cancel()
 
 
-# -- giving back part of a grant -------------------------------------------------------------
-
-
-async def test_shrinking_a_grant_gives_back_the_difference_and_admits_a_waiter() -> None:
-    g = gate(10)
-    body = await g.acquire(10, "a")
-    waiter = await queue(g, 6, "b")
-    g.shrink(body, 4)
-    await settle()
-    assert waiter.done()
-    assert g.in_use == 10
-    g.shrink(body, 8)  # growing is not shrinking: ignored
-    assert g.in_use == 10
-    g.release(body)  # gives back what is left, not the original weight
-    assert g.in_use == 6
-    g.shrink(body, 1)  # after release: ignored
-    g.release(waiter.result())
-    assert g.in_use == 0
-
-
 # -- invariants under any interleaving -------------------------------------------------------
 
 CAPACITY = 4
