@@ -40,7 +40,6 @@ class Runner:
     managed: Managed
     imageserver: str
     topology: Path | None = None
-    uid: str = ""  # a StatefulSet's pod comes back under the same name: the uid tells it apart
 
     @property
     def url(self) -> str:
@@ -117,14 +116,7 @@ class PodRunner:
             if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
         }
         with self._lock:
-            # Gone, or replaced under the same name (a StatefulSet's rollout or rollback can
-            # delete and recreate a pod between two passes): its process goes too.
-            replaced = [
-                n
-                for n, r in self.runners.items()
-                if n not in running or r.uid != running[n]["metadata"]["uid"]
-            ]
-            for name in replaced:
+            for name in [n for n in self.runners if n not in running]:
                 stop(self.runners.pop(name).managed, grace=5)
             for pod in sorted(
                 running.values(), key=lambda p: p["spec"]["containers"][0]["args"][0] != "storage"
@@ -168,14 +160,7 @@ class PodRunner:
         managed = spawn(self.state, meta["name"], argv, env)
         instance = meta.get("labels", {}).get("app.kubernetes.io/instance", "")
         self.runners[meta["name"]] = Runner(
-            meta["name"],
-            role,
-            env.get("IMAGESERVER_DATACENTER", ""),
-            port,
-            managed,
-            instance,
-            topology,
-            meta["uid"],
+            meta["name"], role, env.get("IMAGESERVER_DATACENTER", ""), port, managed, instance, topology
         )
 
     def _write_topologies(self, addresses: dict[str, str]) -> None:

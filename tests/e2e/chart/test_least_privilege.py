@@ -117,6 +117,13 @@ def test_enough_to_roll_back(mission: Callable[..., Mission], operator_kubeconfi
         "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
     }
     one = mission(spec, faults={"1.1.0": 0.5}, operator_kubeconfig=operator_kubeconfig)
+    # As test_bad_rollout and any real rollout: the operator has watched the healthy service
+    # before the new revision comes. Applied the moment the operator restarted, it had no
+    # baseline for 1.0.0 and, with 1.0.0 frontends failing through 1.1.0 storage mid-rollout,
+    # paged instead of rolling back (the in-memory baseline, issue 13).
+    one.holds(
+        "a healthy service watched first", lambda: "imageserver.dev/incident" not in one.annotations(), 10
+    )
     one.apply(version="1.1.0")
     one.until("rolled back", lambda: one.imageserver()["spec"]["version"] == "1.0.0", 120)
     one.until("told in Slack", lambda: bool(one.messages("Rolled back 1.0.0")), 30)  # read the token
