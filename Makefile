@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
 
-.PHONY: bench bench-operator help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean generate
+.PHONY: bench bench-operator bench-rebalance help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), th
 
 bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not a test)
 	PYTHONPATH=hack:tests $(PY) bench/imageserver_bench.py $(BENCH_ARGS)
+
+bench-rebalance: dev  ## storage nodes moving data (rebalance, handoff) vs a durable local copy of the same files
+	PYTHONPATH=hack:tests $(PY) bench/rebalance_bench.py $(BENCH_ARGS)
 
 bench-operator: dev cluster-up  ## the operator on the local cluster: apply → Ready, 200 ImageServers, idle cost
 	PYTHONPATH=hack:tests $(PY) bench/operator_bench.py $(BENCH_ARGS)

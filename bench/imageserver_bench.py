@@ -409,12 +409,20 @@ def attack(port: int, stop_attack: threading.Event) -> None:
 
 
 def start_upload_cluster(processes: Processes, work: Path) -> Server:
+    topology = work / "topology.json"
     nodes = {
-        (dc, r): processes.start("storage", "--data", str(work / f"upload-{dc}-{r}"), "--datacenter", dc)
+        (dc, r): processes.start(
+            "storage",
+            "--data",
+            str(work / f"upload-{dc}-{r}"),
+            "--datacenter",
+            dc,
+            "--topology",
+            str(topology),
+        )
         for dc in ("dc-a", "dc-b")
         for r in range(2)
     }
-    topology = work / "topology.json"
     topology.write_text(
         json.dumps(
             {

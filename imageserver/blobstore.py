@@ -10,19 +10,36 @@ reach a path outside the store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import logging
 import os
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-# An image id (SHA-256 of the original bytes), optionally followed by a variant name.
-BLOB_NAME = re.compile(r"^[0-9a-f]{64}(?:\.\d{1,5}x\d{1,5}(?:-cover)?(?:\.(?:jpeg|png|webp))?)?$")
+from imageserver import sealed
+
+log = logging.getLogger(__name__)
+
+# An image id (SHA-256 of the original bytes), optionally followed by a variant name and the
+# renderer that made it.
+BLOB_NAME = re.compile(
+    r"^[0-9a-f]{64}(?:\.\d{1,5}x\d{1,5}(?:-cover)?(?:\.(?:jpeg|png|webp))?\.r[0-9a-f]{8})?$"
+)
 
 
 class BadBlob(ValueError):
     """A name or content the store refuses (a 4xx, not a server fault)."""
+
+
+class Full(Exception):
+    """The disk cannot take the blob (507): the node keeps its reserve, or the write hit ENOSPC."""
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def check_name(name: str) -> str:
@@ -31,7 +48,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -39,9 +56,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def is_variant(name: str) -> bool:
+    return "." in name
+
+
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, reserve: int = 0, on_corrupt: Callable[[str], None] = lambda _: None
+    ) -> None:
         self.root = root
+        self.reserve = reserve  # bytes kept free: the hints and writes in flight need room
+        self.on_corrupt = on_corrupt
+        self.corrupt = root / "corrupt"
         self.objects = root / "objects"
         self.tmp = root / "tmp"
         self.objects.mkdir(parents=True, exist_ok=True)
@@ -58,6 +84,18 @@ class BlobStore:
             size += path.stat().st_size
         return count, size
 
+    def disk(self) -> tuple[int, int]:
+        """Bytes free (for this user) and the filesystem's size."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
+    def readiness(self, largest: int = 0) -> str | None:
+        """Ready while any write up to `largest` bytes fits above the reserve."""
+        free, _ = self.disk()
+        if free - largest < self.reserve:
+            return f"disk full: {free} bytes free, {self.reserve} kept in reserve, writes of up to {largest}"
+        return None
+
     def path(self, name: str) -> Path:
         check_name(name)
         return self.objects / name[:2] / name
@@ -70,22 +108,82 @@ class BlobStore:
         path = self.path(name)
         return path if path.is_file() else None
 
+    def names_of(self, image_id: str) -> list[str]:
+        """The blobs of one image held here: variants first, the original last."""
+        check_name(image_id)
+        names = [path.name for path in (self.objects / image_id[:2]).glob(f"{image_id}*")]
+        return sorted(names, key=lambda name: (name == image_id, name))
+
+    def image_ids(self) -> list[str]:
+        """The originals held here."""
+        return [path.name for path in self.objects.glob("*/*") if "." not in path.name]
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove an image held elsewhere now: the original first (so whatever is left here is
+        still a whole image or none), then its variants."""
+        for name in reversed(self.names_of(image_id)):
+            path = self.path(name)
+            with self._lock:
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                self.count -= 1
+                self.bytes -= size
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(self.objects / image_id[:2])
+
     def read(self, name: str) -> bytes | None:
         try:
             return self.path(name).read_bytes()
         except FileNotFoundError:
             return None
 
+    def read_variant(self, name: str) -> bytes | None:
+        """A variant, sealed, once its seal is checked; a damaged one is moved aside to
+        `corrupt/` (kept for a person) and is a miss, which the frontend re-renders."""
+        data = self.read(name)
+        if data is None or sealed.unseal(name, data) is not None:
+            return data
+        self._set_aside(name, len(data))
+        return None
+
+    def _set_aside(self, name: str, size: int) -> None:
+        self.corrupt.mkdir(exist_ok=True)
+        with self._lock:
+            try:
+                self.path(name).replace(self.corrupt / f"{name}.{uuid.uuid4().hex}")
+            except FileNotFoundError:
+                return
+            self.count -= 1
+            self.bytes -= size
+        log.error("a damaged variant was set aside", extra={"blob": name})
+        self.on_corrupt(name)
+
     def put(self, name: str, data: bytes) -> bool:
         """Store durably; False when the blob was already there (writes are idempotent)."""
         final = self.path(name)
-        if "." not in name and hashlib.sha256(data).hexdigest() != name:
+        if not is_variant(name) and hashlib.sha256(data).hexdigest() != name:
             raise BadBlob("content does not match its SHA-256 name")
-        if final.is_file():
+        if is_variant(name) and sealed.unseal(name, data) is None:
+            raise BadBlob("a variant must come sealed to its name")
+        if final.is_file() and (not is_variant(name) or self.read_variant(name) is not None):
             return False
+        free, _ = self.disk()
+        if free - len(data) < self.reserve:
+            raise Full(f"{free} bytes free, {self.reserve} kept in reserve: no room for {len(data)}")
+        try:
+            return self._write(final, name, data)
+        except OSError as why:
+            if why.errno in DISK_FULL:
+                raise Full(f"the disk is full ({why.strerror})") from None
+            raise
+
+    def _write(self, final: Path, name: str, data: bytes) -> bool:
         if not final.parent.is_dir():
             final.parent.mkdir(exist_ok=True)
-            _fsync_dir(self.objects)
+            fsync_dir(self.objects)
         temp = self.tmp / f"{name}.{uuid.uuid4().hex}"
         try:
             with open(temp, "wb") as out:
@@ -101,5 +199,5 @@ class BlobStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return True

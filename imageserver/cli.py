@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ from imageserver.storage_node import storage_app
 from imageserver.stores import LocalStore
 from imageserver.topology import TopologyWatcher
 from imageserver.variants import Size
+from imageserver.web import LIFECYCLE_KEY
 
 log = logging.getLogger("imageserver")
 
@@ -97,6 +99,12 @@ def parser() -> argparse.ArgumentParser:
         default=_env("ADMIN_TOKEN_FILE"),
         help="file holding the admin bearer token (or IMAGESERVER_ADMIN_TOKEN)",
     )
+    common.add_argument(
+        "--storage-token-file",
+        default=_env("STORAGE_TOKEN_FILE"),
+        help="file holding the token storage nodes require of writers (or IMAGESERVER_STORAGE_TOKEN); "
+        "frontends and storage nodes send it. None: storage nodes take writes from anyone",
+    )
     _number(common, "--fault-error-ratio", float, 0.0, "fail this share of data requests (game days)")
     _number(
         common,
@@ -105,6 +113,21 @@ def parser() -> argparse.ArgumentParser:
         0.0,
         "add this many seconds to data requests (game days)",
         env="FAULT_LATENCY_SECONDS",
+    )
+    _number(
+        common,
+        "--drain-delay",
+        float,
+        5.0,
+        "seconds between SIGTERM and closing the listener: readiness fails at once, requests are "
+        "still served while load balancers stop sending them (SIGINT skips it)",
+    )
+    _number(
+        common,
+        "--shutdown-timeout",
+        float,
+        30.0,
+        "seconds requests in flight get to finish once the listener is closed",
     )
     common.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     common.add_argument("--access-log", action="store_true", default=_env("ACCESS_LOG") == "true")
@@ -195,6 +218,43 @@ def parser() -> argparse.ArgumentParser:
     )
     storage = roles.add_parser("storage", parents=[common], help="a storage node")
     storage.add_argument("--data", type=Path, required=True)
+    storage.add_argument(
+        "--topology",
+        type=Path,
+        default=_env("TOPOLOGY"),
+        help="the shard map (JSON), reloaded on change: where to deliver the copies other "
+        "datacenters are owed. Without it they are kept, not delivered",
+    )
+    storage.add_argument(
+        "--shard",
+        default=_env("SHARD"),
+        help="this node's shard in the topology: with it, the node sends the images it holds "
+        "but no longer owns to their owners (after a resharding)",
+    )
+    _number(storage, "--rebalance-rate", float, 50.0, "images a second the rebalancer may move")
+    _number(storage, "--rebalance-interval", float, 5.0, "seconds between the rebalancer's passes")
+    _number(
+        storage,
+        "--rebalance-settle",
+        float,
+        120.0,
+        "seconds a new topology must have been in force before images are moved off this node "
+        "(every frontend must have it: one with the old map looks only among the old shards)",
+    )
+    _number(
+        storage,
+        "--disk-reserve",
+        int,
+        64 << 20,
+        "bytes kept free on the volume: below it writes answer 507 and the node is not ready",
+    )
+    _number(
+        storage,
+        "--handoff-max-backoff",
+        float,
+        60.0,
+        "longest wait, in seconds, before copies to a failing datacenter are tried again",
+    )
     return top
 
 
@@ -255,18 +315,35 @@ def build_app(args: argparse.Namespace) -> web.Application:
         raise SystemExit("--enable-admin needs a token: --admin-token-file or IMAGESERVER_ADMIN_TOKEN")
     metrics = Metrics(args.datacenter, args.revision, args.role)
     faults = _faults(args)
+    storage_token = _secret(args.storage_token_file, "STORAGE_TOKEN")
+    if args.role == "storage" and storage_token is None:
+        log.warning("no storage token: this node takes writes from anyone who can reach it")
     if args.role == "storage":
-        store = BlobStore(args.data)
-        return storage_app(store, metrics, faults, max_bytes=args.max_upload_bytes, admin_token=admin_token)
+        store = BlobStore(args.data, reserve=args.disk_reserve, on_corrupt=lambda _: metrics.corrupt.inc())
+        watcher = TopologyWatcher(args.topology) if args.topology else None
+        return storage_app(
+            store,
+            metrics,
+            faults,
+            max_bytes=args.max_upload_bytes,
+            admin_token=admin_token,
+            topology=watcher,
+            max_backoff=args.handoff_max_backoff,
+            write_token=storage_token,
+            shard=args.shard,
+            rebalance_rate=args.rebalance_rate,
+            rebalance_settle=args.rebalance_settle,
+            rebalance_interval=args.rebalance_interval,
+        )
     settings = _settings(args, admin_token)
     if args.role == "serve":
-        blobs = BlobStore(args.data)
+        blobs = BlobStore(args.data, on_corrupt=lambda _: metrics.corrupt.inc())
         metrics.watch_store(blobs)
         return frontend_app(LocalStore(blobs), settings, metrics, faults)
     watcher = TopologyWatcher(
         args.topology, on_change=lambda t: metrics.topology_generation.set(t.generation)
     )
-    replicated = ReplicatedStore(watcher, args.datacenter, metrics)
+    replicated = ReplicatedStore(watcher, args.datacenter, metrics, token=storage_token)
     app = frontend_app(replicated, settings, metrics, faults)
 
     async def start(_: web.Application) -> None:
@@ -286,19 +363,46 @@ def build_app(args: argparse.Namespace) -> web.Application:
 def _run(args: argparse.Namespace, reuse_port: bool) -> None:
     logs.setup(args.log_level, role=args.role, datacenter=args.datacenter, revision=args.revision)
     memory.return_large_buffers()
-    app = build_app(args)
-    log.info("listening", extra={"host": args.host, "port": args.port, "pid": os.getpid()})
-    web.run_app(
+    asyncio.run(_serve(build_app(args), args, reuse_port))
+
+
+async def _serve(app: web.Application, args: argparse.Namespace, reuse_port: bool) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down in order: readiness fails, requests are
+    served for the drain delay (SIGTERM only: a person's Ctrl-C does not wait), the listener
+    closes, requests in flight finish (up to the shutdown timeout), then the app's cleanup.
+    Storage nodes owe nothing in memory: their hints are on disk before they answer."""
+    runner = web.AppRunner(
         app,
-        host=args.host,
-        port=args.port,
-        reuse_port=reuse_port or None,
-        print=None,
         access_log=logging.getLogger("imageserver.access") if args.access_log else None,
-        shutdown_timeout=10,
+        shutdown_timeout=args.shutdown_timeout,
         # A client that hangs up cancels its request: out of any waiting room, never started.
         handler_cancellation=True,
     )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, args.host, args.port, reuse_port=reuse_port or None).start()
+        log.info("listening", extra={"host": args.host, "port": args.port, "pid": os.getpid()})
+        loop = asyncio.get_running_loop()
+        received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, received.put_nowait, signum)
+        first = await received.get()
+        lifecycle = app[LIFECYCLE_KEY]
+        lifecycle.stopping = True
+        if first == signal.SIGTERM and args.drain_delay > 0:
+            log.info("draining", extra={"seconds": args.drain_delay})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(args.drain_delay):
+                    while await received.get() != signal.SIGINT:  # Ctrl-C: stop waiting
+                        pass
+        for site in list(runner.sites):
+            await site.stop()  # the listener only: connections open go on
+        log.info("stopping", extra={"in_flight": lifecycle.in_flight, "timeout": args.shutdown_timeout})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.shutdown_timeout):
+                await lifecycle.idle()
+    finally:
+        await runner.cleanup()
 
 
 def _run_workers(args: argparse.Namespace, run: Callable[[argparse.Namespace, bool], None]) -> None:

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from aiohttp import hdrs, web
 
-from imageserver import admission, imaging, variants
+from imageserver import admission, imaging, sealed, variants
 from imageserver.admission import ClientLimit, Gate, Holding, IPNetwork, Shed
 from imageserver.cache import ByteLRU
 from imageserver.faults import Faults
@@ -155,11 +155,12 @@ class Frontend:
             except Rejected as why:
                 return error(why.status, why.message)
             held.give_back(self.threads)
-            blobs = {variants.blob_name(image_id, Variant(size)): body for size, body in rendered.items()}
+            names = {size: variants.blob_name(image_id, Variant(size)) for size in rendered}
+            blobs = {names[size]: sealed.seal(names[size], rendered[size]) for size in rendered}
             blobs[image_id] = data
             # Once begun, the copies are finished even if the client leaves (a local quorum
-            # without its queued cross-datacenter copies would be a half-stored image), and
-            # the bytes they send stay counted until then.
+            # without the hints of its cross-datacenter copies would be a half-stored image),
+            # and the bytes they send stay counted until then.
             stored = asyncio.ensure_future(self.store.put(image_id, blobs))
             stored.add_done_callback(lambda done: done.cancelled() or done.exception())
             held.busy_until(stored)
@@ -295,15 +296,23 @@ class Frontend:
         if cached is not None:
             return cached[0]
         stored = await self.store.get(image_id, name)
-        if stored is None:
-            # Uploaded before this size was allowlisted: render it once and keep it.
+        data = await asyncio.to_thread(stored.read_bytes) if isinstance(stored, Path) else stored
+        payload = None if data is None else sealed.unseal(name, data)
+        if data is not None and payload is None:  # the storage node checks too: end to end
+            self.metrics.corrupt.inc()
+            log.error("a stored variant failed its seal", extra={"blob": name})
+        if payload is None:
+            # Uploaded before this size was allowlisted or by another renderer, or damaged:
+            # render it once and keep it.
             rendered = await self._render(image_id, variant, request)
             if rendered is not None:
-                await self.store.put(image_id, {name: rendered})
+                try:
+                    await self.store.put(image_id, {name: sealed.seal(name, rendered)})
+                except Unavailable as why:  # kept next time, then: the reader has it now
+                    log.warning("could not keep a variant", extra={"blob": name, "error": str(why)})
             return rendered
-        data = await asyncio.to_thread(stored.read_bytes) if isinstance(stored, Path) else stored
-        self.cache.put(name, (data, ""))
-        return data
+        self.cache.put(name, (payload, ""))
+        return payload
 
     async def _render(self, image_id: str, variant: Variant, request: web.Request) -> bytes | None:
         """One render for all who ask at once. Each asker holds a slot of its own client's

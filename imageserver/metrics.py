@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 if TYPE_CHECKING:
     from imageserver.admission import Gate
     from imageserver.blobstore import BlobStore
+    from imageserver.handoff import Hints
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -43,11 +44,51 @@ class Metrics:
         self.storage_bytes = Gauge(
             "imageserver_storage_bytes", "Bytes held by this storage node.", registry=reg
         )
-        self.replication_queue = Gauge(
-            "imageserver_replication_queue_depth", "Cross-datacenter copies waiting to be sent.", registry=reg
+        self.disk_free = Gauge(
+            "imageserver_storage_free_bytes",
+            "Bytes this storage node may still write on its volume.",
+            registry=reg,
+        )
+        self.disk_size = Gauge(
+            "imageserver_storage_capacity_bytes", "Size of this storage node's volume.", registry=reg
+        )
+        self.replication_pending = Gauge(
+            "imageserver_replication_pending",
+            "Cross-datacenter copies this storage node owes (one per image and datacenter), kept on disk.",
+            registry=reg,
+        )
+        self.replication_lag = Gauge(
+            "imageserver_replication_lag_seconds",
+            "Age of the oldest cross-datacenter copy this storage node owes; 0 when none.",
+            registry=reg,
         )
         self.replications = Counter(
-            "imageserver_replications", "Cross-datacenter copy attempts, by result.", ["result"], registry=reg
+            "imageserver_replications",
+            "Cross-datacenter deliveries by result: ok, retry (a datacenter backed off), dropped "
+            "(its datacenter left the topology), lost (the owed original is gone from disk).",
+            ["result"],
+            registry=reg,
+        )
+        self.rebalance_remaining = Gauge(
+            "imageserver_rebalance_remaining",
+            "Images this storage node holds whose owner is another shard (at the last pass).",
+            registry=reg,
+        )
+        self.rebalance_moved = Counter(
+            "imageserver_rebalance_moved",
+            "Images sent to their owner's write quorum and removed here.",
+            registry=reg,
+        )
+        self.rebalance_errors = Counter(
+            "imageserver_rebalance_errors",
+            "Images that could not reach their owner's quorum yet (tried again), and failed passes.",
+            registry=reg,
+        )
+        self.corrupt = Counter(
+            "imageserver_corrupt_variants",
+            "Stored variants that failed their seal (set aside by a storage node, or caught by a "
+            "frontend) and were rendered again.",
+            registry=reg,
         )
         self.repairs = Counter(
             "imageserver_read_repairs", "Blobs written back to replicas that missed them.", registry=reg
@@ -118,6 +159,12 @@ class Metrics:
         """Report the store's counts at every scrape."""
         self.storage_objects.set_function(lambda: store.count)
         self.storage_bytes.set_function(lambda: store.bytes)
+        self.disk_free.set_function(lambda: store.disk()[0])
+        self.disk_size.set_function(lambda: store.disk()[1])
+
+    def watch_hints(self, hints: Hints) -> None:
+        self.replication_pending.set_function(hints.owed)
+        self.replication_lag.set_function(hints.lag)
 
     def watch_gate(self, gate: Gate) -> None:
         self.admission_in_use.labels(gate=gate.name).set(gate.in_use)

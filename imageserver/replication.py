@@ -3,8 +3,10 @@ and copies to the other datacenters.
 
 An image's blobs (original and variants) live together on the shard its id hashes to. A
 write goes to every replica of that shard in the local datacenter and succeeds once
-`writeQuorum` replicas hold all of it. The other datacenters get their copy from a queue
-(async, the default) or before the upload is acknowledged (sync).
+`writeQuorum` replicas hold all of it. The other datacenters get their copy from the storage
+replicas that accepted it (async, the default: the original's PUT names the datacenters
+owed, and each replica keeps a durable hint, see `handoff`), or before the upload is
+acknowledged (sync). Nothing remote is ever on an async upload's path.
 
 A read asks in a fixed number of parallel rounds under one deadline (`read_rounds`): the
 local owner shard (one replica first, the others when it misses or is slow: a hedged read),
@@ -25,21 +27,13 @@ from typing import Any
 
 import aiohttp
 
+from imageserver.handoff import OWED_HEADER
 from imageserver.metrics import Metrics
 from imageserver.stores import Unavailable
 from imageserver.topology import Datacenter, Shard, Topology, TopologyWatcher
 
 log = logging.getLogger(__name__)
-RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 Place = tuple[Datacenter, Shard]  # a shard in a datacenter
-
-
-@dataclass
-class _Copy:
-    datacenter: str
-    image_id: str
-    blobs: Mapping[str, bytes]
-    attempt: int = 0
 
 
 class ReplicatedStore:
@@ -50,16 +44,15 @@ class ReplicatedStore:
         metrics: Metrics,
         *,
         timeout: float = 5.0,
-        queue_size: int = 256,
         read_deadline: float = 3.0,
         hedge_after: float = 0.05,
         remote_patience: float = 1.0,
+        token: str | None = None,
     ) -> None:
         self.topology = topology
         self.datacenter = datacenter
         self.metrics = metrics
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(1.0, timeout))
-        self.queue: asyncio.Queue[_Copy] = asyncio.Queue(maxsize=queue_size)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.read_deadline = read_deadline
@@ -67,13 +60,15 @@ class ReplicatedStore:
         self.remote_patience = remote_patience
         self._lookups: dict[str, asyncio.Future[bytes | None]] = {}
         self._repairing: set[tuple[str, str]] = set()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None  # storage writes
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=30)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-        self._spawn(self._copy_worker())
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, headers=self._headers
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -110,18 +105,22 @@ class ReplicatedStore:
 
     # -- storage node calls ----------------------------------------------------------------
 
-    async def _put_blob(self, base: str, name: str, data: bytes) -> bool:
+    async def _put_blob(self, base: str, name: str, data: bytes, owed: Sequence[str] = ()) -> bool:
+        headers = {OWED_HEADER: ",".join(owed)} if owed else None
         try:
-            async with self.session.put(f"{base}/v1/blobs/{name}", data=data) as response:
+            async with self.session.put(f"{base}/v1/blobs/{name}", data=data, headers=headers) as response:
                 return response.status in (200, 201)
         except (aiohttp.ClientError, TimeoutError) as error:
             log.debug("put failed", extra={"replica": base, "blob": name, "error": repr(error)})
             return False
 
-    async def _put_all(self, base: str, blobs: Mapping[str, bytes], image_id: str) -> bool:
-        """All blobs onto one replica, the original last (its presence implies the rest)."""
+    async def _put_all(
+        self, base: str, blobs: Mapping[str, bytes], image_id: str, owed: Sequence[str] = ()
+    ) -> bool:
+        """All blobs onto one replica, the original last (its presence implies the rest) and
+        with the datacenters still owed a copy, which the replica then keeps as a hint."""
         for name in sorted(blobs, key=lambda n: n == image_id):
-            if not await self._put_blob(base, name, blobs[name]):
+            if not await self._put_blob(base, name, blobs[name], owed if name == image_id else ()):
                 return False
         return True
 
@@ -141,65 +140,28 @@ class ReplicatedStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def _replicate(self, dc: Datacenter, image_id: str, blobs: Mapping[str, bytes]) -> int:
+    async def _replicate(
+        self, dc: Datacenter, image_id: str, blobs: Mapping[str, bytes], owed: Sequence[str] = ()
+    ) -> int:
         """Write to every replica of the owner shard in `dc`; returns how many hold it all."""
         shard = dc.shards_for(image_id)[0]
-        acks = await asyncio.gather(*(self._put_all(base, blobs, image_id) for base in shard.replicas))
+        acks = await asyncio.gather(*(self._put_all(base, blobs, image_id, owed) for base in shard.replicas))
         return sum(acks)
 
     async def put(self, image_id: str, blobs: Mapping[str, bytes]) -> None:
         topology, local = self._current()
-        acked = await self._replicate(local, image_id, blobs)
+        others = topology.others(self.datacenter)
+        owed = [dc.name for dc in others] if topology.cross_datacenter == "async" else []
+        acked = await self._replicate(local, image_id, blobs, owed)
         if acked < topology.write_quorum:
             self.metrics.quorum_failures.inc()
             raise Unavailable(f"only {acked} of {topology.write_quorum} required replicas stored the image")
-        others = topology.others(self.datacenter)
         if topology.cross_datacenter == "sync":
             results = await asyncio.gather(*(self._replicate(dc, image_id, blobs) for dc in others))
             short = [dc.name for dc, n in zip(others, results, strict=True) if n < topology.write_quorum]
             if short:
                 self.metrics.quorum_failures.inc()
                 raise Unavailable(f"synchronous copy to {', '.join(short)} did not reach its quorum")
-            return
-        for dc in others:
-            await self.queue.put(_Copy(dc.name, image_id, blobs))  # waits when full: backpressure
-            self.metrics.replication_queue.set(self.queue.qsize())
-
-    async def _copy_worker(self) -> None:
-        while True:
-            copy = await self.queue.get()
-            self.metrics.replication_queue.set(self.queue.qsize())
-            try:
-                await self._send_copy(copy)
-            except Exception:  # never let one copy stop the queue
-                log.exception("cross-datacenter copy failed", extra={"image": copy.image_id})
-            finally:
-                self.queue.task_done()
-
-    async def _send_copy(self, copy: _Copy) -> None:
-        topology = self.topology.current
-        dc = topology.datacenter(copy.datacenter) if topology else None
-        if topology is None or dc is None:
-            self.metrics.replications.labels(result="dropped").inc()
-            return
-        acked = await self._replicate(dc, copy.image_id, copy.blobs)
-        if acked >= topology.write_quorum:
-            self.metrics.replications.labels(result="ok").inc()
-            return
-        if copy.attempt >= len(RETRY_DELAYS):
-            # Read repair still brings the image over when it is read there.
-            self.metrics.replications.labels(result="gave_up").inc()
-            log.error("giving up a cross-datacenter copy", extra={"image": copy.image_id, "dc": dc.name})
-            return
-        self.metrics.replications.labels(result="retry").inc()
-        delay = RETRY_DELAYS[copy.attempt]
-        copy.attempt += 1
-        self._spawn(self._requeue_later(copy, delay))
-
-    async def _requeue_later(self, copy: _Copy, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self.queue.put(copy)
-        self.metrics.replication_queue.set(self.queue.qsize())
 
     # -- reads ---------------------------------------------------------------------------
 

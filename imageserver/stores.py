@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from imageserver.blobstore import BlobStore
+from imageserver.blobstore import BlobStore, Full, is_variant
 
 # A blob as the frontend gets it: bytes in memory, or a complete file to send as it is.
 Blob = bytes | Path
@@ -23,7 +23,8 @@ class ImageStore(Protocol):
         """Store every blob of one image; returns once they are durable (the write quorum)."""
 
     async def get(self, image_id: str, name: str) -> Blob | None:
-        """The blob, None when it does not exist; `Unavailable` when that cannot be known."""
+        """The blob as stored (a variant sealed, see `sealed`), None when it does not exist;
+        `Unavailable` when that cannot be known."""
 
     def readiness(self) -> str | None:
         """None when ready to serve, else why not."""
@@ -37,11 +38,16 @@ class LocalStore:
 
     async def put(self, image_id: str, blobs: Mapping[str, bytes]) -> None:
         # The original last: once it is visible, its variants are too.
-        for name in sorted(blobs, key=lambda n: n == image_id):
-            await asyncio.to_thread(self.blobs.put, name, blobs[name])
+        try:
+            for name in sorted(blobs, key=lambda n: n == image_id):
+                await asyncio.to_thread(self.blobs.put, name, blobs[name])
+        except Full as why:
+            raise Unavailable(str(why)) from None
 
     async def get(self, image_id: str, name: str) -> Blob | None:
+        if is_variant(name):
+            return await asyncio.to_thread(self.blobs.read_variant, name)
         return self.blobs.open_path(name)
 
     def readiness(self) -> str | None:
-        return None
+        return self.blobs.readiness()

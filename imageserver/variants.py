@@ -12,6 +12,8 @@ import hmac
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import Literal, cast
 
 Fit = Literal["contain", "cover"]
@@ -24,6 +26,16 @@ VARIANT_PARAMS = frozenset({"w", "h", "fit", "format", "sig"})
 DIMENSION = re.compile(r"[0-9]{1,5}")
 SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")  # an HMAC-SHA256 in unpadded base64url
 MAX_VALUE_LENGTH = 64
+
+
+def _renderer() -> str:
+    """What makes a variant's bytes: the rendering code and the codec library. A build that
+    renders differently has another tag, so it never serves, or is served, another's variants."""
+    code = (Path(__file__).with_name("imaging.py")).read_bytes()
+    return hashlib.sha256(code + metadata.version("pillow").encode()).hexdigest()[:8]
+
+
+RENDERER = _renderer()
 
 
 class BadVariant(ValueError):
@@ -124,7 +136,8 @@ def is_allowlisted(variant: Variant, allowlist: Collection[Size]) -> bool:
 
 
 def blob_name(image_id: str, variant: Variant | None) -> str:
-    return image_id if variant is None else f"{image_id}.{variant.name}"
+    """The original's name is its id; a variant's also names the renderer that made it."""
+    return image_id if variant is None else f"{image_id}.{variant.name}.r{RENDERER}"
 
 
 def etag(image_id: str, variant: Variant | None) -> str:

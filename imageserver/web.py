@@ -22,6 +22,36 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS_KEY = web.AppKey("metrics", Metrics)
 FAULTS_KEY = web.AppKey("faults", Faults)
 READINESS_KEY: web.AppKey[Callable[[], str | None]] = web.AppKey("readiness")
+
+
+class Lifecycle:
+    """Whether the process is stopping, and the requests it is in the middle of.
+
+    From SIGTERM on, readiness fails and every answer closes its connection, so keep-alive
+    clients move to another replica while this one still serves. The listener closes after
+    the drain delay; the requests in flight are then waited for here, before aiohttp's own
+    shutdown, which stops reading from connections and would starve a body still arriving."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+LIFECYCLE_KEY = web.AppKey("lifecycle", Lifecycle)
 # Routes that serve users: measured for the SLO, and where game-day faults apply.
 DATA_ROUTES = frozenset({"upload", "original", "variant", "blob_get", "blob_put"})
 
@@ -40,7 +70,8 @@ def route_name(request: web.Request) -> str:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics, faults = request.app[METRICS_KEY], request.app[FAULTS_KEY]
+    metrics, faults, lifecycle = request.app[METRICS_KEY], request.app[FAULTS_KEY], request.app[LIFECYCLE_KEY]
+    lifecycle.enter()
     started = time.perf_counter()
     route = route_name(request)
     status = 500
@@ -56,6 +87,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 return response
         response = await handler(request)
         status = response.status
+        if lifecycle.stopping:  # the client's next request goes to another replica
+            response.force_close()
         return response
     except web.HTTPException as http_error:
         status = http_error.status
@@ -73,6 +106,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(500, "internal error")
     finally:
         metrics.observe(route, status, time.perf_counter() - started)
+        lifecycle.leave()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -80,6 +114,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[LIFECYCLE_KEY].stopping:
+        return web.Response(status=503, text="shutting down\n")
     if request.app[FAULTS_KEY].draining:
         return web.Response(status=503, text="draining\n")
     why = request.app[READINESS_KEY]()
@@ -106,6 +142,7 @@ def application(
     app[METRICS_KEY] = metrics
     app[FAULTS_KEY] = faults
     app[READINESS_KEY] = readiness
+    app[LIFECYCLE_KEY] = Lifecycle()
     add_operational_routes(app)
     if admin_token:
         add_admin_routes(app, admin_token)
@@ -118,12 +155,17 @@ def add_operational_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
 
 
+def bearer_matches(request: web.Request, token: str) -> bool:
+    """The request carries `Authorization: Bearer <token>` (compared in constant time)."""
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
+
+
 def add_admin_routes(app: web.Application, token: str) -> None:
     """Game-day switches behind a bearer token; only added with --enable-admin."""
 
     def authorized(request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+        return bearer_matches(request, token)
 
     async def show(request: web.Request) -> web.Response:
         if not authorized(request):

@@ -44,7 +44,16 @@ class Cluster:
         self, dc: str, shard: str, replica: int, data: Path, env: dict[str, str] | None = None
     ) -> Server:
         server = self.processes.start(
-            "storage", "--data", str(data / f"{dc}-{shard}-{replica}"), "--datacenter", dc, env=env
+            "storage",
+            "--data",
+            str(data / f"{dc}-{shard}-{replica}"),
+            "--datacenter",
+            dc,
+            "--topology",
+            str(self.topology),
+            "--shard",
+            shard,
+            env=env,
         )
         self.storage[(dc, shard, replica)] = server
         return server

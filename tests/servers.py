@@ -14,6 +14,8 @@ from testbed.processes import Managed, State, free_port, spawn, stop, wait_until
 
 ADMIN_TOKEN = "test-admin-token"
 SIGNING_KEY = "test-signing-key"
+STORAGE_TOKEN = "test-storage-token"
+WRITER = {"Authorization": f"Bearer {STORAGE_TOKEN}"}  # what frontends send storage nodes
 
 
 @dataclass
@@ -24,6 +26,12 @@ class Server:
     managed: Managed
     argv: list[str]
     env: dict[str, str]
+
+    def terminate(self, timeout: float = 60) -> None:
+        """SIGTERM, as the kubelet sends it, and wait for the process to finish shutting down."""
+        os.kill(self.managed.pid, signal.SIGTERM)
+        if self.managed.popen is not None:
+            self.managed.popen.wait(timeout)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush — a crash."""
@@ -62,8 +70,11 @@ class Processes:
             *args,
         ]
         extra = {
+            # Nothing routes by readiness here unless a test says so: stop at once.
+            "IMAGESERVER_DRAIN_DELAY": "0",
             "IMAGESERVER_ADMIN_TOKEN": ADMIN_TOKEN,
             "IMAGESERVER_SIGNING_KEY": SIGNING_KEY,
+            "IMAGESERVER_STORAGE_TOKEN": STORAGE_TOKEN,
             **(env or {}),
         }
         server = Server(

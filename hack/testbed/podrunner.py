@@ -3,9 +3,10 @@ process runs on 127.0.0.1 with the pod's role, arguments and environment (datace
 revision, fault settings), and stops when the pod goes.
 
 Storage pods are reached by their stable DNS names in the topology ConfigMap; the runner
-gives each frontend a copy of that topology with those names mapped to the local ports, and
-rewrites it when the ConfigMap or the set of storage processes changes (the frontend picks
-the new file up by itself). Every process is listed in a Prometheus file_sd target file,
+gives each process that reads it (frontends, and storage nodes for the copies they owe) a
+copy of that topology with those names mapped to the local ports, and rewrites it when the
+ConfigMap or the set of storage processes changes (the process picks the new file up by
+itself). Every process is listed in a Prometheus file_sd target file,
 labelled with its namespace and ImageServer, so the operator's SLO rules see real traffic.
 
 Faults play the incidents: a bad build (every process of a revision fails a share of its
@@ -15,12 +16,14 @@ time through the processes' admin endpoints, which only the runner's token opens
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,15 @@ class Runner:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e.get("value", "") for e in container.get("env", []) if "value" in e}
+def _env(container: dict[str, Any], secret: Callable[[str, str], str]) -> dict[str, str]:
+    """The container's environment, with Secret references resolved as the kubelet does."""
+    env = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif ref := item.get("valueFrom", {}).get("secretKeyRef"):
+            env[item["name"]] = secret(ref["name"], ref["key"])
+    return env
 
 
 def storage_address(pod: dict[str, Any]) -> str:
@@ -137,10 +147,12 @@ class PodRunner:
         args = list(container["args"])
         role = args[0]
         port = free_port()
-        env = _env(container) | {
+        env = _env(container, self._secret) | {
             "IMAGESERVER_PORT": str(port),
             "IMAGESERVER_HOST": "127.0.0.1",
             "IMAGESERVER_ENABLE_ADMIN": "true",
+            # Stopped once its pod is gone from the API, when nothing routes to it any more.
+            "IMAGESERVER_DRAIN_DELAY": "0",
             "IMAGESERVER_ADMIN_TOKEN": self.admin_token,
         }
         ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""), 0.0) if role in self.fault_roles else 0.0
@@ -153,7 +165,7 @@ class PodRunner:
         topology = None
         if role == "storage":
             args[args.index("--data") + 1] = str(directory / "data")
-        elif role == "frontend":
+        if "--topology" in args:  # frontends, and storage nodes for the copies they owe
             topology = directory / "topology.json"
             args[args.index("--topology") + 1] = str(topology)
         argv = [sys.executable, "-m", "imageserver", *args, "--port", str(port), "--host", "127.0.0.1"]
@@ -163,8 +175,16 @@ class PodRunner:
             meta["name"], role, env.get("IMAGESERVER_DATACENTER", ""), port, managed, instance, topology
         )
 
+    def _secret(self, name: str, key: str) -> str:
+        encoded = self.cluster.kubectl(
+            "get", "secret", name, "-n", self.namespace, "-o", f"jsonpath={{.data.{key}}}", check=False
+        )
+        return base64.b64decode(encoded).decode() if encoded else ""
+
     def _write_topologies(self, addresses: dict[str, str]) -> None:
-        for runner in self.frontends():
+        with self._lock:
+            readers = [r for r in self.runners.values() if r.topology is not None and is_running(r.managed)]
+        for runner in readers:
             if runner.topology is None:
                 continue
             raw = self.cluster.kubectl(

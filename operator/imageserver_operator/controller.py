@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from imageserver_operator.annotations import drained_of, paused_of
 from imageserver_operator.kube import Kube
 from imageserver_operator.metrics import OperatorMetrics
 from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Environment, Owner, render
+from imageserver_operator.render import Environment, Owner, render, storage_token
 from imageserver_operator.store import ObjectKey, Store, status_of
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Controller:
         self._queued: set[ObjectKey] = set()
         self._running: set[ObjectKey] = set()
         self._again: set[ObjectKey] = set()
+        self._tokens_made: set[str] = set()  # ImageServer uids whose storage token exists
 
     def enqueue(self, where: ObjectKey) -> None:
         if where in self._running:
@@ -123,6 +125,10 @@ class Controller:
         applied: list[str] = []
         pruned: list[str] = []
         if spec is not None and not problems:
+            if owner.uid not in self._tokens_made:  # before the pods that mount it
+                token = storage_token(owner, secrets.token_urlsafe(32))
+                await asyncio.to_thread(self.kube.create_secret_once, token)
+                self._tokens_made.add(owner.uid)
             desired = render(owner, spec, Environment(drained=drained, **self.apis))
             for obj in reconcile.plan(desired, children):
                 await asyncio.to_thread(self.kube.apply, obj)

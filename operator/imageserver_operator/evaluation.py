@@ -2,7 +2,8 @@
 
 The SLO rules (`slo.py`) name each error ratio by SLI, grouping and window, so one query on
 `__name__` returns every ratio of every ImageServer at once, and one more returns request
-and error rates (for the low-traffic guard and the incident's failed-request estimate): a
+and error rates (for the low-traffic guard and the incident's failed-request estimate) and
+what the storage nodes still have to move after a resharding: a
 fixed number of queries per cycle, however many ImageServers there are. Burn = ratio /
 budget; availability and latency are folded into the worse of the two per window. The
 budget window's ratio (`slo_window`) is the share of the budget spent.
@@ -25,8 +26,16 @@ RATIO_QUERY = (
     ':(rate(5m|30m|1h|2h|6h|1d|3d)|slo_window)"}'
 )
 TRAFFIC_QUERY = " or ".join(
-    f'label_replace(sum by (namespace, imageserver) (imageserver:{kind}:rate5m), "kind", "{kind}", "", "")'
-    for kind in ("requests", "errors")
+    [
+        f"label_replace(sum by (namespace, imageserver) (imageserver:{kind}:rate5m), "
+        f'"kind", "{kind}", "", "")'
+        for kind in ("requests", "errors")
+    ]
+    # What the storage nodes still have to move after a resharding, in the same answer.
+    + [
+        "label_replace(sum by (namespace, imageserver) (imageserver_rebalance_remaining), "
+        '"kind", "rebalance_remaining", "", "")'
+    ]
 )
 NAME = re.compile(
     r"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision|_by_datacenter_revision)?"
@@ -94,6 +103,7 @@ def observations(
             requests_per_second=rates[key].get("requests", 0.0),
             errors_per_second=rates[key].get("errors", 0.0),
             budget_spent=spent.get(key),
+            rebalance_remaining=rates[key].get("rebalance_remaining"),
             service=dict(service.get(key, {})),
             by_datacenter={dc: dict(b) for dc, b in by_dc.get(key, {}).items()},
             by_revision={rev: dict(b) for rev, b in by_rev.get(key, {}).items()},

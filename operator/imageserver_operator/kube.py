@@ -69,6 +69,15 @@ class Kube:
             force_conflicts=True,
         )
 
+    def create_secret_once(self, obj: Manifest) -> None:
+        """Create a Secret unless one of that name exists (409), without reading it: the
+        operator may create Secrets, never get or list them."""
+        try:
+            self.core.create_namespaced_secret(obj["metadata"]["namespace"], obj)  # type: ignore[arg-type]  # a dict body is sent as it is
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
     def delete(self, obj: Manifest) -> None:
         resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         try:

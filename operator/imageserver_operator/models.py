@@ -77,8 +77,8 @@ class StorageSpec(Model):
     )
     cross_datacenter: Literal["async", "sync"] = Field(
         "async",
-        description="How uploads reach the other datacenters: async (queued after the acknowledgement) or "
-        "sync (before it).",
+        description="How uploads reach the other datacenters: async (after the acknowledgement, from "
+        "hints the storage replicas keep on disk until delivered) or sync (before it).",
     )
 
 
@@ -197,6 +197,16 @@ class GatewayRef(Model):
     namespace: str = Field("", max_length=63, description="Gateway namespace. Empty: the ImageServer's.")
 
 
+class MonitoringSpec(Model):
+    prometheus_namespace: str = Field(
+        "monitoring",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="Namespace of the Prometheus that scrapes the pods (pods labelled "
+        "app.kubernetes.io/name=prometheus): the storage NetworkPolicy admits it from there only.",
+    )
+
+
 class ImageServerSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -270,10 +280,13 @@ class ImageServerSpec(Model):
         default_factory=GatewayRef,
         description="Gateway the HTTPRoute attaches to (when the Gateway API is installed).",
     )
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Who scrapes the pods.")
 
 
 class Condition(Model):
-    type: str = Field(description="Ready, Progressing, Degraded, SLOHealthy or AutomationPaused.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, SLOHealthy, AutomationPaused or Rebalancing."
+    )
     status: Literal["True", "False", "Unknown"]
     reason: str = Field("", description="One CamelCase word.")
     message: str = Field("", description="What a person should know.")
@@ -301,6 +314,12 @@ class ImageServerStatus(Model):
     datacenters: list[DatacenterStatus] = Field(default_factory=list, description="Per-datacenter state.")
     revisions: Revisions = Field(default_factory=Revisions, description="Current and previous revision.")
     error_budget_remaining: str = Field("", description="Share of the window's error budget left, e.g. 87%.")
+    rebalance_remaining: int | None = Field(
+        None,
+        description="Images still held by storage nodes whose shard no longer owns them, counted "
+        "once per replica holding one, as of the last evaluation (Rebalancing condition). "
+        "Absent: not reported.",
+    )
     datacenter_summary: str = Field("", description="Datacenters for kubectl get, drained ones marked.")
 
 

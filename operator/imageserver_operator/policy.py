@@ -78,6 +78,8 @@ class Observation:
     errors_per_second: float = 0.0
     budget_spent: float | None = None  # share of the SLO window's error budget spent so far
     by_datacenter_revision: Mapping[str, Burn] = field(default_factory=dict)  # "dc-a/1.0.0" → 5m burn
+    # Images held by storage nodes whose shard no longer owns them; None: not reported.
+    rebalance_remaining: float | None = None
 
 
 @dataclass(frozen=True)

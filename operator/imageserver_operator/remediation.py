@@ -437,12 +437,51 @@ class Remediator:
             remaining = f"{(1 - case.seen.budget_spent) * 100:.0f}%"  # whole percent: few writes
             if status.get("errorBudgetRemaining") != remaining:
                 patch["errorBudgetRemaining"] = remaining
-        condition = self._slo_condition(case, decision)
-        if condition is not None:
-            conditions = [c for c in status.get("conditions", []) if c["type"] != "SLOHealthy"]
-            patch["conditions"] = [*conditions, condition]
+        rebalancing, started_or_ended = self._rebalancing(case)
+        changed = [c for c in (self._slo_condition(case, decision), rebalancing) if c is not None]
+        if changed:
+            types = {c["type"] for c in changed}
+            conditions = [c for c in status.get("conditions", []) if c["type"] not in types]
+            patch["conditions"] = [*conditions, *changed]
+        strays = case.seen.rebalance_remaining
+        if strays is not None and status.get("rebalanceRemaining") != round(strays):
+            patch["rebalanceRemaining"] = round(strays)
         if patch:
             await asyncio.to_thread(self.kube.patch_status, case.namespace, case.name, patch)
+        if rebalancing is not None and started_or_ended:
+            await asyncio.to_thread(
+                self.kube.event, case.body, "Normal", rebalancing["reason"], rebalancing["message"]
+            )
+
+    @staticmethod
+    def _rebalancing(case: Case) -> tuple[dict[str, Any] | None, bool]:
+        """Rebalancing, from what the storage nodes report: True while images sit on shards
+        that no longer own them (after `spec.shards` grew), with the count; False once none
+        do. Returns the condition when it should be written, and whether it started or ended
+        (an Event then, not at every count)."""
+        remaining = case.seen.rebalance_remaining
+        conditions = status_of(case.body).get("conditions", [])
+        old: dict[str, Any] = next((c for c in conditions if c["type"] == "Rebalancing"), {})
+        was_moving = old.get("status") == "True"
+        if remaining is None or (remaining <= 0 and not was_moving):
+            return None, False  # not reported, or nothing to move and nothing said
+        moving = remaining > 0
+        message = (
+            f"{remaining:.0f} images (counted per replica) are moving to the shards that now own them"
+            if moving
+            else "every image is on a shard that owns it"
+        )
+        if moving and was_moving and old.get("message") == message:
+            return None, False
+        condition = {
+            "type": "Rebalancing",
+            "status": "True" if moving else "False",
+            "reason": "MovingImages" if moving else "Balanced",
+            "message": message,
+            "lastTransitionTime": old["lastTransitionTime"] if moving and was_moving else case.stamp,
+            "observedGeneration": case.body["metadata"].get("generation", 0),
+        }
+        return condition, moving != was_moving
 
     @staticmethod
     def _slo_condition(case: Case, decision: policy.Decision) -> dict[str, Any] | None:

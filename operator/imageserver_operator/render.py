@@ -83,6 +83,25 @@ def frontend_name(owner: Owner, dc: str) -> str:
     return f"{owner.name}-frontend-{dc}"
 
 
+def storage_token_name(owner: Owner) -> str:
+    return f"{owner.name}-storage-token"
+
+
+STORAGE_TOKEN_KEY = "token"
+
+
+def storage_token(owner: Owner, token: str) -> Manifest:
+    """The Secret storage nodes require of writers, and frontends and storage nodes present.
+    Created once, never applied: the operator writes it and never reads it back."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(owner, storage_token_name(owner), _labels(owner, "imageserver")),
+        "type": "Opaque",
+        "stringData": {STORAGE_TOKEN_KEY: token},
+    }
+
+
 def topology_name(owner: Owner) -> str:
     return f"{owner.name}-topology"
 
@@ -94,6 +113,13 @@ def _resources(resources: Resources) -> dict[str, Any]:
         if values:
             out[kind] = values
     return out
+
+
+# On SIGTERM a pod stays serving (not ready) while endpoints and the gateway let go of it,
+# then gives requests in flight this long to finish; the kubelet waits for both, and a bit.
+DRAIN_DELAY_SECONDS = 5
+SHUTDOWN_TIMEOUT_SECONDS = 30
+GRACE_SECONDS = DRAIN_DELAY_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 5
 
 
 def _pod_security() -> dict[str, Any]:
@@ -145,19 +171,29 @@ def _region_affinity(dc: DatacenterSpec, anti: dict[str, str], required: bool) -
     }
 
 
-def _container(spec: ImageServerSpec, dc: str, args: list[str], resources: Resources) -> dict[str, Any]:
+def _container(
+    owner: Owner, spec: ImageServerSpec, dc: str, args: list[str], resources: Resources
+) -> dict[str, Any]:
     env = {
         "IMAGESERVER_DATACENTER": dc,
         "IMAGESERVER_REVISION": spec.version,
         "IMAGESERVER_HOST": "0.0.0.0",
         "IMAGESERVER_PORT": str(PORT),
+        "IMAGESERVER_DRAIN_DELAY": str(DRAIN_DELAY_SECONDS),
+        "IMAGESERVER_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT_SECONDS),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     return {
         "name": "imageserver",
         "image": f"{spec.image}:{spec.version}",
         "args": args,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [
+            *({"name": k, "value": v} for k, v in env.items()),
+            {
+                "name": "IMAGESERVER_STORAGE_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": storage_token_name(owner), "key": STORAGE_TOKEN_KEY}},
+            },
+        ],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {
@@ -187,8 +223,22 @@ def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, sha
     }
     if spec.storage.storage_class_name:
         claim["spec"]["storageClassName"] = spec.storage.storage_class_name
-    container = _container(spec, dc.name, ["storage", "--data", "/data"], spec.resources.storage)
-    container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    # The topology tells a storage node where to deliver the copies other datacenters are
+    # owed, and, with its shard's name, which images it holds but no longer owns.
+    args = [
+        "storage",
+        "--data",
+        "/data",
+        "--topology",
+        f"{TOPOLOGY_MOUNT}/topology.json",
+        "--shard",
+        f"s{shard}",
+    ]
+    container = _container(owner, spec, dc.name, args, spec.resources.storage)
+    container["volumeMounts"] = [
+        {"name": "data", "mountPath": "/data"},
+        {"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True},
+    ]
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -206,7 +256,9 @@ def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, sha
                     "securityContext": _pod_security(),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "containers": [container],
+                    "volumes": [{"name": "topology", "configMap": {"name": topology_name(owner)}}],
                 },
             },
             "volumeClaimTemplates": [claim],
@@ -247,7 +299,7 @@ def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) ->
         "--variants",
         ",".join(spec.variants),
     ]
-    container = _container(spec, dc.name, args, spec.resources.frontend)
+    container = _container(owner, spec, dc.name, args, spec.resources.frontend)
     if spec.trusted_proxies:
         proxies = ",".join(spec.trusted_proxies)
         container["env"].append({"name": "IMAGESERVER_TRUSTED_PROXIES", "value": proxies})
@@ -272,6 +324,7 @@ def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) ->
                     "securityContext": _pod_security(),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "containers": [container],
                     "volumes": [{"name": "topology", "configMap": {"name": topology_name(owner)}}],
                 },
@@ -347,9 +400,13 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
                 {
                     "from": [
                         {"podSelector": {"matchLabels": _selector(owner, "frontend")}},
-                        # Prometheus scrapes /metrics on the same port.
+                        # Prometheus scrapes /metrics on the same port, from its namespace only.
                         {
-                            "namespaceSelector": {},
+                            "namespaceSelector": {
+                                "matchLabels": {
+                                    "kubernetes.io/metadata.name": spec.monitoring.prometheus_namespace
+                                }
+                            },
                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
                         },
                     ],

@@ -2,8 +2,9 @@
 
 For one ImageServer: recording rules of request, error and slow rates by datacenter and
 revision over every window the alerts use, error ratios for the whole service, per
-datacenter and per revision, and four alerts (availability and latency, each as a page and
-a ticket). Burn rate = error ratio / error budget, where the budget is 1 - objective.
+datacenter and per revision, four alerts (availability and latency, each as a page and
+a ticket), and the storage alerts (volumes filling up, copies owed to other datacenters
+piling up). Burn rate = error ratio / error budget, where the budget is 1 - objective.
 
 | severity | long window | short window | burn rate | budget spent when it fires |
 |----------|-------------|--------------|-----------|----------------------------|
@@ -159,6 +160,52 @@ def _alerts(namespace: str, name: str, slo: SLOSpec) -> list[dict[str, Any]]:
     return alerts
 
 
+# Storage volume use (share of its size) past which a ticket, then a page, is raised.
+DISK_TICKET, DISK_PAGE = 0.8, 0.9
+REPLICATION_LAG_TICKET = 600  # seconds: ten minutes of copies owed to another datacenter
+
+
+def _storage_alerts(namespace: str, name: str) -> list[dict[str, Any]]:
+    """Disks filling up, and copies owed to other datacenters piling up."""
+    mine = f'{{namespace="{namespace}", imageserver="{name}"}}'
+    used = f"1 - imageserver_storage_free_bytes{mine} / imageserver_storage_capacity_bytes{mine}"
+    labels = {"imageserver": name, "namespace": namespace}
+    disk = [
+        {
+            "alert": alert,
+            "expr": f"{used} > {share:g}",
+            "for": wait,
+            "labels": {"severity": severity, **labels},
+            "annotations": {
+                "summary": f"{namespace}/{name}: a storage volume is over {share:.0%} full",
+                "description": "{{ $labels.pod }} in {{ $labels.datacenter }} has used "
+                "{{ $value | humanizePercentage }} of its volume; at its reserve it answers 507 "
+                "and stops being ready, and the shard's other replicas take the writes.",
+                "runbook_url": f"{RUNBOOK_BASE}/storage-full.md",
+            },
+        }
+        for alert, share, wait, severity in (
+            ("ImageServerStorageFilling", DISK_TICKET, "15m", "ticket"),
+            ("ImageServerStorageFull", DISK_PAGE, "5m", "page"),
+        )
+    ]
+    lag = {
+        "alert": "ImageServerReplicationLag",
+        "expr": f"max by (namespace, imageserver, datacenter) (imageserver_replication_lag_seconds{mine})"
+        f" > {REPLICATION_LAG_TICKET}",
+        "for": "5m",
+        "labels": {"severity": "ticket", **labels},
+        "annotations": {
+            "summary": f"{namespace}/{name}: copies owed to other datacenters are late",
+            "description": "Storage nodes in {{ $labels.datacenter }} have owed a copy to another "
+            "datacenter for {{ $value | humanizeDuration }}; until it arrives, an image uploaded "
+            "there exists in one datacenter only.",
+            "runbook_url": f"{RUNBOOK_BASE}/replication-lag.md",
+        },
+    }
+    return [*disk, lag]
+
+
 def rule_groups(namespace: str, name: str, slo: SLOSpec) -> dict[str, Any]:
     """The rule file (Prometheus `groups:`) for one ImageServer."""
     threshold = slo.latency.threshold_seconds
@@ -174,6 +221,7 @@ def rule_groups(namespace: str, name: str, slo: SLOSpec) -> dict[str, Any]:
                 "rules": _budget_window(namespace, name, slo.window),
             },
             {"name": f"imageserver-{namespace}-{name}-alerts", "rules": _alerts(namespace, name, slo)},
+            {"name": f"imageserver-{namespace}-{name}-storage", "rules": _storage_alerts(namespace, name)},
         ]
     }
 

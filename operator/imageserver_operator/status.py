@@ -14,7 +14,7 @@ from typing import Any
 from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.render import Manifest
 
-CONDITIONS = ("Ready", "Progressing", "Degraded", "SLOHealthy", "AutomationPaused")
+CONDITIONS = ("Ready", "Progressing", "Degraded", "SLOHealthy", "AutomationPaused", "Rebalancing")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,13 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
         if observed.paused
         else cond("AutomationPaused", "False", "Active", "")
     )
+    if "Rebalancing" in old:  # written by the SLO loop, from what the storage nodes report
+        conditions.append(old["Rebalancing"])
+    kept = (
+        {"rebalanceRemaining": old_status["rebalanceRemaining"]} if "rebalanceRemaining" in old_status else {}
+    )
     return {
+        **kept,
         "observedGeneration": gen,
         "conditions": conditions,
         "datacenters": _datacenters(observed) if spec else old_status.get("datacenters", []),

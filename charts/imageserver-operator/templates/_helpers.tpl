@@ -63,6 +63,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Each ImageServer's storage token, created once; never read back, so no get, list or watch.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 {{- with .Values.slack.tokenSecrets }}
 # The Slack tokens, by name: no list, no other Secret.
 - apiGroups: [""]

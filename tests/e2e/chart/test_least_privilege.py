@@ -52,6 +52,10 @@ def test_no_more_than_it_needs(cluster: Cluster, namespace: str, operator_kubeco
         ("get", "secret/other"): False,
         ("list", "secrets"): False,
         ("watch", "secrets"): False,
+        # The storage token: created once, never read back or changed.
+        ("create", "secrets"): True,
+        ("patch", "secrets"): False,
+        ("update", "secrets"): False,
         ("patch", "imageservers.imageserver.dev"): True,
         ("delete", "imageservers.imageserver.dev"): False,
         ("patch", "deployments.apps"): True,

@@ -14,7 +14,7 @@ import pytest
 import requests
 import samples
 from clusters import eventually, metric, start_cluster
-from servers import Processes
+from servers import WRITER, Processes
 
 from imageserver import hashing
 
@@ -180,7 +180,10 @@ def test_storage_node_paths_cannot_be_escaped(imageserver: Processes, tmp_path: 
         answer = requests.get(f"{node.url}/v1/blobs/{name}", timeout=5)
         assert answer.status_code in (400, 404), (name, answer.status_code)
         assert "outside the store" not in answer.text
-        assert requests.put(f"{node.url}/v1/blobs/{name}", data=b"x", timeout=5).status_code in (400, 404)
-    wrong = requests.put(f"{node.url}/v1/blobs/{'ab' * 32}", data=b"not those bytes", timeout=5)
+        put = requests.put(f"{node.url}/v1/blobs/{name}", data=b"x", headers=WRITER, timeout=5)
+        assert put.status_code in (400, 404)
+    wrong = requests.put(
+        f"{node.url}/v1/blobs/{'ab' * 32}", data=b"not those bytes", headers=WRITER, timeout=5
+    )
     assert wrong.status_code == 400 and "does not match" in wrong.json()["error"]
     assert requests.get(f"{node.url}/metrics", timeout=5).text.count('code="500"') == 0

@@ -60,8 +60,15 @@ def test_the_generated_rules_pass_promtool_check(rules: Path) -> None:
         "ImageServerAvailabilityBurnTicket",
         "ImageServerLatencyBurnPage",
         "ImageServerLatencyBurnTicket",
+        "ImageServerStorageFilling",
+        "ImageServerStorageFull",
+        "ImageServerReplicationLag",
     }
-    assert all(a["annotations"]["runbook_url"].startswith("runbooks/slo-burn-") for a in alerts)
+    for alert in alerts:
+        runbook = Path(__file__).parents[3] / alert["annotations"]["runbook_url"]
+        assert runbook.is_file(), f"{alert['alert']}: no runbook at {runbook}"
+    burns = [a for a in alerts if "Burn" in a["alert"]]
+    assert all(a["annotations"]["runbook_url"].startswith("runbooks/slo-burn-") for a in burns)
     # 99.9 %: page at 14.4 x 0.001 over 1h and 5m, or 6 x 0.001 over 6h and 30m.
     page = next(a for a in alerts if a["alert"] == "ImageServerAvailabilityBurnPage")
     assert "availability_error_ratio:rate1h" in page["expr"] and "> 0.0144" in page["expr"]
@@ -257,5 +264,98 @@ def test_refusals_of_clients_spend_no_budget_but_shedding_does(tmp_path: Path, r
                     }
                 ],
             },
+        ],
+    )
+
+
+STORAGE = 'namespace="prod", imageserver="photos", datacenter="dc-a", pod="photos-storage-dc-a-s0-0"'
+
+
+def test_a_filling_volume_raises_a_ticket_at_80_percent_and_pages_at_90(tmp_path: Path, rules: Path) -> None:
+    gib = 1 << 30
+    # 10 GiB volume, filling by 1 % of it a minute from 70 % used: 80 % at 10m, 90 % at 20m.
+    free = {"series": f"imageserver_storage_free_bytes{{{STORAGE}}}", "values": f"{3 * gib}-{gib // 10}x40"}
+    size = {"series": f"imageserver_storage_capacity_bytes{{{STORAGE}}}", "values": f"{10 * gib}x40"}
+    pod = "photos-storage-dc-a-s0-0"
+    labels = {"imageserver": "photos", "namespace": "prod", "datacenter": "dc-a", "pod": pod}
+
+    def fired(severity: str, over: str, used: str) -> dict[str, Any]:
+        return {
+            "exp_labels": {**labels, "severity": severity},
+            "exp_annotations": {
+                "summary": f"prod/photos: a storage volume is over {over} full",
+                "description": f"{pod} in dc-a has used {used} of its volume; at its reserve it answers 507 "
+                "and stops being ready, and the shard's other replicas take the writes.",
+                "runbook_url": "runbooks/storage-full.md",
+            },
+        }
+
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [free, size],
+                "alert_rule_test": [
+                    {"alertname": "ImageServerStorageFilling", "eval_time": "20m", "exp_alerts": []},
+                    {
+                        "alertname": "ImageServerStorageFilling",
+                        "eval_time": "26m",
+                        "exp_alerts": [fired("ticket", "80%", "96%")],
+                    },
+                    {"alertname": "ImageServerStorageFull", "eval_time": "22m", "exp_alerts": []},
+                    {
+                        "alertname": "ImageServerStorageFull",
+                        "eval_time": "27m",
+                        "exp_alerts": [fired("page", "90%", "97%")],
+                    },
+                ],
+            }
+        ],
+    )
+
+
+def test_copies_owed_for_over_ten_minutes_raise_a_ticket(tmp_path: Path, rules: Path) -> None:
+    # dc-b went dark at 0: the oldest owed copy ages by a minute each minute; two replicas.
+    lag = [
+        {
+            "series": f"imageserver_replication_lag_seconds{{{STORAGE.replace('s0-0', f's0-{r}')}}}",
+            "values": "0+60x30",
+        }
+        for r in (0, 1)
+    ]
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": lag,
+                "alert_rule_test": [
+                    {"alertname": "ImageServerReplicationLag", "eval_time": "14m", "exp_alerts": []},
+                    {
+                        "alertname": "ImageServerReplicationLag",
+                        "eval_time": "17m",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "ticket",
+                                    "imageserver": "photos",
+                                    "namespace": "prod",
+                                    "datacenter": "dc-a",
+                                },
+                                "exp_annotations": {
+                                    "summary": "prod/photos: copies owed to other datacenters are late",
+                                    "description": "Storage nodes in dc-a have owed a copy to another "
+                                    "datacenter for 17m 0s; until it arrives, an image uploaded there "
+                                    "exists in one datacenter only.",
+                                    "runbook_url": "runbooks/replication-lag.md",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
         ],
     )

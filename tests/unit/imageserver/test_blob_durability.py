@@ -8,20 +8,51 @@ from pathlib import Path
 import pytest
 
 from imageserver.blobstore import BadBlob, BlobStore
+from imageserver.sealed import seal
+from imageserver.variants import RENDERER
 
 DATA = b"image bytes"
 ID = hashlib.sha256(DATA).hexdigest()
+VARIANT = f"{ID}.300x300.r{RENDERER}"
+VARIANT_BLOB = seal(VARIANT, b"variant")
 
 
 def test_a_write_is_stored_under_its_name_and_counted_once(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     assert store.put(ID, DATA)
     assert not store.put(ID, DATA)  # idempotent
-    assert store.put(f"{ID}.300x300", b"variant")
+    assert store.put(VARIANT, VARIANT_BLOB)
     assert store.read(ID) == DATA
-    assert (store.count, store.bytes) == (2, len(DATA) + len(b"variant"))
+    assert (store.count, store.bytes) == (2, len(DATA) + len(VARIANT_BLOB))
     assert BlobStore(tmp_path).count == 2  # counted again from disk after a restart
     assert not any(store.tmp.iterdir())
+
+
+def test_a_variant_must_come_sealed_to_its_name(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(BadBlob, match="sealed"):
+        store.put(VARIANT, b"variant")
+    other = f"{ID}.1200x1200.r{RENDERER}"
+    with pytest.raises(BadBlob, match="sealed"):
+        store.put(other, VARIANT_BLOB)  # another variant's seal
+
+
+def test_a_damaged_variant_is_set_aside_and_can_be_written_again(tmp_path: Path) -> None:
+    damaged: list[str] = []
+    store = BlobStore(tmp_path, on_corrupt=damaged.append)
+    store.put(VARIANT, VARIANT_BLOB)
+    path = store.path(VARIANT)
+    path.write_bytes(VARIANT_BLOB[:-1] + b"X")
+    assert store.read_variant(VARIANT) is None
+    assert damaged == [VARIANT] and not path.exists()
+    assert [p.name.split(".r")[0] for p in store.corrupt.iterdir()] == [VARIANT.split(".r", maxsplit=1)[0]]
+    assert store.count == 0
+    assert store.put(VARIANT, VARIANT_BLOB)
+    assert store.read_variant(VARIANT) == VARIANT_BLOB
+    # Damaged while present: a write of the sound one replaces it.
+    path.write_bytes(b"garbage")
+    assert store.put(VARIANT, VARIANT_BLOB)
+    assert store.read_variant(VARIANT) == VARIANT_BLOB
 
 
 def test_an_original_must_match_its_sha256_name(tmp_path: Path) -> None:
@@ -31,7 +62,18 @@ def test_an_original_must_match_its_sha256_name(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../../etc/passwd", f"{ID}/../../x", f"{ID}.300x300/../x", ID.upper(), ID[:-1], f"{ID}.jpg", "", "."],
+    [
+        "../../etc/passwd",
+        f"{ID}/../../x",
+        f"{ID}.300x300/../x",
+        f"{ID}.300x300",  # a variant without its renderer
+        f"{ID}.300x300.r{RENDERER}x",
+        ID.upper(),
+        ID[:-1],
+        f"{ID}.jpg",
+        "",
+        ".",
+    ],
 )
 def test_names_outside_the_pattern_never_reach_the_disk(tmp_path: Path, name: str) -> None:
     store = BlobStore(tmp_path)

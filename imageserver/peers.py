@@ -1,0 +1,61 @@
+"""Storage node to storage node: is a blob there, and send an image's files to a replica.
+Used by the handoff (copies owed to other datacenters) and the rebalancer (images to their
+new owners after a resharding)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import BinaryIO
+
+import aiohttp
+
+from imageserver.blobstore import BlobStore, is_variant
+
+log = logging.getLogger(__name__)
+
+
+async def has(session: aiohttp.ClientSession, base: str, name: str) -> bool:
+    try:
+        async with session.head(f"{base}/v1/blobs/{name}") as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def send(session: aiohttp.ClientSession, store: BlobStore, base: str, names: list[str]) -> bool:
+    """PUT the named files to one replica, in order (the original last: its presence there
+    implies the rest); True once every one is stored. A variant is checked first: a damaged
+    one is set aside here, not sent (it is derived data: the owner renders it again)."""
+    for name in names:
+        try:
+            if is_variant(name):
+                variant = await asyncio.to_thread(store.read_variant, name)
+                if variant is None:
+                    continue
+                if not await _put(session, base, name, variant):
+                    return False
+                continue
+            path = store.open_path(name)
+            if path is None:
+                continue
+            with open(path, "rb") as body:
+                if not await _put(session, base, name, body):
+                    return False
+        except (aiohttp.ClientError, TimeoutError, OSError) as why:
+            log.debug("copy failed", extra={"replica": base, "blob": name, "error": repr(why)})
+            return False
+    return True
+
+
+async def _put(session: aiohttp.ClientSession, base: str, name: str, body: bytes | BinaryIO) -> bool:
+    async with session.put(f"{base}/v1/blobs/{name}", data=body) as response:
+        return response.status in (200, 201)
+
+
+def session(timeout: float, token: str | None) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, limit_per_host=8),
+        timeout=aiohttp.ClientTimeout(total=timeout, connect=min(2.0, timeout), sock_read=timeout / 2),
+        headers={"Authorization": f"Bearer {token}"} if token else None,
+    )
