@@ -111,6 +111,7 @@ def run(images: int, work: Path) -> list[tuple[str, str, float, str]]:
             )
             answer.raise_for_status()
         files = [p for p in (work / "s0" / "objects").glob("*/*")]
+        peer = durable_copy(files, work / "peer")
 
         # Handoff: dc-b comes up.
         remote = processes.start("storage", "--data", str(work / "b0"), "--datacenter", "dc-b", env=FAST)
@@ -137,7 +138,6 @@ def run(images: int, work: Path) -> list[tuple[str, str, float, str]]:
         rebalance = wait_for("rebalance", lambda: metric(old, "imageserver_rebalance_remaining") == 0)
         moved = metric(old, "imageserver_rebalance_moved_total") - moved_before
 
-        peer = durable_copy(files, work / "peer")
         per_image = len(files) / images
         peer_rate = len(files) / per_image / peer
         rows = [

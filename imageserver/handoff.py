@@ -188,7 +188,7 @@ class Handoff:
         metrics: Metrics,
         *,
         timeout: float = 10.0,
-        concurrency: int = 4,
+        concurrency: int = 16,
         max_backoff: float = 60.0,
         interval: float = 1.0,
         token: str | None = None,

@@ -12,7 +12,8 @@ Its only state is what is on disk, so it resumes after any crash. One pass:
    shards), each stray is sent to the owner's replicas that lack it (variants first, the
    original last), and removed here only once the owner's write quorum holds it. A stray
    with copies still owed to another datacenter waits for those first (its hint lives here).
-   At most `rate` images a second; the pass starts over when the map changes.
+   At most `rate` images a second (`concurrency` at a time); the pass starts over when the
+   map changes.
 
 Reads never depend on it: a frontend looks among all of its datacenter's shards in one
 parallel round (`replication.read_rounds`), and read repair copies to the owner.
@@ -58,6 +59,7 @@ class Rebalancer:
         interval: float = 5.0,
         timeout: float = 10.0,
         token: str | None = None,
+        concurrency: int = 8,
     ) -> None:
         self.store = store
         self.hints = hints
@@ -70,6 +72,8 @@ class Rebalancer:
         self.interval = interval
         self.timeout = timeout
         self.token = token
+        self.concurrency = concurrency
+        self._next_start = 0.0
         self.record = store.root / "rebalance.json"
         self._generation: int | None = None
         self._since = 0.0
@@ -129,15 +133,28 @@ class Rebalancer:
         if not strays or now - self._since < self.settle:
             return
         left = len(strays)
-        for image_id in strays:
-            if self.topology.current is not topology:
-                return  # a newer map: the next pass starts from it
-            if image_id in self.hints.pending:
-                continue  # what other datacenters are owed is sent from here first
-            if await self._move(topology, here, image_id):
-                left -= 1
-                self.metrics.rebalance_remaining.set(left)
-            await asyncio.sleep(1 / self.rate)
+        queue = iter(strays)
+
+        async def worker() -> None:
+            nonlocal left
+            for image_id in queue:
+                if self.topology.current is not topology:
+                    return  # a newer map: the next pass starts from it
+                if image_id in self.hints.pending:
+                    continue  # what other datacenters are owed is sent from here first
+                await self._pace()
+                if await self._move(topology, here, image_id):
+                    left -= 1
+                    self.metrics.rebalance_remaining.set(left)
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+    async def _pace(self) -> None:
+        """At most `rate` images a second, however many workers."""
+        now = asyncio.get_running_loop().time()
+        start = max(now, self._next_start)
+        self._next_start = start + 1 / self.rate
+        await asyncio.sleep(start - now)
 
     async def _move(self, topology: Topology, here: Datacenter, image_id: str) -> bool:
         owner = here.shards_for(image_id)[0]
