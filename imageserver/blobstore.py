@@ -25,10 +25,12 @@ from imageserver import sealed
 log = logging.getLogger(__name__)
 
 # An image id (SHA-256 of the original bytes), optionally followed by a variant name and the
-# renderer that made it.
+# renderer that made it. Variants stored by releases before renderer tags have no tag: they
+# are kept, served to whoever asks by that name, and moved like the rest, but never sealed.
 BLOB_NAME = re.compile(
-    r"^[0-9a-f]{64}(?:\.\d{1,5}x\d{1,5}(?:-cover)?(?:\.(?:jpeg|png|webp))?\.r[0-9a-f]{8})?$"
+    r"^[0-9a-f]{64}(?:\.\d{1,5}x\d{1,5}(?:-cover)?(?:\.(?:jpeg|png|webp))?(?:\.r[0-9a-f]{8})?)?$"
 )
+SEALED_NAME = re.compile(r"\.r[0-9a-f]{8}$")
 
 
 class BadBlob(ValueError):
@@ -58,6 +60,11 @@ def fsync_dir(directory: Path) -> None:
 
 def is_variant(name: str) -> bool:
     return "." in name
+
+
+def is_sealed(name: str) -> bool:
+    """A variant named with its renderer, which is stored sealed (`sealed`)."""
+    return SEALED_NAME.search(name) is not None
 
 
 class BlobStore:
@@ -112,6 +119,7 @@ class BlobStore:
         """The blobs of one image held here: variants first, the original last."""
         check_name(image_id)
         names = [path.name for path in (self.objects / image_id[:2]).glob(f"{image_id}*")]
+        names = [name for name in names if BLOB_NAME.fullmatch(name)]  # nothing else is ours
         return sorted(names, key=lambda name: (name == image_id, name))
 
     def image_ids(self) -> list[str]:
@@ -144,7 +152,7 @@ class BlobStore:
         """A variant, sealed, once its seal is checked; a damaged one is moved aside to
         `corrupt/` (kept for a person) and is a miss, which the frontend re-renders."""
         data = self.read(name)
-        if data is None or sealed.unseal(name, data) is not None:
+        if data is None or not is_sealed(name) or sealed.unseal(name, data) is not None:
             return data
         self._set_aside(name, len(data))
         return None
@@ -166,7 +174,7 @@ class BlobStore:
         final = self.path(name)
         if not is_variant(name) and hashlib.sha256(data).hexdigest() != name:
             raise BadBlob("content does not match its SHA-256 name")
-        if is_variant(name) and sealed.unseal(name, data) is None:
+        if is_sealed(name) and sealed.unseal(name, data) is None:
             raise BadBlob("a variant must come sealed to its name")
         if final.is_file() and (not is_variant(name) or self.read_variant(name) is not None):
             return False

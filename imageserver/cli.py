@@ -231,6 +231,13 @@ def parser() -> argparse.ArgumentParser:
         help="this node's shard in the topology: with it, the node sends the images it holds "
         "but no longer owns to their owners (after a resharding)",
     )
+    storage.add_argument(
+        "--accept-unauthenticated-writes",
+        action="store_true",
+        default=_env("ACCEPT_UNAUTHENTICATED_WRITES") == "true",
+        help="with a storage token, also take writes that carry none (a wrong one is still refused): "
+        "for the upgrade from a release whose frontends send none",
+    )
     _number(storage, "--rebalance-rate", float, 50.0, "images a second the rebalancer may move")
     _number(storage, "--rebalance-interval", float, 5.0, "seconds between the rebalancer's passes")
     _number(
@@ -320,7 +327,11 @@ def build_app(args: argparse.Namespace) -> web.Application:
         log.warning("no storage token: this node takes writes from anyone who can reach it")
     if args.role == "storage":
         store = BlobStore(args.data, reserve=args.disk_reserve, on_corrupt=lambda _: metrics.corrupt.inc())
-        watcher = TopologyWatcher(args.topology) if args.topology else None
+        watcher = (
+            TopologyWatcher(args.topology, on_change=lambda t: metrics.topology_generation.set(t.generation))
+            if args.topology
+            else None
+        )
         return storage_app(
             store,
             metrics,
@@ -330,6 +341,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
             topology=watcher,
             max_backoff=args.handoff_max_backoff,
             write_token=storage_token,
+            tokenless_writes=args.accept_unauthenticated_writes,
             shard=args.shard,
             rebalance_rate=args.rebalance_rate,
             rebalance_settle=args.rebalance_settle,
@@ -366,6 +378,9 @@ def _run(args: argparse.Namespace, reuse_port: bool) -> None:
     asyncio.run(_serve(build_app(args), args, reuse_port))
 
 
+RUNNER_GRACE = 2.0  # seconds aiohttp gives what is still being sent, once handlers are done
+
+
 async def _serve(app: web.Application, args: argparse.Namespace, reuse_port: bool) -> None:
     """Serve until SIGTERM or SIGINT, then shut down in order: readiness fails, requests are
     served for the drain delay (SIGTERM only: a person's Ctrl-C does not wait), the listener
@@ -374,7 +389,9 @@ async def _serve(app: web.Application, args: argparse.Namespace, reuse_port: boo
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("imageserver.access") if args.access_log else None,
-        shutdown_timeout=args.shutdown_timeout,
+        # Requests in flight are waited for below, within --shutdown-timeout; aiohttp's own wait
+        # after that is only for answers still being sent (a file streaming to a slow client).
+        shutdown_timeout=RUNNER_GRACE,
         # A client that hangs up cancels its request: out of any waiting room, never started.
         handler_cancellation=True,
     )
@@ -398,9 +415,15 @@ async def _serve(app: web.Application, args: argparse.Namespace, reuse_port: boo
         for site in list(runner.sites):
             await site.stop()  # the listener only: connections open go on
         log.info("stopping", extra={"in_flight": lifecycle.in_flight, "timeout": args.shutdown_timeout})
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(args.shutdown_timeout):
-                await lifecycle.idle()
+
+        async def interrupted() -> None:  # a person's Ctrl-C: stop waiting
+            while await received.get() != signal.SIGINT:
+                pass
+
+        waits = [asyncio.ensure_future(lifecycle.idle()), asyncio.ensure_future(interrupted())]
+        await asyncio.wait(waits, timeout=args.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
     finally:
         await runner.cleanup()
 

@@ -10,25 +10,27 @@ remote is on the upload's path, and SIGKILL of any one process loses nothing.
 Each replica delivers its own hints (`Handoff`): a HEAD on the remote owner shard first (a
 sibling replica may have delivered already), then the image's blobs, variants first and
 the original last, to the replicas that lack it. A hint is settled for a datacenter once its
-write quorum holds the original. A datacenter that fails is backed off as a whole (1 s,
-doubling to a minute, with jitter): a black-holed datacenter costs one attempt per backoff,
-not one timeout per hint. A datacenter removed from the topology is owed nothing: its hints
-are settled and counted as `dropped`, never silently.
+write quorum holds the original. A datacenter none of whose replicas answers is backed off
+as a whole (1 s, doubling to `max_backoff`, with jitter): a black-holed datacenter costs one
+attempt per backoff, not one timeout per hint. An image that fails alone (too large for a
+slow link, its replicas full) backs off alone, and the others go on. A datacenter that has
+been gone from the topology for `forget_after` is owed nothing: its hints are settled and
+counted as `dropped`, never silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +39,13 @@ import aiohttp
 from imageserver import peers
 from imageserver.blobstore import BlobStore, fsync_dir
 from imageserver.metrics import Metrics
-from imageserver.topology import Datacenter, Topology, TopologyWatcher
+from imageserver.topology import DATACENTER_NAME, Datacenter, Topology, TopologyWatcher
 from imageserver.variants import IMAGE_ID
 
 log = logging.getLogger(__name__)
 OWED_HEADER = "Imageserver-Owed"
-# A datacenter name as the operator writes it (a DNS label), at most this many per upload.
-DATACENTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-MAX_OWED = 32
+MAX_OWED = 32  # datacenters named in one header
+DELIVERED, FAILED, UNREACHABLE = "delivered", "failed", "unreachable"
 UNREADABLE = ".unreadable"
 
 
@@ -75,7 +76,8 @@ class Hints:
         self.dir = root / "hints"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # the dict
-        self._file_locks = [threading.Lock() for _ in range(64)]  # one image's file at a time
+        # One image at a time: its hint file, and (`locked`) what must not interleave with it.
+        self._file_locks = [threading.RLock() for _ in range(64)]
         self.pending: dict[str, Hint] = {}
         for path in self.dir.iterdir():
             self._load(path)
@@ -101,8 +103,19 @@ class Hints:
             return
         self.pending[hint.image_id] = hint
 
-    def _file_lock(self, image_id: str) -> threading.Lock:
+    def locked(self, image_id: str) -> threading.RLock:
+        """Held while an image is stored with its hint, and while the rebalancer removes it:
+        so a removal never slips between an upload's write and the hint it owes."""
         return self._file_locks[int(image_id[:2], 16) % len(self._file_locks)]
+
+    def unless_owed(self, image_id: str, action: Callable[[], None]) -> bool:
+        """Run `action` (blocking) if nothing is owed for the image, under its lock."""
+        with self.locked(image_id):
+            with self._lock:
+                if image_id in self.pending:
+                    return False
+            action()
+            return True
 
     def _write(self, hint: Hint) -> None:
         temp = self.dir / f"{hint.image_id}.{uuid.uuid4().hex}"
@@ -123,7 +136,7 @@ class Hints:
         wanted = frozenset(datacenters)
         if not wanted:
             return
-        with self._file_lock(image_id):
+        with self.locked(image_id):
             with self._lock:
                 known = self.pending.get(image_id)
             if known is not None and wanted <= known.owed:
@@ -139,7 +152,7 @@ class Hints:
     def settle(self, image_id: str, datacenter: str) -> None:
         """The datacenter has its copy (blocking: call in a thread). A lost unlink only means
         one more delivery after a crash, which is idempotent: no directory fsync needed."""
-        with self._file_lock(image_id):
+        with self.locked(image_id):
             with self._lock:
                 known = self.pending.get(image_id)
             if known is None or datacenter not in known.owed:
@@ -192,6 +205,7 @@ class Handoff:
         max_backoff: float = 60.0,
         interval: float = 1.0,
         token: str | None = None,
+        forget_after: float = 120.0,
     ) -> None:
         self.hints = hints
         self.store = store
@@ -202,8 +216,13 @@ class Handoff:
         self.concurrency = concurrency
         self.max_backoff = max_backoff
         self.interval = interval
-        self._failures: dict[str, int] = {}
+        self.forget_after = forget_after
+        self._failures: dict[str, int] = {}  # per datacenter that does not answer
         self._not_before: dict[str, float] = {}
+        self._image_failures: dict[tuple[str, str], int] = {}  # per (datacenter, image) that fails
+        self._image_not_before: dict[tuple[str, str], float] = {}
+        self._absent_since: dict[str, float] = {}
+        self._delivering: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
 
@@ -215,7 +234,7 @@ class Handoff:
         try:
             while True:
                 try:
-                    await self.deliver_due()
+                    await self.deliver_due(wait=False)
                 except Exception:  # one bad pass must not end delivery for good
                     log.exception("handoff pass failed")
                 with contextlib.suppress(TimeoutError):
@@ -223,71 +242,106 @@ class Handoff:
                         await self._wake.wait()
                 self._wake.clear()
         finally:
+            for task in list(self._delivering.values()):
+                task.cancel()
+            await asyncio.gather(*self._delivering.values(), return_exceptions=True)
             await self._session.close()
 
-    async def deliver_due(self) -> None:
+    async def deliver_due(self, *, wait: bool = True) -> None:
+        """Start delivering to every datacenter that is due and not already being delivered
+        to (one delivery per datacenter at a time: a wake-up per upload must not pile up
+        passes on a datacenter that hangs); with `wait`, until they are done."""
         topology = self.topology.current
         if topology is None:
             return
         now = time.monotonic()
-        work = self.hints.by_datacenter()
-        await asyncio.gather(
-            *(
-                self._deliver_to(topology, name, images)
-                for name, images in work.items()
-                if self._not_before.get(name, 0.0) <= now
-            )
-        )
+        work = await asyncio.to_thread(self.hints.by_datacenter)  # off the loop: it sorts them all
+        for name, images in work.items():
+            if name in self._delivering or self._not_before.get(name, 0.0) > now:
+                continue
+            task = asyncio.ensure_future(self._deliver_to(topology, name, images))
+            self._delivering[name] = task
+            task.add_done_callback(functools.partial(self._delivered, name))
+        if wait and self._delivering:
+            await asyncio.gather(*self._delivering.values(), return_exceptions=True)
+
+    def _delivered(self, name: str, _: asyncio.Task[None]) -> None:
+        self._delivering.pop(name, None)
 
     async def _deliver_to(self, topology: Topology, name: str, images: list[str]) -> None:
         datacenter = topology.datacenter(name)
+        now = time.monotonic()
         if datacenter is None:
+            # Gone from the map for a while (not a bad edit soon undone): nothing is owed it.
+            if now - self._absent_since.setdefault(name, now) < self.forget_after:
+                return
             log.warning("datacenter left the topology: its copies are no longer owed", extra={"dc": name})
             for image_id in images:
                 await asyncio.to_thread(self.hints.settle, image_id, name)
                 self.metrics.replications.labels(result="dropped").inc()
             return
-        queue: Iterator[str] = iter(images)
-        failed = asyncio.Event()
+        self._absent_since.pop(name, None)
+        queue: Iterator[str] = (i for i in images if self._image_not_before.get((name, i), 0.0) <= now)
+        unreachable = asyncio.Event()
 
         async def worker() -> None:
             for image_id in queue:
-                if failed.is_set():
+                if unreachable.is_set():
                     return
-                if await self._deliver(topology, datacenter, image_id):
+                try:
+                    outcome = await self._deliver(topology, datacenter, image_id)
+                except Exception:  # one bad image must not stop the others
+                    log.exception("delivering a copy failed", extra={"image": image_id, "dc": name})
+                    outcome = FAILED
+                if outcome == DELIVERED:
+                    self._image_failures.pop((name, image_id), None)
+                    self._image_not_before.pop((name, image_id), None)
                     await asyncio.to_thread(self.hints.settle, image_id, name)
-                else:
-                    failed.set()
+                elif outcome == UNREACHABLE:
+                    unreachable.set()
+                else:  # this image only (too large for the link, replicas full…): it waits alone
+                    failures = self._image_failures[(name, image_id)] = (
+                        self._image_failures.get((name, image_id), 0) + 1
+                    )
+                    self._image_not_before[(name, image_id)] = time.monotonic() + self._backoff(failures)
+                    self.metrics.replications.labels(result="retry").inc()
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
-        if failed.is_set():
+        if unreachable.is_set():
             failures = self._failures[name] = self._failures.get(name, 0) + 1
-            delay = min(self.max_backoff, 2.0 ** (failures - 1)) * random.uniform(0.8, 1.2)
+            delay = self._backoff(failures)
             self._not_before[name] = time.monotonic() + delay
             self.metrics.replications.labels(result="retry").inc()
-            log.info("copies to a datacenter failed", extra={"dc": name, "retry_in": round(delay, 1)})
+            log.info("a datacenter does not answer", extra={"dc": name, "retry_in": round(delay, 1)})
         else:
             self._failures.pop(name, None)
 
-    async def _deliver(self, topology: Topology, datacenter: Datacenter, image_id: str) -> bool:
-        """True once the datacenter's write quorum holds the image."""
+    def _backoff(self, failures: int) -> float:
+        return min(self.max_backoff, 2.0 ** (failures - 1)) * random.uniform(0.8, 1.2)
+
+    async def _deliver(self, topology: Topology, datacenter: Datacenter, image_id: str) -> str:
+        """DELIVERED once the datacenter's write quorum holds the image; UNREACHABLE when no
+        replica of its shard answered at all; FAILED when this image could not get there."""
         shard = datacenter.shards_for(image_id)[0]
         held = await asyncio.gather(*(peers.has(self.session, base, image_id) for base in shard.replicas))
-        if sum(held) >= topology.write_quorum:
+        if all(has is None for has in held):
+            return UNREACHABLE
+        holders = sum(has is True for has in held)
+        if holders >= topology.write_quorum:
             self.metrics.replications.labels(result="ok").inc()
-            return True
+            return DELIVERED
         names = await asyncio.to_thread(self.store.names_of, image_id)
         if image_id not in names:
             # Only damage from outside removes an original that has a hint: say so, once.
             log.error("an owed image is gone", extra={"image": image_id, "dc": datacenter.name})
             self.metrics.replications.labels(result="lost").inc()
-            return True
-        lacking = [base for base, has in zip(shard.replicas, held, strict=True) if not has]
+            return DELIVERED
+        lacking = [base for base, has in zip(shard.replicas, held, strict=True) if has is not True]
         sent = await asyncio.gather(*(peers.send(self.session, self.store, base, names) for base in lacking))
-        if sum(held) + sum(sent) >= topology.write_quorum:
+        if holders + sum(sent) >= topology.write_quorum:
             self.metrics.replications.labels(result="ok").inc()
-            return True
-        return False
+            return DELIVERED
+        return FAILED
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -84,6 +84,11 @@ class Metrics:
             "Images that could not reach their owner's quorum yet (tried again), and failed passes.",
             registry=reg,
         )
+        self.unauthenticated_writes = Counter(
+            "imageserver_unauthenticated_writes",
+            "Writes taken without a storage token (only with --accept-unauthenticated-writes).",
+            registry=reg,
+        )
         self.corrupt = Counter(
             "imageserver_corrupt_variants",
             "Stored variants that failed their seal (set aside by a storage node, or caught by a "
@@ -94,7 +99,7 @@ class Metrics:
             "imageserver_read_repairs", "Blobs written back to replicas that missed them.", registry=reg
         )
         self.topology_generation = Gauge(
-            "imageserver_topology_generation", "Generation of the shard map this frontend uses.", registry=reg
+            "imageserver_topology_generation", "Generation of the shard map this process uses.", registry=reg
         )
         self.quorum_failures = Counter(
             "imageserver_write_quorum_failures",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import BinaryIO
 
 import aiohttp
@@ -15,12 +16,16 @@ from imageserver.blobstore import BlobStore, is_variant
 log = logging.getLogger(__name__)
 
 
-async def has(session: aiohttp.ClientSession, base: str, name: str) -> bool:
+MIN_RATE = 1 << 20  # bytes a second a copy may take at worst before it counts as failed
+
+
+async def has(session: aiohttp.ClientSession, base: str, name: str) -> bool | None:
+    """Whether the replica holds the blob; None when it did not answer."""
     try:
         async with session.head(f"{base}/v1/blobs/{name}") as response:
-            return response.status == 200
+            return response.status == 200 if response.status in (200, 404) else None
     except (aiohttp.ClientError, TimeoutError):
-        return False
+        return None
 
 
 async def send(session: aiohttp.ClientSession, store: BlobStore, base: str, names: list[str]) -> bool:
@@ -49,7 +54,12 @@ async def send(session: aiohttp.ClientSession, store: BlobStore, base: str, name
 
 
 async def _put(session: aiohttp.ClientSession, base: str, name: str, body: bytes | BinaryIO) -> bool:
-    async with session.put(f"{base}/v1/blobs/{name}", data=body) as response:
+    # The session's timeout, plus time for the bytes: a large original on a busy link is slow,
+    # not failed.
+    size = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+    base_timeout = session.timeout.total or 10.0
+    timeout = aiohttp.ClientTimeout(total=base_timeout + size / MIN_RATE, connect=session.timeout.connect)
+    async with session.put(f"{base}/v1/blobs/{name}", data=body, timeout=timeout) as response:
         return response.status in (200, 201)
 
 

@@ -75,7 +75,7 @@ class Rebalancer:
         self.concurrency = concurrency
         self._next_start = 0.0
         self.record = store.root / "rebalance.json"
-        self._generation: int | None = None
+        self._map: Topology | None = None
         self._since = 0.0
         self._session: aiohttp.ClientSession | None = None
         self._warned = False
@@ -120,8 +120,8 @@ class Rebalancer:
         here = self._here(topology)
         if here is None:
             return
-        if topology.generation != self._generation:
-            self._generation, self._since = topology.generation, time.monotonic()
+        if topology != self._map:  # any change, even a hand edit that kept the generation
+            self._map, self._since = topology, time.monotonic()
         await self._owe_new_datacenters(topology)
         now = time.monotonic()
         if self._clean_at is not None and now - self._since > QUIET_AFTER and now - self._clean_at < RESCAN:
@@ -143,7 +143,13 @@ class Rebalancer:
                 if image_id in self.hints.pending:
                     continue  # what other datacenters are owed is sent from here first
                 await self._pace()
-                if await self._move(topology, here, image_id):
+                try:
+                    moved = await self._move(topology, here, image_id)
+                except Exception:  # one bad image must not end the pass for the others
+                    self.metrics.rebalance_errors.inc()
+                    log.exception("moving an image failed", extra={"image": image_id})
+                    continue
+                if moved:
                     left -= 1
                     self.metrics.rebalance_remaining.set(left)
 
@@ -162,16 +168,24 @@ class Rebalancer:
         if image_id not in names:
             return False  # removed meanwhile
         held = await asyncio.gather(*(peers.has(self.session, base, image_id) for base in owner.replicas))
-        lacking = [base for base, has in zip(owner.replicas, held, strict=True) if not has]
+        lacking = [base for base, has in zip(owner.replicas, held, strict=True) if has is not True]
         sent = await asyncio.gather(*(peers.send(self.session, self.store, base, names) for base in lacking))
-        if sum(held) + sum(sent) < topology.write_quorum:
+        if sum(h is True for h in held) + sum(sent) < topology.write_quorum:
             self.metrics.rebalance_errors.inc()
             log.info(
                 "an image could not reach its owner's quorum yet",
-                extra={"image": image_id, "shard": owner.name, "holders": sum(held) + sum(sent)},
+                extra={
+                    "image": image_id,
+                    "shard": owner.name,
+                    "holders": sum(h is True for h in held) + sum(sent),
+                },
             )
             return False
-        await asyncio.to_thread(self.store.remove_image, image_id)
+        # Unless an upload owing copies came in meanwhile: its hint is delivered from here first.
+        if not await asyncio.to_thread(
+            self.hints.unless_owed, image_id, lambda: self.store.remove_image(image_id)
+        ):
+            return False
         self.metrics.rebalance_moved.inc()
         return True
 
@@ -208,6 +222,7 @@ class Rebalancer:
         for gone in set(self._owed) - new:
             del self._owed[gone]
         if new:
+            listed_at = time.monotonic()
             ids = await asyncio.to_thread(self.store.image_ids)
             if not self._owed:
                 log.info(
@@ -219,8 +234,8 @@ class Rebalancer:
                     await asyncio.to_thread(self.hints.owe, image_id, owed)
                     for dc in owed:
                         self._owed[dc].add(image_id)
-            if time.monotonic() - self._since < self.settle:
-                return
+            if listed_at - self._since < self.settle:
+                return  # listed before every frontend had the map: list again next pass
             self._owed.clear()
         if new or recorded - others:
             await asyncio.to_thread(self._write_record, others)

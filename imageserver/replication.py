@@ -10,8 +10,9 @@ acknowledged (sync). Nothing remote is ever on an async upload's path.
 
 A read asks in a fixed number of parallel rounds under one deadline (`read_rounds`): the
 local owner shard (one replica first, the others when it misses or is slow: a hedged read),
-then the local datacenter's other shards, then the other datacenters. A miss therefore costs
-three round trips, never a walk of replicas one after another. Local owner replicas that
+then the local datacenter's other shards, the owner once more (an image the rebalancer moved
+between the first two rounds is there by then), then the other datacenters. A miss therefore
+costs four round trips, never a walk of replicas one after another. Local owner replicas that
 answered "not here", or were not asked, are checked and written back in the background (read
 repair). That also moves ids onto a newly added shard as they are read.
 """
@@ -184,7 +185,15 @@ class ReplicatedStore:
         rounds = read_rounds(topology, self.datacenter, image_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_deadline
-        for number, places in enumerate(rounds):
+        plan = list(rounds)
+        if len(rounds) > 1 and rounds[1][0][0].name == self.datacenter:
+            # The owner once more after the other shards missed: a rebalancer removes an image
+            # from a shard only once its owner holds it, so one that moved between the two
+            # rounds is on the owner now. Asked again only on a miss.
+            plan.insert(2, rounds[0])
+        for number, places in enumerate(plan):
+            if number == 2 and places is rounds[0]:
+                evidence.forget(places)
             remote = places[0][0].name != self.datacenter
             budget = deadline - loop.time()
             try:
@@ -316,6 +325,12 @@ class _Evidence:
         if status == 404:
             self.absent_at.add(base)
             self.absent.setdefault((dc.name, shard.name), set()).add(base)
+
+    def forget(self, places: Sequence[Place]) -> None:
+        """Drop what these shards said, to ask them again."""
+        for dc, shard in places:
+            gone = self.absent.pop((dc.name, shard.name), set())
+            self.absent_at.difference_update(gone)
 
     def rules_out(self, dc: Datacenter, shard: Shard) -> bool:
         """An acknowledged write is on `writeQuorum` replicas of its shard, so once

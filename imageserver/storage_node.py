@@ -4,6 +4,7 @@ hints of the copies other datacenters are owed (`handoff`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 
@@ -15,18 +16,21 @@ from imageserver.metrics import Metrics
 from imageserver.rebalance import Rebalancer
 from imageserver.topology import TopologyWatcher
 from imageserver.variants import IMAGE_ID
-from imageserver.web import application, bearer_matches, error
+from imageserver.web import METRICS_KEY, application, bearer_matches, error
 
 STORE_KEY = web.AppKey("store", BlobStore)
 HINTS_KEY = web.AppKey("hints", Hints)
 HANDOFF_KEY = web.AppKey("handoff", Handoff)
 TASKS_KEY: web.AppKey[list[asyncio.Task[None]]] = web.AppKey("tasks")
 WRITE_TOKEN_KEY: web.AppKey[str | None] = web.AppKey("write_token")
+TOKENLESS_KEY: web.AppKey[bool] = web.AppKey("tokenless_writes")
 
 
 async def put_blob(request: web.Request) -> web.Response:
     token = request.app[WRITE_TOKEN_KEY]
-    if token is not None and not bearer_matches(request, token):
+    if token is not None and request.app[TOKENLESS_KEY] and "Authorization" not in request.headers:
+        request.app[METRICS_KEY].unauthenticated_writes.inc()  # an older frontend, mid-upgrade
+    elif token is not None and not bearer_matches(request, token):
         # Only the ImageServer's own frontends and storage nodes write: a variant from
         # anyone else could be served as ours.
         return error(401, "writing needs the ImageServer's storage token (Authorization: Bearer)")
@@ -39,11 +43,18 @@ async def put_blob(request: web.Request) -> web.Response:
     except BadHint as why:
         return error(400, str(why))
     data = await request.read()
+    hints = request.app[HINTS_KEY]
+
+    def store_and_owe() -> bool:
+        # Durable before the answer: an acknowledged upload's copies are owed on disk. Under
+        # the image's lock, so the rebalancer cannot remove it between the two.
+        with hints.locked(name) if owed else contextlib.nullcontext():
+            created = store.put(name, data)
+            hints.owe(name, owed)
+        return created
+
     try:
-        created = await asyncio.to_thread(store.put, name, data)
-        if owed:
-            # Durable before the answer: an acknowledged upload's copies are owed on disk.
-            await asyncio.to_thread(request.app[HINTS_KEY].owe, name, owed)
+        created = await asyncio.to_thread(store_and_owe)
     except BadBlob as why:
         return error(400, str(why))
     except Full as why:
@@ -86,6 +97,7 @@ def storage_app(
     topology: TopologyWatcher | None = None,
     max_backoff: float = 60.0,
     write_token: str | None = None,
+    tokenless_writes: bool = False,
     shard: str | None = None,
     rebalance_rate: float = 50.0,
     rebalance_settle: float = 120.0,
@@ -104,6 +116,7 @@ def storage_app(
     )
     app[STORE_KEY] = store
     app[WRITE_TOKEN_KEY] = write_token
+    app[TOKENLESS_KEY] = tokenless_writes
     hints = app[HINTS_KEY] = Hints(store.root)
     metrics.watch_store(store)
     metrics.watch_hints(hints)
@@ -112,7 +125,13 @@ def storage_app(
     if topology is not None:
         watcher = topology
         handoff = app[HANDOFF_KEY] = Handoff(
-            hints, store, watcher, metrics, max_backoff=max_backoff, token=write_token
+            hints,
+            store,
+            watcher,
+            metrics,
+            max_backoff=max_backoff,
+            token=write_token,
+            forget_after=rebalance_settle,  # a map must have been in force this long
         )
 
         workers = [watcher.run, handoff.run]

@@ -13,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from imageserver import hashing
+
+# A datacenter's name as the operator writes it: a DNS label (also what copies owed name).
+DATACENTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,10 @@ def _shard(raw: Any, where: str) -> Shard:
 def _datacenter(raw: Any, where: str) -> Datacenter:
     _require(isinstance(raw, Mapping), f"{where}: must be an object")
     name = raw.get("name")
-    _require(isinstance(name, str) and bool(name), f"{where}.name: must be a non-empty string")
+    _require(
+        isinstance(name, str) and DATACENTER_NAME.fullmatch(name) is not None,
+        f"{where}.name: must be a DNS label (lowercase letters, digits and '-')",
+    )
     shards_raw = raw.get("shards")
     _require(isinstance(shards_raw, list) and bool(shards_raw), f"{where}.shards: must be a non-empty list")
     shards = tuple(_shard(s, f"{where}.shards[{i}]") for i, s in enumerate(shards_raw))

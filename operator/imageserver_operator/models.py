@@ -80,6 +80,12 @@ class StorageSpec(Model):
         description="How uploads reach the other datacenters: async (after the acknowledgement, from "
         "hints the storage replicas keep on disk until delivered) or sync (before it).",
     )
+    accept_unauthenticated_writes: bool = Field(
+        False,
+        description="Storage nodes also take writes that carry no token (a wrong token is still "
+        "refused). Only for the upgrade from a release without storage tokens, whose frontends send "
+        "none: set it for that rollout, then back to false.",
+    )
 
 
 class ResourceList(Model):

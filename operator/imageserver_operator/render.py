@@ -235,6 +235,8 @@ def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, sha
         f"s{shard}",
     ]
     container = _container(owner, spec, dc.name, args, spec.resources.storage)
+    if spec.storage.accept_unauthenticated_writes:
+        container["env"].append({"name": "IMAGESERVER_ACCEPT_UNAUTHENTICATED_WRITES", "value": "true"})
     container["volumeMounts"] = [
         {"name": "data", "mountPath": "/data"},
         {"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True},
@@ -400,6 +402,8 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
                 {
                     "from": [
                         {"podSelector": {"matchLabels": _selector(owner, "frontend")}},
+                        # Storage nodes deliver hints and rebalance to one another.
+                        {"podSelector": {"matchLabels": _selector(owner, "storage")}},
                         # Prometheus scrapes /metrics on the same port, from its namespace only.
                         {
                             "namespaceSelector": {

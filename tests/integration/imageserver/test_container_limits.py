@@ -69,6 +69,8 @@ def test_the_memory_budget_and_render_threads_come_from_the_cgroup(
         str(port),
         "--cache-bytes",
         str(CACHE),
+        "--drain-delay",
+        "0",
     ]
     managed = spawn(state, "limited", argv)
     server = Server("limited", f"http://127.0.0.1:{port}", port, managed, argv, {})

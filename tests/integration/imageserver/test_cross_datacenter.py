@@ -44,7 +44,10 @@ def test_a_black_holed_datacenter_costs_local_uploads_nothing_and_gets_every_cop
         alone.write_text(json.dumps(local_only))
         with_remote = cluster.frontends["dc-a"]
         without_remote = imageserver.start("frontend", "--topology", str(alone), "--datacenter", "dc-a")
-        assert eventually(lambda: metric(with_remote, "imageserver_topology_generation") == 2)
+        local = [server for (dc, _, _), server in sorted(cluster.storage.items()) if dc == "dc-a"]
+        # Everyone on the new map, the storage nodes that deliver the copies included.
+        for server in (with_remote, *local):
+            assert eventually(lambda s=server: metric(s, "imageserver_topology_generation") == 2)
         for link in remote_links:
             link.black_hole()
 
@@ -68,8 +71,17 @@ def test_a_black_holed_datacenter_costs_local_uploads_nothing_and_gets_every_cop
         assert remote_p99 <= 1.5 * alone_p99, (alone_p99, remote_p99)
 
         # Every frontend dies, and a storage replica with them; the copies are owed on disk.
-        local = [server for (dc, _, _), server in sorted(cluster.storage.items()) if dc == "dc-a"]
-        assert all(metric(server, "imageserver_replication_pending") == len(acknowledged) for server in local)
+        pending = [metric(server, "imageserver_replication_pending") for server in local]
+
+        def missing(replica: int) -> list[str]:
+            node = tmp_path / f"dc-a-s0-{replica}"
+            return [
+                f"{i[:8]} original={(node / 'objects' / i[:2] / i).exists()}"
+                for i in acknowledged
+                if not (node / "hints" / i).exists()
+            ]
+
+        assert pending == [len(acknowledged)] * len(local), (pending, missing(0), missing(1))
         assert metric(local[0], "imageserver_replication_lag_seconds") > 0
         for frontend in (*cluster.frontends.values(), without_remote):
             frontend.kill()

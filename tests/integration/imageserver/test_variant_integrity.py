@@ -82,3 +82,19 @@ def test_a_damaged_variant_on_the_embedded_server_is_rendered_again(
     _rendered_again(answer, damaged)
     assert metric(server, "imageserver_corrupt_variants_total") == 1
     assert sealed.unseal(name, path.read_bytes()) == answer.content
+
+
+def test_mid_upgrade_a_node_may_take_tokenless_writes_but_never_a_wrong_token(
+    imageserver: Processes, tmp_path: Path
+) -> None:
+    node = imageserver.start(
+        "storage", "--data", str(tmp_path / "node"), env={"IMAGESERVER_ACCEPT_UNAUTHENTICATED_WRITES": "true"}
+    )
+    data = b"from a frontend of the release before tokens"
+    name = hashlib.sha256(data).hexdigest()
+    wrong = requests.put(
+        f"{node.url}/v1/blobs/{name}", data=data, headers={"Authorization": "Bearer no"}, timeout=5
+    )
+    assert wrong.status_code == 401
+    assert requests.put(f"{node.url}/v1/blobs/{name}", data=data, timeout=5).status_code == 201
+    assert metric(node, "imageserver_unauthenticated_writes_total") == 1

@@ -37,6 +37,15 @@ def test_a_variant_must_come_sealed_to_its_name(tmp_path: Path) -> None:
         store.put(other, VARIANT_BLOB)  # another variant's seal
 
 
+def test_a_variant_stored_before_renderer_tags_is_kept_and_served_as_it_is(tmp_path: Path) -> None:
+    """Mid-upgrade, older frontends still write and read variants named without a renderer."""
+    store = BlobStore(tmp_path)
+    legacy = f"{ID}.300x300"
+    assert store.put(legacy, b"old variant")
+    assert store.read_variant(legacy) == b"old variant"
+    assert store.names_of(ID) == [legacy]
+
+
 def test_a_damaged_variant_is_set_aside_and_can_be_written_again(tmp_path: Path) -> None:
     damaged: list[str] = []
     store = BlobStore(tmp_path, on_corrupt=damaged.append)
@@ -66,7 +75,6 @@ def test_an_original_must_match_its_sha256_name(tmp_path: Path) -> None:
         "../../etc/passwd",
         f"{ID}/../../x",
         f"{ID}.300x300/../x",
-        f"{ID}.300x300",  # a variant without its renderer
         f"{ID}.300x300.r{RENDERER}x",
         ID.upper(),
         ID[:-1],

@@ -6,18 +6,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import test_utils
 from hypothesis import given
 from hypothesis import strategies as st
 
 from imageserver import topology as topology_module
 from imageserver.blobstore import BlobStore
-from imageserver.handoff import DATACENTER_NAME, MAX_OWED, BadHint, Handoff, Hints, parse_owed
+from imageserver.faults import Faults
+from imageserver.handoff import MAX_OWED, BadHint, Handoff, Hints, parse_owed
 from imageserver.metrics import Metrics
-from imageserver.topology import TopologyWatcher
+from imageserver.storage_node import storage_app
+from imageserver.topology import DATACENTER_NAME, TopologyWatcher
 
 DATA = b"original image bytes"
 ID = hashlib.sha256(DATA).hexdigest()
@@ -243,13 +247,29 @@ async def test_copies_owed_to_a_datacenter_that_left_the_topology_are_dropped_an
     hints.owe(ID, {"dc-gone"})
     hints.owe(OTHER, {"dc-gone"})
     metrics = Metrics("dc-a", "test", "storage")
-    handoff = Handoff(hints, BlobStore(tmp_path), watcher(tmp_path, {"dc-a": REFUSED}), metrics)
+    handoff = Handoff(
+        hints, BlobStore(tmp_path), watcher(tmp_path, {"dc-a": REFUSED}), metrics, forget_after=0.0
+    )
     await handoff.deliver_due()  # no session: no HTTP call may happen
     assert hints.pending == {}
     assert not any(hints.dir.iterdir())
     assert replications(metrics, "dropped") == 2.0
     assert replications(metrics, "retry") is None
     assert Hints(tmp_path).pending == {}
+
+
+async def test_a_datacenter_missing_from_the_map_briefly_is_still_owed(tmp_path: Path) -> None:
+    """A bad edit undone within `forget_after` (the settle time) costs no copy."""
+    hints = Hints(tmp_path)
+    hints.owe(ID, {"dc-b"})
+    metrics = Metrics("dc-a", "test", "storage")
+    handoff = Handoff(
+        hints, BlobStore(tmp_path), watcher(tmp_path, {"dc-a": REFUSED}), metrics, forget_after=60.0
+    )
+    for _ in range(3):
+        await handoff.deliver_due()
+    assert hints.pending[ID].owed == frozenset({"dc-b"})
+    assert replications(metrics, "dropped") is None
 
 
 async def test_without_a_topology_nothing_is_delivered_or_dropped(tmp_path: Path) -> None:
@@ -293,3 +313,32 @@ def test_a_hint_that_names_no_datacenter_properly_is_kept_aside(tmp_path: Path, 
     (tmp_path / "hints" / ID).write_text(f'{{"owed": {owed}, "since": 1}}')
     assert Hints(tmp_path).pending == {}
     assert (tmp_path / "hints" / f"{ID}.unreadable").exists()
+
+
+async def test_an_image_that_fails_alone_waits_alone_and_the_others_are_delivered(tmp_path: Path) -> None:
+    """A copy the remote refuses (here: larger than it takes) must not hold back the rest."""
+    remote = BlobStore(tmp_path / "remote")
+    app = storage_app(remote, Metrics("dc-b", "test", "storage"), Faults(), max_bytes=4096, admin_token=None)
+    server = test_utils.TestServer(app)
+    await server.start_server()
+    try:
+        here = BlobStore(tmp_path / "here")
+        hints = Hints(here.root)
+        small, large = b"small image", os.urandom(64 << 10)
+        for data in (small, large):
+            here.put(hashlib.sha256(data).hexdigest(), data)
+            hints.owe(hashlib.sha256(data).hexdigest(), {"dc-b"})
+        metrics = Metrics("dc-a", "test", "storage")
+        url = str(server.make_url("")).rstrip("/")
+        handoff = Handoff(hints, here, watcher(tmp_path, {"dc-a": REFUSED, "dc-b": url}), metrics)
+        handoff._session = aiohttp.ClientSession()
+        try:
+            await handoff.deliver_due()
+            await handoff.deliver_due()  # the datacenter answers: not backed off as a whole
+        finally:
+            await handoff._session.close()
+        assert set(hints.pending) == {hashlib.sha256(large).hexdigest()}
+        assert remote.read(hashlib.sha256(small).hexdigest()) == small
+        assert replications(metrics, "retry") == 1.0  # the large one, once: it waits alone now
+    finally:
+        await server.close()
