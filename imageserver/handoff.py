@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 OWED_HEADER = "Imageserver-Owed"
 MAX_OWED = 32  # datacenters named in one header
 DELIVERED, FAILED, UNREACHABLE = "delivered", "failed", "unreachable"
+MIN_GAP = 0.2  # seconds between two delivery passes, however often uploads wake them
 UNREADABLE = ".unreadable"
 
 
@@ -237,6 +238,7 @@ class Handoff:
                     await self.deliver_due(wait=False)
                 except Exception:  # one bad pass must not end delivery for good
                     log.exception("handoff pass failed")
+                await asyncio.sleep(MIN_GAP)  # uploads wake it: a pass lists every hint
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval):
                         await self._wake.wait()

@@ -154,7 +154,14 @@ class Controller:
                 body, "Normal", "Pruned", f"deleted {len(pruned)} no longer wanted: {', '.join(pruned[:12])}"
             )
         if new != dict(old):
-            await asyncio.to_thread(self.kube.patch_status, owner.namespace, owner.name, new)
+            # Onto the version this status was computed from: the SLO loop writes conditions
+            # too, and a stale copy must not put back what it wrote (the watch brings the new
+            # version, and another reconcile).
+            written = await asyncio.to_thread(
+                self.kube.patch_status, owner.namespace, owner.name, new, meta.get("resourceVersion")
+            )
+            if not written:
+                return
             await self._announce(body, old, new)
 
     async def _announce(self, body: dict[str, Any], old: Any, new: dict[str, Any]) -> None:

@@ -90,10 +90,23 @@ class Kube:
             if error.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "imageservers", name, {"status": status}
-        )
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> bool:
+        """Merge `status` in; with `resource_version`, only onto that version of the object
+        (the other loop may have written since this copy was read): False on a conflict."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "imageservers", name, body
+            )
+        except ApiException as error:
+            if error.status == 409 and resource_version:
+                return False
+            raise
+        return True
 
     def annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
         """Set (or, with None, remove) annotations on an ImageServer."""

@@ -447,7 +447,16 @@ class Remediator:
         if strays is not None and status.get("rebalanceRemaining") != round(strays):
             patch["rebalanceRemaining"] = round(strays)
         if patch:
-            await asyncio.to_thread(self.kube.patch_status, case.namespace, case.name, patch)
+            # Onto the version it was judged from: the next cycle judges again on a conflict.
+            written = await asyncio.to_thread(
+                self.kube.patch_status,
+                case.namespace,
+                case.name,
+                patch,
+                case.body["metadata"].get("resourceVersion"),
+            )
+            if not written:
+                return
         if rebalancing is not None and started_or_ended:
             await asyncio.to_thread(
                 self.kube.event, case.body, "Normal", rebalancing["reason"], rebalancing["message"]

@@ -35,7 +35,9 @@ def test_a_minimal_imageserver_is_accepted_with_defaults(
         "volumeSize": "10Gi",
         "storageClassName": "",
         "crossDatacenter": "async",
+        "acceptUnauthenticatedWrites": False,
     }
+    assert stored["monitoring"] == {"prometheusNamespace": "monitoring"}
     assert stored["datacenters"] == [{"name": "dc-a", "region": "", "frontendReplicas": 2, "weight": 100}]
     assert stored["slo"]["window"] == "30d"
     assert stored["remediation"]["mode"] == "auto"
