@@ -92,6 +92,7 @@ class Mission:
         self.prometheus = Prometheus(
             [
                 {
+                    # Each target's own `job` label (its ImageServer's) replaces this name on its series.
                     "job_name": "imageserver",
                     "file_sd_configs": [{"files": [str(self.runner.targets)], "refresh_interval": "1s"}],
                 }

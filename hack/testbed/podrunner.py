@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imageserver_operator.slo import job_label
 from testbed.cluster import Cluster
 from testbed.processes import Managed, State, free_port, is_running, spawn, stop
 
@@ -208,11 +209,18 @@ class PodRunner:
                 tmp.replace(runner.topology)
 
     def _write_targets(self) -> None:
+        # As the rendered ServiceMonitor does: the SLO rules count only series of the
+        # ImageServer's own job, and a target's `job` label overrides the scrape config's job_name.
         with self._lock:
             groups = [
                 {
                     "targets": [f"127.0.0.1:{r.port}"],
-                    "labels": {"namespace": self.namespace, "imageserver": r.imageserver, "pod": r.pod},
+                    "labels": {
+                        "namespace": self.namespace,
+                        "imageserver": r.imageserver,
+                        "job": job_label(self.namespace, r.imageserver),
+                        "pod": r.pod,
+                    },
                 }
                 for r in self.runners.values()
             ]

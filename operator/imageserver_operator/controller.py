@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from imageserver_operator import reconcile, status
 from imageserver_operator.annotations import drained_of, paused_of
-from imageserver_operator.kube import Kube
+from imageserver_operator.kube import FIELD_MANAGER, Kube
 from imageserver_operator.metrics import OperatorMetrics
 from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.render import Environment, Owner, render, storage_token
@@ -153,12 +153,16 @@ class Controller:
             await self._event(
                 body, "Normal", "Pruned", f"deleted {len(pruned)} no longer wanted: {', '.join(pruned[:12])}"
             )
-        if new != dict(old):
-            # Onto the version this status was computed from: the SLO loop writes conditions
-            # too, and a stale copy must not put back what it wrote (the watch brings the new
-            # version, and another reconcile).
+        if new != status.owned(old):
+            # Only this loop's fields, under its own field manager, onto the version they were
+            # computed from (on a conflict the watch brings the new version, and a reconcile).
             written = await asyncio.to_thread(
-                self.kube.patch_status, owner.namespace, owner.name, new, meta.get("resourceVersion")
+                self.kube.apply_status,
+                owner.namespace,
+                owner.name,
+                new,
+                FIELD_MANAGER,
+                meta.get("resourceVersion"),
             )
             if not written:
                 return

@@ -41,6 +41,8 @@ KEPT = {
     "properties",
     "required",
     "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
 }
 
 

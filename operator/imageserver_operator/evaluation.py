@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from imageserver_operator import slo
 from imageserver_operator.policy import Observation
 
 Key = tuple[str, str]  # namespace, name
@@ -31,9 +32,11 @@ TRAFFIC_QUERY = " or ".join(
         f'"kind", "{kind}", "", "")'
         for kind in ("requests", "errors")
     ]
-    # What the storage nodes still have to move after a resharding, in the same answer.
+    # What the storage nodes still have to move after a resharding, in the same answer: as
+    # each ImageServer's rules record it from its own scrapes only, since one query over the
+    # raw series of every ImageServer cannot name each one's job.
     + [
-        "label_replace(sum by (namespace, imageserver) (imageserver_rebalance_remaining), "
+        f"label_replace(sum by (namespace, imageserver) ({slo.REBALANCE_REMAINING}), "
         '"kind", "rebalance_remaining", "", "")'
     ]
 )

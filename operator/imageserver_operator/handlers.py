@@ -94,7 +94,8 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         is_leader=(lambda: True) if standalone else (lambda: election.is_leader),
         resync_seconds=float(os.environ.get("IMAGESERVER_OPERATOR_RESYNC_SECONDS", "60")),
     )
-    election.on_elected = controller.enqueue_all
+    # A new leader reconciles and judges everything at once: it skipped all while a follower.
+    election.on_elected.append(controller.enqueue_all)
     Runtime.controller = controller
     prometheus_url = os.environ.get("IMAGESERVER_OPERATOR_PROMETHEUS_URL", "")
     if prometheus_url:
@@ -110,6 +111,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
             metrics=metrics,
             interval_seconds=float(os.environ.get("IMAGESERVER_OPERATOR_SLO_SECONDS", "15")),
         )
+        election.on_elected.append(remediator.wake)
         Runtime.tasks.append(asyncio.create_task(remediator.run()))
     Runtime.election = None if standalone else election
     Runtime.tasks.insert(0, asyncio.create_task(controller.run()))

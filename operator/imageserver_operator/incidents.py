@@ -1,24 +1,22 @@
-"""Incidents from decisions: when one opens, what each step adds to the Postmortem, when it
-ends. Pure: the remediation loop turns the results into API calls, Slack messages, Events.
+"""Incidents from decisions: when one opens, when it ends, what it cost. Pure.
 
-State lives on the ImageServer, so a restarted operator picks it up: the open incident's
-Postmortem name and the last action (recorded *before* it is taken) are annotations.
+The open incident's Postmortem name and the last action (recorded *before* it is taken) are
+annotations the operator owns on the ImageServer, so any replica picks them up.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imageserver_operator.annotations import PAUSED_ANNOTATION
-from imageserver_operator.models import GROUP
-from imageserver_operator.policy import Action, Decision, Observation, State
+from imageserver_operator.models import GROUP, Impact, Tally
+from imageserver_operator.policy import Action, Decision, Observation
 
 INCIDENT_ANNOTATION = f"{GROUP}/incident"  # the open incident's Postmortem name
 LAST_ACTION_ANNOTATION = f"{GROUP}/last-action"  # {"kind", "target", "at", "incident", "reason", "done"}
-UNKNOWN_ANNOTATION = f"{GROUP}/slo-unknown-notified"  # "true" once "no data" was told
 # Users fine this long before an incident is resolved: no resolve-and-reopen on a blip.
 RESOLVE_AFTER = datetime.timedelta(seconds=30)
 
@@ -35,22 +33,21 @@ class Recorded:
     incident: str
     reason: str = ""
     done: bool = True
+    dropped: str = ""  # why an interrupted action was not completed after all
 
     def annotation(self) -> str:
-        return json.dumps(
-            {
-                "kind": self.kind,
-                "target": self.target,
-                "at": self.at.isoformat(),
-                "incident": self.incident,
-                "reason": self.reason,
-                "done": self.done,
-            },
-            sort_keys=True,
-        )
+        fields = {
+            "kind": self.kind,
+            "target": self.target,
+            "at": self.at.isoformat(),
+            "incident": self.incident,
+            "reason": self.reason,
+            "done": self.done,
+        }
+        return json.dumps({**fields, "dropped": self.dropped} if self.dropped else fields, sort_keys=True)
 
 
-def last_action(annotations: dict[str, str]) -> Recorded | None:
+def last_action(annotations: Mapping[str, str]) -> Recorded | None:
     raw = annotations.get(LAST_ACTION_ANNOTATION)
     if not raw:
         return None
@@ -63,12 +60,13 @@ def last_action(annotations: dict[str, str]) -> Recorded | None:
             str(data["incident"]),
             str(data.get("reason", "")),
             data.get("done", True) is not False,
+            str(data.get("dropped", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None  # a hand-edited annotation must not stop the automation
 
 
-def interrupted(annotations: dict[str, str]) -> Recorded | None:
+def interrupted(annotations: Mapping[str, str]) -> Recorded | None:
     """The recorded action a crash stopped before it was taken, if any."""
     recorded = last_action(annotations)
     if recorded is None or recorded.done or recorded.kind not in ("rollback", "drain", "undrain"):
@@ -112,50 +110,25 @@ def step(
     return Step(incident=open_incident, actions=tuple(acting), resolve=resolve, notify_unknown=unknown)
 
 
-@dataclass(frozen=True)
-class Tally:
-    """What an open incident costs users, summed cycle by cycle from Prometheus' 5m rates."""
-
-    seconds: float = 0.0
-    requests: float = 0.0
-    failed: float = 0.0
-    peak_errors_per_second: float = 0.0
-
-    def add(self, seen: Observation, seconds: float) -> Tally:
-        return Tally(
-            self.seconds + seconds,
-            self.requests + seen.requests_per_second * seconds,
-            self.failed + seen.errors_per_second * seconds,
-            max(self.peak_errors_per_second, seen.errors_per_second),
-        )
-
-    def impact(self, budget: float, window: datetime.timedelta) -> dict[str, float]:
-        """Failed requests, and the share of the SLO window's error budget they spent: the
-        budget is `budget` times the requests the window sees at the incident's mean rate.
-
-        The rates are 5m rates, which spread a burst over five minutes: summed over an
-        incident shorter than that they undercount it. The worst 5 minutes (peak rate x 300 s)
-        holds a short incident whole, so the estimate is the larger of the two."""
-        failed = max(self.failed, self.peak_errors_per_second * 300)
-        window_requests = self.requests / self.seconds * window.total_seconds() if self.seconds else 0.0
-        spent = 100 * failed / (budget * window_requests) if budget and window_requests else 0.0
-        return {"failedRequestsEstimate": round(failed), "errorBudgetConsumedPercent": round(spent, 2)}
-
-
-def state_with_history(base: State, annotations: dict[str, str]) -> State:
-    """The policy's state, completed with what the annotations remember."""
-    recorded = last_action(annotations)
-    return State(
-        remediation=base.remediation,
-        datacenters=base.datacenters,
-        current_revision=base.current_revision,
-        previous_revision=base.previous_revision,
-        current_since=base.current_since,
-        last_action_at=recorded.at if recorded else None,
-        paused=annotations.get(PAUSED_ANNOTATION, "").lower() == "true",
-        unknown_notified=annotations.get(UNKNOWN_ANNOTATION) == "true",
-        unknown_since=base.unknown_since,
-        rolling_out=base.rolling_out,
-        previous_baseline=base.previous_baseline,
-        min_requests_per_second=base.min_requests_per_second,
+def add(tally: Tally, seen: Observation, seconds: float, at: str) -> Tally:
+    """An incident's cost with one more cycle counted, from Prometheus' 5m rates."""
+    return Tally(
+        seconds=tally.seconds + seconds,
+        requests=tally.requests + seen.requests_per_second * seconds,
+        failed=tally.failed + seen.errors_per_second * seconds,
+        peak_errors_per_second=max(tally.peak_errors_per_second, seen.errors_per_second),
+        counted_at=at,
     )
+
+
+def impact(tally: Tally, budget: float, window: datetime.timedelta) -> Impact:
+    """Failed requests, and the share of the SLO window's error budget they spent: the
+    budget is `budget` times the requests the window sees at the incident's mean rate.
+
+    The rates are 5m rates, which spread a burst over five minutes: summed over an
+    incident shorter than that they undercount it. The worst 5 minutes (peak rate x 300 s)
+    holds a short incident whole, so the estimate is the larger of the two."""
+    failed = max(tally.failed, tally.peak_errors_per_second * 300)
+    window_requests = tally.requests / tally.seconds * window.total_seconds() if tally.seconds else 0.0
+    spent = 100 * failed / (budget * window_requests) if budget and window_requests else 0.0
+    return Impact(failed_requests_estimate=round(failed), error_budget_consumed_percent=round(spent, 2))

@@ -10,10 +10,12 @@ import base64
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client import ApiException
+from kubernetes.client.rest import RESTResponse
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
@@ -21,7 +23,9 @@ from imageserver_operator.models import GROUP, VERSION
 from imageserver_operator.render import Manifest
 
 log = logging.getLogger(__name__)
-FIELD_MANAGER = "imageserver-operator"
+FIELD_MANAGER = "imageserver-operator"  # children and the reconcile loop's status fields
+SLO_FIELD_MANAGER = "imageserver-operator-slo"  # the SLO loop's status fields
+SLACK_THREAD_ANNOTATION = f"{GROUP}/slack-thread"  # on a Postmortem: its incident's thread ts
 OPTIONAL_APIS = {
     "gateway_api": "httproutes.gateway.networking.k8s.io",
     "service_monitor": "servicemonitors.monitoring.coreos.com",
@@ -29,14 +33,40 @@ OPTIONAL_APIS = {
 }
 
 
-def api_client() -> client.ApiClient:
+REQUEST_TIMEOUT = (5.0, 15.0)  # seconds: to connect, then between bytes read
+RequestTimeout = float | tuple[float, float]
+
+
+class TimeoutApiClient(client.ApiClient):
+    """Every request carries a timeout unless its caller sets one: the client waits forever
+    by default, and a stalled connection would hold a worker thread (or a lease renewal)."""
+
+    def __init__(self, timeout: RequestTimeout = REQUEST_TIMEOUT) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: dict[str, str] | None = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: RequestTimeout | None = None,
+    ) -> RESTResponse:
+        if _request_timeout is None:
+            _request_timeout = self.default_timeout
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout)
+
+
+def api_client(timeout: RequestTimeout = REQUEST_TIMEOUT) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         # The client reads $KUBECONFIG once, at import; read it now instead.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    return TimeoutApiClient(timeout)
 
 
 class Kube:
@@ -92,43 +122,89 @@ class Kube:
 
     def patch_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
-    ) -> bool:
+    ) -> str | None:
         """Merge `status` in; with `resource_version`, only onto that version of the object
-        (the other loop may have written since this copy was read): False on a conflict."""
-        body: dict[str, Any] = {"status": status}
+        (the other loop may have written since this copy was read). Returns the new version,
+        None on a conflict."""
+        return self._patch(namespace, name, {"status": status}, resource_version, subresource="status")
+
+    def apply_status(
+        self, namespace: str, name: str, status: dict[str, Any], manager: str, resource_version: str | None
+    ) -> str | None:
+        """Server-side apply of the status fields `manager` owns (and only those: fields it
+        applied before and leaves out now are removed), onto `resource_version`. Returns the
+        new version, None on a conflict."""
+        resource = self.dynamic.resources.get(api_version=f"{GROUP}/{VERSION}", kind="ImageServer")
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
         if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
+            meta["resourceVersion"] = resource_version
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ImageServer", "metadata": meta, "status": status}
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "imageservers", name, body
+            written = resource.subresources["status"].server_side_apply(
+                body=body, name=name, namespace=namespace, field_manager=manager, force_conflicts=True
             )
         except ApiException as error:
             if error.status == 409 and resource_version:
-                return False
+                return None
             raise
-        return True
+        return str(written.metadata.resourceVersion)
 
-    def annotate(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-        """Set (or, with None, remove) annotations on an ImageServer."""
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, "imageservers", name, {"metadata": {"annotations": annotations}}
+    def annotate(
+        self,
+        namespace: str,
+        name: str,
+        annotations: dict[str, str | None],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """Set (or, with None, remove) annotations on an ImageServer; the new version, or None
+        when `resource_version` is no longer current."""
+        return self._patch(namespace, name, {"metadata": {"annotations": annotations}}, resource_version)
+
+    def set_version(
+        self,
+        namespace: str,
+        name: str,
+        version: str,
+        annotations: dict[str, str | None],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """A rollback: the spec itself names the previous version, so reconciles keep it."""
+        return self._patch(
+            namespace,
+            name,
+            {"metadata": {"annotations": annotations}, "spec": {"version": version}},
+            resource_version,
         )
+
+    def _patch(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        resource_version: str | None,
+        *,
+        subresource: str = "",
+    ) -> str | None:
+        if resource_version:  # a precondition: the API server refuses a stale one with 409
+            body = {**body, "metadata": {**body.get("metadata", {}), "resourceVersion": resource_version}}
+        patch = (
+            self.custom.patch_namespaced_custom_object_status
+            if subresource == "status"
+            else self.custom.patch_namespaced_custom_object
+        )
+        try:
+            written = patch(GROUP, VERSION, namespace, "imageservers", name, body)
+        except ApiException as error:
+            if error.status == 409 and resource_version:
+                return None
+            raise
+        assert isinstance(written, dict)
+        return str(written["metadata"]["resourceVersion"])
 
     def get_imageserver(self, namespace: str, name: str) -> dict[str, Any]:
         body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "imageservers", name)
         assert isinstance(body, dict)
         return body
-
-    def set_version(self, namespace: str, name: str, version: str, annotations: dict[str, str]) -> None:
-        """A rollback: the spec itself names the previous version, so reconciles keep it."""
-        self.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "imageservers",
-            name,
-            {"metadata": {"annotations": annotations}, "spec": {"version": version}},
-        )
 
     def create_postmortem(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         body = {
@@ -145,39 +221,83 @@ class Kube:
 
     def append_timeline(self, namespace: str, name: str, entry: dict[str, str], resolution: str = "") -> None:
         """A timeline entry; with `resolution`, also what mitigated it (added to what is there)."""
-        spec = self.get_postmortem(namespace, name).get("spec", {})
-        patch: dict[str, Any] = {"timeline": [*spec.get("timeline", []), entry]}
-        if resolution:
-            patch["resolution"] = "\n".join(filter(None, [spec.get("resolution", ""), resolution]))
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, "postmortems", name, {"spec": patch}
-        )
+
+        def change(spec: dict[str, Any]) -> dict[str, Any]:
+            patch: dict[str, Any] = {"timeline": [*spec.get("timeline", []), entry]}
+            if resolution:
+                patch["resolution"] = "\n".join(filter(None, [spec.get("resolution", ""), resolution]))
+            return patch
+
+        self._update_postmortem(namespace, name, change)
 
     def resolve_postmortem(
-        self, namespace: str, name: str, resolved_at: str, impact: dict[str, float] | None = None
+        self, namespace: str, name: str, resolved_at: str, impact: dict[str, Any] | None = None
     ) -> None:
-        body = self.get_postmortem(namespace, name)
-        spec = body.get("spec", {})
-        started = spec.get("startedAt", resolved_at)
-        seconds = int(
-            (
-                datetime.datetime.fromisoformat(resolved_at.replace("Z", "+00:00"))
-                - datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
-            ).total_seconds()
-        )
-        timeline = [
-            *spec.get("timeline", []),
-            {"time": resolved_at, "event": "incident resolved: burn back under budget", "actor": "operator"},
-        ]
-        patch = {
-            "spec": {
+        def change(spec: dict[str, Any]) -> dict[str, Any]:
+            started = spec.get("startedAt", resolved_at)
+            seconds = int(
+                (
+                    datetime.datetime.fromisoformat(resolved_at.replace("Z", "+00:00"))
+                    - datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
+                ).total_seconds()
+            )
+            timeline = [
+                *spec.get("timeline", []),
+                {
+                    "time": resolved_at,
+                    "event": "incident resolved: burn back under budget",
+                    "actor": "operator",
+                },
+            ]
+            return {
                 "state": "Resolved",
                 "resolvedAt": resolved_at,
                 "timeline": timeline,
                 "impact": {**spec.get("impact", {}), **(impact or {}), "durationSeconds": max(seconds, 0)},
             }
-        }
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", name, patch)
+
+        self._update_postmortem(namespace, name, change)
+
+    def slack_thread(self, namespace: str, name: str) -> str | None:
+        """The incident's Slack thread (its first message's ts), as its Postmortem records it."""
+        try:
+            body = self.get_postmortem(namespace, name)
+        except ApiException as error:
+            if error.status == 404:  # a notice that is no incident, or not opened yet
+                return None
+            raise
+        return (body["metadata"].get("annotations") or {}).get(SLACK_THREAD_ANNOTATION) or None
+
+    def remember_slack_thread(self, namespace: str, name: str, ts: str, permalink: str) -> None:
+        patch: dict[str, Any] = {"metadata": {"annotations": {SLACK_THREAD_ANNOTATION: ts}}}
+        if permalink:
+            patch["spec"] = {"links": {"slackThread": permalink}}
+        try:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "postmortems", name, patch)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def _update_postmortem(
+        self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any]], attempts: int = 5
+    ) -> None:
+        """Read, change, write onto the version read: an entry someone (a person, another
+        replica) wrote in between is never overwritten."""
+        for _ in range(attempts):
+            body = self.get_postmortem(namespace, name)
+            patch = {
+                "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+                "spec": change(body.get("spec", {})),
+            }
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "postmortems", name, patch
+                )
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        raise RuntimeError(f"postmortem {namespace}/{name} kept changing; gave up after {attempts} attempts")
 
     def secret_value(self, namespace: str, name: str, key: str) -> str:
         """One key of one Secret, read by name (the operator may not list Secrets)."""

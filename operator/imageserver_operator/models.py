@@ -8,11 +8,14 @@ person understands.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+
+from imageserver_operator import durations
 
 GROUP = "imageserver.dev"
 # Child names add up to "-storage-<datacenter>-s<shard>" and a StatefulSet's revision hash to
@@ -30,6 +33,20 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 def cel(rule: str, message: str, **extra: str) -> JsonDict:
     """An x-kubernetes-validations rule; `message` is what the person who applied it reads."""
     return {"rule": rule, "message": message, **extra}
+
+
+def bounded_duration(
+    name: str,
+    maximum: datetime.timedelta,
+    *,
+    minimum: datetime.timedelta = durations.ZERO,
+    units: str = durations.ALL_UNITS,
+) -> JsonDict:
+    """Schema of a duration field beyond its pattern: the range, told by the API server, and a
+    short string (so the rule's estimated cost stays small). The models do not check it: the
+    operator still reads objects stored before the rule, and `durations.parse` clamps those."""
+    rule = durations.cel_rule(name, maximum, minimum=minimum, units=units)
+    return {"maxLength": durations.MAX_LENGTH, "x-kubernetes-validations": [cel(**rule)]}
 
 
 class Model(BaseModel):
@@ -140,14 +157,22 @@ class SLOSpec(Model):
     availability: AvailabilitySLO = Field(default_factory=AvailabilitySLO, description="Availability SLO.")
     latency: LatencySLO = Field(default_factory=LatencySLO, description="Latency SLO.")
     window: str = Field(
-        "30d", pattern=r"^[0-9]+d$", description="SLO window (error budget period), e.g. 30d."
+        "30d",
+        pattern=r"^[0-9]+d$",
+        description="SLO window (error budget period), e.g. 30d; from 1d to 90d.",
+        json_schema_extra=bounded_duration(
+            "window", durations.SLO_WINDOW_MAX, minimum=durations.SLO_WINDOW_MIN, units="d"
+        ),
     )
 
 
 class RollbackPolicy(Model):
     enabled: bool = Field(True, description="Roll back a revision that burns the budget at page level.")
     window: str = Field(
-        "1h", pattern=DURATION, description="How long after a rollout a revision is a rollback candidate."
+        "1h",
+        pattern=DURATION,
+        description="How long after a rollout a revision is a rollback candidate; at most 7d.",
+        json_schema_extra=bounded_duration("window", durations.ROLLBACK_WINDOW_MAX),
     )
 
 
@@ -162,7 +187,10 @@ class DrainPolicy(Model):
         "one's weight.",
     )
     healthy_period: str = Field(
-        "10m", pattern=DURATION, description="How long a drained datacenter must be healthy before undrain."
+        "10m",
+        pattern=DURATION,
+        description="How long a drained datacenter must be healthy before undrain; at most 1d.",
+        json_schema_extra=bounded_duration("healthyPeriod", durations.HEALTHY_PERIOD_MAX),
     )
     replica_capacity_rps: int = Field(
         100,
@@ -179,7 +207,12 @@ class RemediationSpec(Model):
     )
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy, description="Automatic rollback.")
     drain: DrainPolicy = Field(default_factory=DrainPolicy, description="Automatic datacenter drain.")
-    cooldown: str = Field("10m", pattern=DURATION, description="Minimum time between two automated actions.")
+    cooldown: str = Field(
+        "10m",
+        pattern=DURATION,
+        description="Minimum time between two automated actions; at most 1d.",
+        json_schema_extra=bounded_duration("cooldown", durations.COOLDOWN_MAX),
+    )
 
 
 class SecretKeyRef(Model):
@@ -291,7 +324,9 @@ class ImageServerSpec(Model):
 
 class Condition(Model):
     type: str = Field(
-        description="Ready, Progressing, Degraded, SLOHealthy, AutomationPaused or Rebalancing."
+        description="Ready, Progressing, Degraded and AutomationPaused (the reconcile loop); SLOHealthy, "
+        "Rebalancing and RemediationFailing (the SLO loop).",
+        max_length=64,
     )
     status: Literal["True", "False", "Unknown"]
     reason: str = Field("", description="One CamelCase word.")
@@ -314,9 +349,55 @@ class Revisions(Model):
     since: str = Field("", description="When the current version was first applied (RFC 3339).")
 
 
+class Tally(Model):
+    """What the open incident has cost users so far, summed cycle by cycle."""
+
+    seconds: float = Field(0, ge=0, description="Time counted.")
+    requests: float = Field(0, ge=0, description="Requests served in that time, from 5m rates.")
+    failed: float = Field(0, ge=0, description="Requests that failed in that time, from 5m rates.")
+    peak_errors_per_second: float = Field(0, ge=0, description="The highest 5m error rate seen.")
+    counted_at: str = Field("", description="When the last cycle was counted (RFC 3339).")
+
+
+class Baseline(Model):
+    revision: str = Field(description="A revision.", max_length=63)
+    page_level: bool = Field(description="It burned at page level while it was current.")
+    burn: dict[str, float] = Field(default_factory=dict, description="Its burn when that was last judged.")
+
+
+class DatacenterClock(Model):
+    name: str = Field(description="A datacenter.", max_length=12)
+    healthy_since: str = Field(description="Within budget continuously since (RFC 3339).")
+
+
+class AutomationStatus(Model):
+    """The SLO loop's memory. It lives here, not in a process, so a new leader (or a restarted
+    operator) goes on from where the last one stopped."""
+
+    tally: Tally | None = Field(None, description="The open incident's cost so far.")
+    baselines: list[Baseline] = Field(
+        default_factory=list, max_length=2, description="How the current and previous revisions burned."
+    )
+    healthy: list[DatacenterClock] = Field(
+        default_factory=list, max_length=16, description="Datacenters within budget, and since when."
+    )
+    fine_since: str = Field("", description="What serves users has been within budget since (RFC 3339).")
+    unknown_since: str = Field("", description="The SLO could not be judged since (RFC 3339).")
+    notified: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Notices already sent once (incident/kind/target), so none is sent twice.",
+    )
+
+
 class ImageServerStatus(Model):
     observed_generation: int = Field(0, description="The spec generation last reconciled.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded, ….")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded, ….",
+        # Keyed by type: each loop applies its own conditions under its own field manager.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     datacenters: list[DatacenterStatus] = Field(default_factory=list, description="Per-datacenter state.")
     revisions: Revisions = Field(default_factory=Revisions, description="Current and previous revision.")
     error_budget_remaining: str = Field("", description="Share of the window's error budget left, e.g. 87%.")
@@ -327,6 +408,7 @@ class ImageServerStatus(Model):
         "Absent: not reported.",
     )
     datacenter_summary: str = Field("", description="Datacenters for kubectl get, drained ones marked.")
+    automation: AutomationStatus | None = Field(None, description="What the SLO loop remembers.")
 
 
 def spec_from(raw: Any) -> ImageServerSpec:

@@ -28,7 +28,9 @@ class SlackRouter:
         self.store = store
         self.kube = kube
         self.base_url = base_url
-        self._make = make or (lambda token, channel: SlackNotifier(client(token, self.base_url), channel))
+        self._make = make or (
+            lambda token, channel: SlackNotifier(client(token, self.base_url), channel, threads=self)
+        )
         self.notifiers: dict[tuple[str, str], SlackNotifier] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -54,3 +56,21 @@ class SlackRouter:
             self.notifiers[(token, slack.channel)] = notifier
             self._tasks.append(asyncio.get_running_loop().create_task(notifier.run()))
         notifier.post(message)
+
+    async def recall(self, message: IncidentMessage) -> str | None:
+        """The incident's thread, from its Postmortem; None when it has none (or no Postmortem)."""
+        namespace = message.imageserver.split("/", 1)[0]
+        try:
+            return await asyncio.to_thread(self.kube.slack_thread, namespace, message.incident)
+        except Exception as error:  # no thread known: a new one, never a lost message
+            log.warning("could not look up the Slack thread of %s: %s", message.incident, error)
+            return None
+
+    async def remember(self, message: IncidentMessage, ts: str, permalink: str) -> None:
+        namespace = message.imageserver.split("/", 1)[0]
+        try:
+            await asyncio.to_thread(
+                self.kube.remember_slack_thread, namespace, message.incident, ts, permalink
+            )
+        except Exception as error:
+            log.warning("could not record the Slack thread of %s: %s", message.incident, error)

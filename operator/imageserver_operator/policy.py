@@ -16,11 +16,11 @@ window). "Page level" is the SRE Workbook's fast burn: over 14.4 on both 1h and 
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from imageserver_operator import durations
 from imageserver_operator.models import RemediationSpec
 
 Burn = Mapping[str, float]  # window ("5m", "1h", …) → burn rate
@@ -31,11 +31,7 @@ UNKNOWN_GRACE = datetime.timedelta(minutes=1)
 
 
 def duration(text: str) -> datetime.timedelta:
-    match = re.fullmatch(r"(\d+)(s|m|h|d)", text)
-    if not match:
-        raise ValueError(f"not a duration: {text!r}")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-    return datetime.timedelta(**{unit: int(match.group(1))})
+    return durations.parse(text)
 
 
 PAGE_FAST = 14.4  # the fast page's burn factor (1h and 5m windows)
@@ -88,6 +84,7 @@ class Datacenter:
     frontend_replicas: int
     drained: bool = False
     healthy_since: datetime.datetime | None = None  # for drained ones: healthy continuously since
+    weight: int = 100  # its share of traffic in the spec; 0: serves nobody
 
 
 @dataclass(frozen=True)
@@ -135,6 +132,9 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
     actions = _planned(observed, state, now)
     burning = page_level(observed.service) or ticket_level(observed.service)
     summary = f"burn {_describe(observed.service)}" if observed.service else "no burn"
+    quiet = silent(observed, state)
+    if quiet:
+        summary += f"; no data from {', '.join(quiet)}, which should serve traffic"
     act = state.remediation.mode == "auto" and not state.paused
     in_cooldown = state.last_action_at is not None and now - state.last_action_at < duration(
         state.remediation.cooldown
@@ -144,13 +144,27 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
         if action.kind in ("rollback", "drain", "undrain") and in_cooldown:
             continue  # never twice inside the cooldown
         final.append(Action(action.kind, action.reason, action.target, execute=act or action.kind == "page"))
+    if quiet and not burning and _unknown(state, summary, now).actions:
+        final.append(Action("notify_unknown", f"no action: {summary}"))
     return Decision(
-        "False" if burning else "True",
+        "False" if burning else "Unknown" if quiet else "True",
         summary,
         tuple(final),
         paging=page_level(observed.service) and users_hurt(observed, state),
-        recovered=users_fine(observed, state),
+        recovered=users_fine(observed, state) and not quiet,
     )
+
+
+def silent(observed: Observation, state: State) -> list[str]:
+    """Datacenters that should serve traffic (weight, not drained) and have no SLO data: their
+    frontends are dead or unscraped. Nothing there can be judged healthy, so no incident ends
+    and nothing is undrained on their account (and no other datacenter is drained either:
+    a drain needs every other datacenter seen healthy)."""
+    return [
+        dc.name
+        for dc in state.datacenters
+        if not dc.drained and dc.weight > 0 and "5m" not in observed.by_datacenter.get(dc.name, {})
+    ]
 
 
 def _serving(observed: Observation, state: State, dc: Datacenter) -> Burn:
@@ -191,7 +205,7 @@ def _planned(observed: Observation, state: State, now: datetime.datetime) -> lis
         return [rollback]
     if drains:
         return drains
-    undrains = _undrains(observed, state, now)
+    undrains = [] if silent(observed, state) else _undrains(observed, state, now)
     if page_level(observed.service) and users_hurt(observed, state):
         return [
             *undrains,

@@ -419,12 +419,13 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
             ],
         },
     }
+    datacenters = [dc.name for dc in spec.datacenters]
     rules = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, f"{owner.name}-slo-rules", labels),
         # Always here, so any Prometheus can load it as a rule file.
-        "data": {"rules.yml": slo.rule_file(owner.namespace, owner.name, spec.slo)},
+        "data": {"rules.yml": slo.rule_file(owner.namespace, owner.name, spec.slo, datacenters)},
     }
     objects = [config, rules, policy]
     if env.prometheus_rule:
@@ -433,7 +434,7 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
                 "apiVersion": "monitoring.coreos.com/v1",
                 "kind": "PrometheusRule",
                 "metadata": _metadata(owner, f"{owner.name}-slo", labels),
-                "spec": slo.rule_groups(owner.namespace, owner.name, spec.slo),
+                "spec": slo.rule_groups(owner.namespace, owner.name, spec.slo, datacenters),
             }
         )
     if env.gateway_api:
@@ -477,14 +478,19 @@ def shared_objects(owner: Owner, spec: ImageServerSpec, env: Environment) -> lis
                             "port": "http",
                             "path": "/metrics",
                             "interval": "15s",
-                            # The SLO rules select series by ImageServer.
+                            # The SLO rules select series by ImageServer and by this scrape's job,
+                            # so no other scrape's series count (see slo.py).
                             "relabelings": [
                                 {
                                     "sourceLabels": [
                                         "__meta_kubernetes_pod_label_app_kubernetes_io_instance"
                                     ],
                                     "targetLabel": "imageserver",
-                                }
+                                },
+                                {
+                                    "targetLabel": "job",
+                                    "replacement": slo.job_label(owner.namespace, owner.name),
+                                },
                             ],
                         }
                     ],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -47,6 +47,15 @@ def retry_after(headers: Mapping[str, Any], default: float) -> float:
         return default
 
 
+class ThreadBook(Protocol):
+    """Where an incident's thread is kept beyond this process (its Postmortem), so whichever
+    replica leads next posts into the same thread."""
+
+    async def recall(self, message: IncidentMessage) -> str | None: ...
+
+    async def remember(self, message: IncidentMessage, ts: str, permalink: str) -> None: ...
+
+
 class SlackNotifier:
     def __init__(
         self,
@@ -55,6 +64,7 @@ class SlackNotifier:
         *,
         max_backoff: float = 60.0,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        threads: ThreadBook | None = None,
     ) -> None:
         self.web = web
         self.channel = channel
@@ -64,6 +74,7 @@ class SlackNotifier:
         self.threads: dict[str, str] = {}  # incident → thread ts
         self.permalinks: dict[str, str] = {}
         self.delivered = 0
+        self.book = threads
 
     def post(self, message: IncidentMessage) -> None:
         """Never waits: the message is queued and sent by `run()`."""
@@ -92,6 +103,10 @@ class SlackNotifier:
 
     async def _send(self, message: IncidentMessage) -> None:
         thread = self.threads.get(message.incident)
+        if thread is None and self.book is not None:
+            thread = await self.book.recall(message)  # opened by another replica before a failover
+            if thread:
+                self.threads[message.incident] = thread
         response = await self.web.chat_postMessage(
             channel=self.channel,
             text=message.text,
@@ -106,3 +121,5 @@ class SlackNotifier:
                 self.permalinks[message.incident] = str(link["permalink"])
             except SlackApiError as error:
                 log.warning("no permalink for the incident thread: %s", error.response.get("error"))
+            if self.book is not None:
+                await self.book.remember(message, ts, self.permalinks.get(message.incident, ""))

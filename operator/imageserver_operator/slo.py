@@ -3,8 +3,10 @@
 For one ImageServer: recording rules of request, error and slow rates by datacenter and
 revision over every window the alerts use, error ratios for the whole service, per
 datacenter and per revision, four alerts (availability and latency, each as a page and
-a ticket), and the storage alerts (volumes filling up, copies owed to other datacenters
-piling up). Burn rate = error ratio / error budget, where the budget is 1 - objective.
+a ticket), an alert per datacenter of the spec that no frontend is heard from, and the
+storage rules (what a resharding still has to move; volumes filling up, copies owed to
+other datacenters piling up). Burn rate = error ratio / error budget, where the budget is
+1 - objective.
 
 | severity | long window | short window | burn rate | budget spent when it fires |
 |----------|-------------|--------------|-----------|----------------------------|
@@ -13,12 +15,27 @@ piling up). Burn rate = error ratio / error budget, where the budget is 1 - obje
 | ticket   | 1d          | 2h           | 3         | 10 % in a day              |
 | ticket   | 3d          | 6h           | 1         | 10 % in three days         |
 
-Series must carry `namespace` and `imageserver` labels (the ServiceMonitor relabels the pod's
-app.kubernetes.io/instance label into `imageserver`).
+Every selector, over raw and recorded series alike, names the ImageServer three ways:
+`namespace`, `imageserver` and `job="<namespace>/<name>"` (`job_label`). The rendered
+ServiceMonitor sets that `job` on every scrape of the ImageServer's pods, and relabels the
+pods' app.kubernetes.io/instance label into `imageserver`. Scoping by job means only series
+from that scrape count: another workload in the namespace exposing the same metric names
+and labels, or a second scrape of the same pods (their prometheus.io/* annotations invite
+one), cannot change a ratio, fire an alert or silence one. Recorded series keep `job`, so
+rules reading them are scoped the same way.
+
+This holds only as far as Prometheus guarantees the labels: `namespace` by
+prometheus-operator's enforcedNamespaceLabel (it overrides whatever a ServiceMonitor's
+relabelings or a target's exposition say, so a tenant cannot claim another's namespace),
+and `job` by scrapes not honoring exposed labels (tenant ServiceMonitors must not set
+honorLabels, or prometheus-operator's overrideHonorLabels must be on), or a scrape could
+forge it. Anyone allowed to write a ServiceMonitor in the ImageServer's own namespace can
+still set this `job`: the namespace is the trust boundary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +50,8 @@ BUCKETS = "imageserver_http_request_duration_seconds_bucket"
 GROUPINGS = {"": (), "_by_datacenter": ("datacenter",), "_by_revision": ("revision",)}
 DETAIL = ("datacenter", "revision")
 RUNBOOK_BASE = "runbooks"
+INFO = "imageserver_build_info"  # 1 from every process scraped, labelled with role and datacenter
+REBALANCE_REMAINING = "imageserver:imageserver_rebalance_remaining:sum"
 
 
 @dataclass(frozen=True)
@@ -57,12 +76,23 @@ def budget(objective_percent: float) -> float:
     return round(1 - objective_percent / 100, 10)
 
 
+def job_label(namespace: str, name: str) -> str:
+    """The `job` label of every scrape of this ImageServer's pods. Unambiguous: neither a
+    namespace nor an object name can contain "/"."""
+    return f"{namespace}/{name}"
+
+
+def _scope(namespace: str, name: str) -> str:
+    """The matchers that confine a selector to this ImageServer's own scrapes."""
+    return f'namespace="{namespace}", imageserver="{name}", job="{job_label(namespace, name)}"'
+
+
 def _by(*labels: str) -> str:
-    return ", ".join(("namespace", "imageserver", *labels))
+    return ", ".join(("namespace", "imageserver", "job", *labels))
 
 
 def _recording(namespace: str, name: str, threshold: float) -> list[dict[str, Any]]:
-    match = f'namespace="{namespace}", imageserver="{name}", route=~"{DATA_ROUTES}"'
+    match = f'{_scope(namespace, name)}, route=~"{DATA_ROUTES}"'
     le = f"{threshold:g}" if threshold != int(threshold) else f"{threshold:.1f}"
     rules = []
     for window in WINDOWS:
@@ -84,7 +114,7 @@ def _recording(namespace: str, name: str, threshold: float) -> list[dict[str, An
                 f' - sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="{le}"}}[{window}]))',
             },
         ]
-        mine = f'{{namespace="{namespace}", imageserver="{name}"}}'
+        mine = f"{{{_scope(namespace, name)}}}"
         for suffix, labels in GROUPINGS.items():
             for sli, bad in SLIS.items():
                 rules.append(
@@ -113,7 +143,7 @@ def _budget_window(namespace: str, name: str, slo_window: str) -> list[dict[str,
     summed and divided by the number of 5-minute slots. Slots without data count as no errors,
     so a young service is not judged by its first minutes alone (an average over the samples
     there are, as Sloth does, says -5000 % after one bad minute). Feeds errorBudgetRemaining."""
-    mine = f'{{namespace="{namespace}", imageserver="{name}"}}'
+    mine = f"{{{_scope(namespace, name)}}}"
     slots = int(slo_window.removesuffix("d")) * 24 * 12
     return [
         {
@@ -133,7 +163,7 @@ def _alerts(namespace: str, name: str, slo: SLOSpec) -> list[dict[str, Any]]:
             conditions = []
             for alert in (a for a in BURN_ALERTS if a.severity == severity):
                 threshold = f"{alert.factor * error_budget:.10g}"
-                selector = f'{{namespace="{namespace}", imageserver="{name}"}}'
+                selector = f"{{{_scope(namespace, name)}}}"
                 conditions.append(
                     f"(imageserver:{sli}_error_ratio:rate{alert.long}{selector} > {threshold}"
                     f" and imageserver:{sli}_error_ratio:rate{alert.short}{selector} > {threshold})"
@@ -165,9 +195,15 @@ DISK_TICKET, DISK_PAGE = 0.8, 0.9
 REPLICATION_LAG_TICKET = 600  # seconds: ten minutes of copies owed to another datacenter
 
 
-def _storage_alerts(namespace: str, name: str) -> list[dict[str, Any]]:
-    """Disks filling up, and copies owed to other datacenters piling up."""
-    mine = f'{{namespace="{namespace}", imageserver="{name}"}}'
+def _storage_rules(namespace: str, name: str) -> list[dict[str, Any]]:
+    """What a resharding still has to move (read by the operator, which cannot scope a query
+    that covers every ImageServer to each one's job), disks filling up, and copies owed to
+    other datacenters piling up."""
+    mine = f"{{{_scope(namespace, name)}}}"
+    remaining = {
+        "record": REBALANCE_REMAINING,
+        "expr": f"sum by ({_by()}) (imageserver_rebalance_remaining{mine})",
+    }
     used = f"1 - imageserver_storage_free_bytes{mine} / imageserver_storage_capacity_bytes{mine}"
     labels = {"imageserver": name, "namespace": namespace}
     disk = [
@@ -191,7 +227,7 @@ def _storage_alerts(namespace: str, name: str) -> list[dict[str, Any]]:
     ]
     lag = {
         "alert": "ImageServerReplicationLag",
-        "expr": f"max by (namespace, imageserver, datacenter) (imageserver_replication_lag_seconds{mine})"
+        "expr": f"max by ({_by('datacenter')}) (imageserver_replication_lag_seconds{mine})"
         f" > {REPLICATION_LAG_TICKET}",
         "for": "5m",
         "labels": {"severity": "ticket", **labels},
@@ -203,11 +239,39 @@ def _storage_alerts(namespace: str, name: str) -> list[dict[str, Any]]:
             "runbook_url": f"{RUNBOOK_BASE}/replication-lag.md",
         },
     }
-    return [*disk, lag]
+    return [remaining, *disk, lag]
 
 
-def rule_groups(namespace: str, name: str, slo: SLOSpec) -> dict[str, Any]:
-    """The rule file (Prometheus `groups:`) for one ImageServer."""
+SILENT_FOR = "5m"  # outlasts a rolling restart of a datacenter's frontends and a few failed scrapes
+
+
+def _silent_datacenters(namespace: str, name: str, datacenters: Sequence[str]) -> list[dict[str, Any]]:
+    """A datacenter of the spec none of whose frontends is scraped: dead, never scheduled or
+    not scraped, it is in no ratio, so no burn alert can fire for it, and the operator cannot
+    judge it. It pages: the Gateway still routes its share there, and those failures are
+    counted nowhere. Frontends export their build info whether or not traffic reaches them,
+    so a drained or quiet datacenter is not silent."""
+    return [
+        {
+            "alert": "ImageServerDatacenterSilent",
+            "expr": f'absent({INFO}{{{_scope(namespace, name)}, datacenter="{dc}", role="frontend"}})',
+            "for": SILENT_FOR,
+            "labels": {"severity": "page", "imageserver": name, "namespace": namespace, "datacenter": dc},
+            "annotations": {
+                "summary": f"{namespace}/{name}: no frontend in {dc} is heard from",
+                "description": f"Prometheus has scraped no frontend of datacenter {dc} for {SILENT_FOR}: "
+                "they are down or not scraped. Requests routed there count in no SLO, and the "
+                "operator cannot judge that datacenter, let alone drain it.",
+                "runbook_url": f"{RUNBOOK_BASE}/datacenter-silent.md",
+            },
+        }
+        for dc in datacenters
+    ]
+
+
+def rule_groups(namespace: str, name: str, slo: SLOSpec, datacenters: Sequence[str] = ()) -> dict[str, Any]:
+    """The rule file (Prometheus `groups:`) for one ImageServer; `datacenters` (the spec's)
+    each get an alert for when none of their frontends is heard from."""
     threshold = slo.latency.threshold_seconds
     return {
         "groups": [
@@ -220,11 +284,14 @@ def rule_groups(namespace: str, name: str, slo: SLOSpec) -> dict[str, Any]:
                 "interval": "1m",  # slow-moving: a minute is plenty, whatever the global interval
                 "rules": _budget_window(namespace, name, slo.window),
             },
-            {"name": f"imageserver-{namespace}-{name}-alerts", "rules": _alerts(namespace, name, slo)},
-            {"name": f"imageserver-{namespace}-{name}-storage", "rules": _storage_alerts(namespace, name)},
+            {
+                "name": f"imageserver-{namespace}-{name}-alerts",
+                "rules": _alerts(namespace, name, slo) + _silent_datacenters(namespace, name, datacenters),
+            },
+            {"name": f"imageserver-{namespace}-{name}-storage", "rules": _storage_rules(namespace, name)},
         ]
     }
 
 
-def rule_file(namespace: str, name: str, slo: SLOSpec) -> str:
-    return yaml.safe_dump(rule_groups(namespace, name, slo), sort_keys=False, width=200)
+def rule_file(namespace: str, name: str, slo: SLOSpec, datacenters: Sequence[str] = ()) -> str:
+    return yaml.safe_dump(rule_groups(namespace, name, slo, datacenters), sort_keys=False, width=200)

@@ -1,8 +1,9 @@
 """The ImageServer's status as a pure function of what the operator observes and a clock.
 
-`Ready` means every workload has rolled out the current spec and all its pods are ready;
-`Progressing` is true while any has not; `Degraded` carries InvalidSpec when the spec cannot
-be run. A condition's lastTransitionTime moves only when its status does.
+The reconcile loop's part of the status: `Ready` means every workload has rolled out the
+current spec and all its pods are ready; `Progressing` is true while any has not; `Degraded`
+carries InvalidSpec when the spec cannot be run. A condition's lastTransitionTime moves only
+when its status does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.render import Manifest
 
-CONDITIONS = ("Ready", "Progressing", "Degraded", "SLOHealthy", "AutomationPaused", "Rebalancing")
+# The reconcile loop's conditions; the SLO loop owns the others (SLOHealthy, Rebalancing,
+# RemediationFailing). Each loop applies only its own, under its own field manager.
+CONDITIONS = ("Ready", "Progressing", "Degraded", "AutomationPaused")
 
 
 @dataclass(frozen=True)
@@ -100,28 +103,31 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
             ]
         conditions.append(cond("Degraded", "False", "AsExpected", ""))
     conditions.append(
-        old.get("SLOHealthy") or cond("SLOHealthy", "Unknown", "NotEvaluated", "no SLO evaluation yet")
-    )
-    conditions.append(
         cond("AutomationPaused", "True", "PauseAnnotation", "automation paused by annotation")
         if observed.paused
         else cond("AutomationPaused", "False", "Active", "")
     )
-    if "Rebalancing" in old:  # written by the SLO loop, from what the storage nodes report
-        conditions.append(old["Rebalancing"])
-    kept = (
-        {"rebalanceRemaining": old_status["rebalanceRemaining"]} if "rebalanceRemaining" in old_status else {}
-    )
     return {
-        **kept,
         "observedGeneration": gen,
         "conditions": conditions,
         "datacenters": _datacenters(observed) if spec else old_status.get("datacenters", []),
         "revisions": _revisions(spec, old_status, now),
-        "errorBudgetRemaining": old_status.get("errorBudgetRemaining", ""),
         "datacenterSummary": _summary(spec, observed.drained)
         if spec
         else old_status.get("datacenterSummary", ""),
+    }
+
+
+def owned(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The reconcile loop's part of a status as it stands: what `compute` would replace."""
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") in CONDITIONS]
+    return {
+        **{
+            k: status[k]
+            for k in ("observedGeneration", "datacenters", "revisions", "datacenterSummary")
+            if k in status
+        },
+        "conditions": conditions,
     }
 
 

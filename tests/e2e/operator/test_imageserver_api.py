@@ -131,3 +131,89 @@ def test_shards_can_grow_but_never_shrink(cluster: Cluster, imageserver_crd: str
         "the images on the removed shards would be stranded" in refused
     ), refused
     assert cluster.kubectl("get", "imgs", "grow", "-n", namespace, "-o", "jsonpath={.spec.shards}") == "4"
+
+
+def remediation(cooldown: str = "10m", rollback: str = "1h", healthy: str = "10m") -> dict[str, Any]:
+    return {"cooldown": cooldown, "rollback": {"window": rollback}, "drain": {"healthyPeriod": healthy}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        (
+            {"slo": {"window": "91d"}},
+            "spec.slo.window",
+            "window must be at least 1d and at most 90d; got a duration outside that range",
+        ),
+        (
+            {"slo": {"window": "0d"}},
+            "spec.slo.window",
+            "window must be at least 1d and at most 90d; got a duration outside that range",
+        ),
+        (
+            {"remediation": remediation(rollback="169h")},
+            "spec.remediation.rollback.window",
+            "window must be at most 7d (168h); got a longer duration",
+        ),
+        (
+            {"remediation": remediation(rollback="604801s")},
+            "spec.remediation.rollback.window",
+            "window must be at most 7d (168h); got a longer duration",
+        ),
+        (
+            {"remediation": remediation(healthy="1441m")},
+            "spec.remediation.drain.healthyPeriod",
+            "healthyPeriod must be at most 1d (24h); got a longer duration",
+        ),
+        (
+            {"remediation": remediation(healthy="1000000000d")},
+            "spec.remediation.drain.healthyPeriod",
+            "healthyPeriod must be at most 1d (24h); got a longer duration",
+        ),
+        (
+            {"remediation": remediation(cooldown="2d")},
+            "spec.remediation.cooldown",
+            "cooldown must be at most 1d (24h); got a longer duration",
+        ),
+        (
+            {"remediation": remediation(cooldown="86401s")},
+            "spec.remediation.cooldown",
+            "cooldown must be at most 1d (24h); got a longer duration",
+        ),
+        ({"remediation": remediation(cooldown="9" * 16 + "s")}, "spec.remediation.cooldown", "Too long"),
+    ],
+)
+def test_durations_past_their_range_are_refused_with_a_clear_message(
+    cluster: Cluster, imageserver_crd: str, namespace: str, spec: dict[str, Any], path: str, message: str
+) -> None:
+    refused = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=imageserver("long", **spec), check=False
+    )
+    assert any(path in line and message in line for line in refused.splitlines()), refused
+
+
+@pytest.mark.parametrize(
+    ("window", "cooldown", "rollback", "healthy"),
+    [
+        ("90d", "1d", "7d", "1d"),
+        ("1d", "24h", "168h", "24h"),
+        ("30d", "1440m", "10080m", "1440m"),
+        ("30d", "86400s", "604800s", "86400s"),
+    ],
+)
+def test_durations_at_their_maximum_are_accepted(
+    cluster: Cluster,
+    imageserver_crd: str,
+    namespace: str,
+    window: str,
+    cooldown: str,
+    rollback: str,
+    healthy: str,
+) -> None:
+    spec = {"slo": {"window": window}, "remediation": remediation(cooldown, rollback, healthy)}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=imageserver("longest", **spec))
+    stored = json.loads(cluster.kubectl("get", "imgs", "longest", "-n", namespace, "-o", "json"))["spec"]
+    assert stored["slo"]["window"] == window
+    assert stored["remediation"]["cooldown"] == cooldown
+    assert stored["remediation"]["rollback"]["window"] == rollback
+    assert stored["remediation"]["drain"]["healthyPeriod"] == healthy

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from imageserver_operator.evaluation import Budgets, Key
-from imageserver_operator.kube import Kube, api_client
+from imageserver_operator.kube import FIELD_MANAGER, SLO_FIELD_MANAGER, Kube, api_client
 from imageserver_operator.notifications import SlackRouter
 from imageserver_operator.policy import Observation
 from imageserver_operator.remediation import Remediator
@@ -248,3 +248,46 @@ async def test_without_data_nothing_is_done_and_it_is_said_once(
     assert [p["text"] for p in stub.messages()] == [
         "prod/photos: SLO cannot be judged: no automatic action".replace("prod", namespace)
     ]
+
+
+def condition(type_: str, status: str) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": "Test",
+        "message": "",
+        "lastTransitionTime": "2026-11-28T00:00:00Z",
+    }
+
+
+def test_each_loop_owns_its_status_fields_and_a_stale_copy_writes_nothing(
+    cluster: Cluster, imageserver_crd: str, namespace: str, kube: Kube
+) -> None:
+    setup(cluster, namespace)
+
+    def live() -> dict[str, Any]:
+        return dict(json.loads(cluster.kubectl("get", "imgs", "photos", "-n", namespace, "-o", "json")))
+
+    read = live()["metadata"]["resourceVersion"]
+    mine = {
+        "observedGeneration": 1,
+        "conditions": [condition("Ready", "True")],
+        "datacenterSummary": "dc-a,dc-b",
+    }
+    version = kube.apply_status(namespace, "photos", mine, FIELD_MANAGER, read)
+    assert version is not None
+    slo = {"conditions": [condition("SLOHealthy", "False")], "errorBudgetRemaining": "40%"}
+    assert kube.apply_status(namespace, "photos", slo, SLO_FIELD_MANAGER, version) is not None
+    # A copy read before the SLO loop wrote is refused, whoever holds it.
+    assert kube.apply_status(namespace, "photos", mine, FIELD_MANAGER, version) is None
+    # The reconcile loop applies its part again: the SLO loop's fields stay as they are.
+    mine["conditions"] = [condition("Ready", "False")]
+    assert kube.apply_status(namespace, "photos", mine, FIELD_MANAGER, live()["metadata"]["resourceVersion"])
+    status = live()["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "False", "SLOHealthy": "False"}
+    assert status["errorBudgetRemaining"] == "40%"
+    shown = json.loads(
+        cluster.kubectl("get", "imgs", "photos", "-n", namespace, "-o", "json", "--show-managed-fields")
+    )
+    managers = {m["manager"] for m in shown["metadata"]["managedFields"] if m.get("subresource") == "status"}
+    assert {FIELD_MANAGER, SLO_FIELD_MANAGER} <= managers

@@ -42,7 +42,7 @@ def test_a_failing_revision_burns_at_page_level_and_is_attributed(
     )
     rules = tmp_path / "rules.yml"
     rules.write_text(slo.rule_file("prod", "photos", SLOSpec()))
-    labels = {"namespace": "prod", "imageserver": "photos"}
+    labels = {"namespace": "prod", "imageserver": "photos", "job": slo.job_label("prod", "photos")}
     server = prometheus(
         [
             {

@@ -12,8 +12,17 @@ from imageserver_operator import slo
 from imageserver_operator.models import SLOSpec
 from testbed.prometheus import promtool
 
-LABELS = 'namespace="prod", imageserver="photos", datacenter="dc-a", revision="1.0.0", route="original"'
-PAGE = {"severity": "page", "slo": "availability", "imageserver": "photos", "namespace": "prod"}
+JOB = 'job="prod/photos"'  # what the ServiceMonitor sets on every scrape of prod/photos
+LABELS = (
+    f'namespace="prod", imageserver="photos", {JOB}, datacenter="dc-a", revision="1.0.0", route="original"'
+)
+PAGE = {
+    "severity": "page",
+    "slo": "availability",
+    "imageserver": "photos",
+    "namespace": "prod",
+    "job": "prod/photos",
+}
 SUMMARY = {"runbook_url": "runbooks/slo-burn-page.md"}
 
 
@@ -32,7 +41,7 @@ def expected(sli: str, what: str, objective: str, budget: str) -> dict[str, Any]
 @pytest.fixture
 def rules(tmp_path: Path) -> Path:
     path = tmp_path / "rules.yml"
-    path.write_text(slo.rule_file("prod", "photos", SLOSpec()))
+    path.write_text(slo.rule_file("prod", "photos", SLOSpec(), ["dc-a", "dc-b"]))
     return path
 
 
@@ -63,6 +72,7 @@ def test_the_generated_rules_pass_promtool_check(rules: Path) -> None:
         "ImageServerStorageFilling",
         "ImageServerStorageFull",
         "ImageServerReplicationLag",
+        "ImageServerDatacenterSilent",
     }
     for alert in alerts:
         runbook = Path(__file__).parents[3] / alert["annotations"]["runbook_url"]
@@ -119,7 +129,7 @@ def test_a_half_budget_burn_never_pages_nor_tickets(tmp_path: Path, rules: Path)
                         "exp_samples": [
                             {
                                 "labels": 'imageserver:availability_error_ratio:rate1h{imageserver="photos", '
-                                'namespace="prod"}',
+                                f'namespace="prod", {JOB}}}',
                                 "value": 0.0005,
                             }
                         ],
@@ -160,7 +170,7 @@ def test_burn_is_attributed_to_datacenter_and_revision(tmp_path: Path, rules: Pa
     by_revision = "imageserver:availability_error_ratio_by_revision:rate5m"
     by_datacenter = "imageserver:availability_error_ratio_by_datacenter:rate5m"
     bad = LABELS.replace('revision="1.0.0"', 'revision="1.1.0"').replace("dc-a", "dc-b")
-    mine = 'imageserver="photos", namespace="prod"'
+    mine = f'imageserver="photos", namespace="prod", {JOB}'
 
     def sample(name: str, labels: str, value: float) -> dict[str, Any]:
         return {"labels": f"{name}{{{labels}}}", "value": value}
@@ -224,7 +234,9 @@ def test_an_hour_of_total_outage_spends_about_139_percent_of_a_30_day_budget(
                     {
                         "expr": f"({window_ratio} > bool 0.0013) * ({window_ratio} < bool 0.0015)",
                         "eval_time": "3h",
-                        "exp_samples": [{"labels": '{namespace="prod", imageserver="photos"}', "value": 1}],
+                        "exp_samples": [
+                            {"labels": f'{{namespace="prod", imageserver="photos", {JOB}}}', "value": 1}
+                        ],
                     }
                 ],
             }
@@ -268,7 +280,7 @@ def test_refusals_of_clients_spend_no_budget_but_shedding_does(tmp_path: Path, r
     )
 
 
-STORAGE = 'namespace="prod", imageserver="photos", datacenter="dc-a", pod="photos-storage-dc-a-s0-0"'
+STORAGE = f'namespace="prod", imageserver="photos", {JOB}, datacenter="dc-a", pod="photos-storage-dc-a-s0-0"'
 
 
 def test_a_filling_volume_raises_a_ticket_at_80_percent_and_pages_at_90(tmp_path: Path, rules: Path) -> None:
@@ -277,7 +289,13 @@ def test_a_filling_volume_raises_a_ticket_at_80_percent_and_pages_at_90(tmp_path
     free = {"series": f"imageserver_storage_free_bytes{{{STORAGE}}}", "values": f"{3 * gib}-{gib // 10}x40"}
     size = {"series": f"imageserver_storage_capacity_bytes{{{STORAGE}}}", "values": f"{10 * gib}x40"}
     pod = "photos-storage-dc-a-s0-0"
-    labels = {"imageserver": "photos", "namespace": "prod", "datacenter": "dc-a", "pod": pod}
+    labels = {
+        "imageserver": "photos",
+        "namespace": "prod",
+        "job": "prod/photos",
+        "datacenter": "dc-a",
+        "pod": pod,
+    }
 
     def fired(severity: str, over: str, used: str) -> dict[str, Any]:
         return {
@@ -343,6 +361,7 @@ def test_copies_owed_for_over_ten_minutes_raise_a_ticket(tmp_path: Path, rules: 
                                     "severity": "ticket",
                                     "imageserver": "photos",
                                     "namespace": "prod",
+                                    "job": "prod/photos",
                                     "datacenter": "dc-a",
                                 },
                                 "exp_annotations": {
@@ -355,6 +374,187 @@ def test_copies_owed_for_over_ten_minutes_raise_a_ticket(tmp_path: Path, rules: 
                             }
                         ],
                     },
+                ],
+            }
+        ],
+    )
+
+
+def silent(datacenter: str) -> dict[str, Any]:
+    return {
+        "exp_labels": {
+            "severity": "page",
+            "imageserver": "photos",
+            "namespace": "prod",
+            "job": "prod/photos",
+            "datacenter": datacenter,
+            "role": "frontend",
+        },
+        "exp_annotations": {
+            "summary": f"prod/photos: no frontend in {datacenter} is heard from",
+            "description": f"Prometheus has scraped no frontend of datacenter {datacenter} for 5m: "
+            "they are down or not scraped. Requests routed there count in no SLO, and the "
+            "operator cannot judge that datacenter, let alone drain it.",
+            "runbook_url": "runbooks/datacenter-silent.md",
+        },
+    }
+
+
+def build_info(labels: str, datacenter: str, role: str, values: str) -> dict[str, str]:
+    return {
+        "series": f'imageserver_build_info{{{labels}, datacenter="{datacenter}", revision="1.0.0", '
+        f'role="{role}"}}',
+        "values": values,
+    }
+
+
+def test_a_datacenter_whose_frontends_are_all_unheard_pages(tmp_path: Path, rules: Path) -> None:
+    """dc-a's frontend is scraped all along, though it serves nothing (idle is not silent);
+    dc-b's frontend dies at 10m while its storage node is still scraped."""
+    mine = f'namespace="prod", imageserver="photos", {JOB}'
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    build_info(mine, "dc-a", "frontend", "1x30"),
+                    build_info(mine, "dc-b", "frontend", "1x9 stale"),
+                    build_info(mine, "dc-b", "storage", "1x30"),
+                ],
+                "alert_rule_test": [
+                    {"alertname": "ImageServerDatacenterSilent", "eval_time": at, "exp_alerts": []}
+                    for at in ("5m", "10m", "14m")
+                ]
+                + [
+                    {
+                        "alertname": "ImageServerDatacenterSilent",
+                        "eval_time": "16m",
+                        "exp_alerts": [silent("dc-b")],
+                    }
+                ],
+            }
+        ],
+    )
+
+
+# The victim is prod/photos. A series from another scrape in its namespace, or from another
+# namespace (which prometheus-operator's enforcedNamespaceLabel makes of any other tenant's,
+# whatever `job` that tenant claims), with the same names and otherwise the victim's labels.
+SPOOFS = {
+    "another job": 'namespace="prod", imageserver="photos", job="prod/other"',
+    "another namespace": 'namespace="evil", imageserver="photos", job="prod/photos"',
+}
+
+
+@pytest.mark.parametrize("spoof", SPOOFS.values(), ids=SPOOFS.keys())
+def test_series_from_another_scrape_change_nothing(tmp_path: Path, rules: Path, spoof: str) -> None:
+    """Every request failing, a full volume, copies owed for an hour, a resharding backlog and
+    live frontends in both datacenters, all spoofed: no ratio, no alert, no silence."""
+    storage = f'{spoof}, datacenter="dc-a", pod="photos-storage-dc-a-s0-0"'
+    forged = [
+        {
+            "series": f'imageserver_http_requests_total{{{spoof}, datacenter="dc-a", revision="1.0.0", '
+            'route="original", code="500"}',
+            "values": "0+600x30",
+        },
+        {"series": f"imageserver_storage_free_bytes{{{storage}}}", "values": "0x30"},
+        {"series": f"imageserver_storage_capacity_bytes{{{storage}}}", "values": f"{10 << 30}x30"},
+        {"series": f"imageserver_replication_lag_seconds{{{storage}}}", "values": "3600+60x30"},
+        {"series": f"imageserver_rebalance_remaining{{{storage}}}", "values": "50x30"},
+        build_info(spoof, "dc-a", "frontend", "1x30"),
+        build_info(spoof, "dc-b", "frontend", "1x30"),
+    ]
+    quiet: list[dict[str, Any]] = [
+        {"alertname": name, "eval_time": "20m", "exp_alerts": []}
+        for name in (
+            "ImageServerAvailabilityBurnPage",
+            "ImageServerAvailabilityBurnTicket",
+            "ImageServerStorageFilling",
+            "ImageServerStorageFull",
+            "ImageServerReplicationLag",
+        )
+    ]
+    mine = f'namespace="prod", imageserver="photos", {JOB}'
+    ratio = "imageserver:availability_error_ratio:rate5m"
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                # The victim has no series at all: nothing is recorded for it, and both its
+                # datacenters are silent.
+                "interval": "1m",
+                "input_series": forged,
+                "alert_rule_test": [
+                    *quiet,
+                    {
+                        "alertname": "ImageServerDatacenterSilent",
+                        "eval_time": "20m",
+                        "exp_alerts": [silent("dc-a"), silent("dc-b")],
+                    },
+                ],
+                "promql_expr_test": [
+                    {"expr": '{__name__=~"imageserver:.+"}', "eval_time": "20m", "exp_samples": []}
+                ],
+            },
+            {
+                # The victim serves without a failure: its ratio stays 0.
+                "interval": "1m",
+                "input_series": [
+                    *forged,
+                    requests("200", 600, 30),
+                    build_info(mine, "dc-a", "frontend", "1x30"),
+                    build_info(mine, "dc-b", "frontend", "1x30"),
+                ],
+                "alert_rule_test": [
+                    *quiet,
+                    {"alertname": "ImageServerDatacenterSilent", "eval_time": "20m", "exp_alerts": []},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": ratio,
+                        "eval_time": "20m",
+                        "exp_samples": [{"labels": f"{ratio}{{{mine}}}", "value": 0}],
+                    },
+                    {"expr": slo.REBALANCE_REMAINING, "eval_time": "20m", "exp_samples": []},
+                ],
+            },
+        ],
+    )
+
+
+def test_the_operator_reads_what_a_resharding_still_has_to_move_from_the_rules(
+    tmp_path: Path, rules: Path
+) -> None:
+    """Summed over the ImageServer's storage nodes, from its own scrape only."""
+    mine = f'namespace="prod", imageserver="photos", {JOB}'
+    nodes = [
+        {
+            "series": f"imageserver_rebalance_remaining{{{STORAGE.replace('s0-0', f's0-{r}')}}}",
+            "values": f"{10 * (r + 1)}x10",
+        }
+        for r in (0, 1)
+    ]
+    run_test(
+        tmp_path,
+        rules,
+        [
+            {
+                "interval": "1m",
+                "input_series": nodes,
+                "promql_expr_test": [
+                    {
+                        "expr": slo.REBALANCE_REMAINING,
+                        "eval_time": "5m",
+                        "exp_samples": [
+                            {
+                                "labels": f"{slo.REBALANCE_REMAINING}{{{mine}}}",
+                                "value": 30,
+                            }
+                        ],
+                    }
                 ],
             }
         ],

@@ -6,7 +6,8 @@ import datetime
 
 import pytest
 
-from imageserver_operator.incidents import Tally
+from imageserver_operator.incidents import add, impact
+from imageserver_operator.models import Tally
 from imageserver_operator.policy import Observation
 
 MONTH = datetime.timedelta(days=30)
@@ -19,11 +20,11 @@ def rates(requests: float, errors: float) -> Observation:
 def test_a_long_incident_is_the_sum_of_its_rates() -> None:
     tally = Tally()
     for _ in range(40):  # 10 minutes at 15 s cycles, 2 of 20 requests per second failing
-        tally = tally.add(rates(20, 2), 15)
-    impact = tally.impact(0.001, MONTH)
-    assert impact["failedRequestsEstimate"] == 1200
+        tally = add(tally, rates(20, 2), 15, "")
+    spent = impact(tally, 0.001, MONTH)
+    assert spent.failed_requests_estimate == 1200
     # 1200 failures against 0.1 % of 20/s over 30 days (51,840 requests of budget).
-    assert impact["errorBudgetConsumedPercent"] == pytest.approx(2.31, abs=0.01)
+    assert spent.error_budget_consumed_percent == pytest.approx(2.31, abs=0.01)
 
 
 def test_a_burst_shorter_than_the_rate_window_is_counted_whole() -> None:
@@ -31,9 +32,10 @@ def test_a_burst_shorter_than_the_rate_window_is_counted_whole() -> None:
     over the 30 s would say 30; the worst 5 minutes says 300."""
     tally = Tally()
     for errors in (0.3, 0.6, 1.0, 1.0):  # the 5m rate climbing as the burst enters the window
-        tally = tally.add(rates(20, errors), 10)
-    assert tally.impact(0.001, MONTH)["failedRequestsEstimate"] == 300
+        tally = add(tally, rates(20, errors), 10, "")
+    assert impact(tally, 0.001, MONTH).failed_requests_estimate == 300
 
 
 def test_no_traffic_spends_no_budget() -> None:
-    assert Tally().impact(0.001, MONTH) == {"failedRequestsEstimate": 0, "errorBudgetConsumedPercent": 0.0}
+    spent = impact(Tally(), 0.001, MONTH)
+    assert (spent.failed_requests_estimate, spent.error_budget_consumed_percent) == (0, 0.0)

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from imageserver_operator import evaluation
+from imageserver_operator.engine import Subject
+from imageserver_operator.engine import rebalancing as judged
 from imageserver_operator.evaluation import Budgets
 from imageserver_operator.models import ImageServerSpec
 from imageserver_operator.policy import Observation
-from imageserver_operator.remediation import Case, Remediator
 from imageserver_operator.status import Observation as Seen
 from imageserver_operator.status import compute
 
@@ -20,12 +21,9 @@ NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 SPEC = ImageServerSpec.model_validate({"version": "1.0.0", "datacenters": [{"name": "dc-a"}]})
 
 
-def case(remaining: float | None, conditions: list[dict[str, Any]]) -> Case:
-    body = {
-        "metadata": {"name": "photos", "namespace": "prod", "generation": 3},
-        "status": {"conditions": conditions},
-    }
-    return Case(body, SPEC, Observation(True, rebalance_remaining=remaining), NOW)
+def case(remaining: float | None, conditions: list[dict[str, Any]]) -> tuple[Subject, Observation]:
+    subject = Subject("prod", "photos", 3, SPEC, {}, {"conditions": conditions})
+    return subject, Observation(True, rebalance_remaining=remaining)
 
 
 def rebalancing(status: str, message: str = "", since: str = "2026-11-27T11:00:00Z") -> dict[str, Any]:
@@ -67,7 +65,7 @@ def rebalancing(status: str, message: str = "", since: str = "2026-11-27T11:00:0
 def test_the_condition_says_when_rebalancing_starts_progresses_and_ends(
     remaining: float | None, before: list[dict[str, Any]], status: str | None, event: bool
 ) -> None:
-    condition, started_or_ended = Remediator._rebalancing(case(remaining, before))
+    condition, started_or_ended = judged(*case(remaining, before), NOW)
     assert (condition["status"] if condition else None) == status
     assert started_or_ended is event
     if condition is not None and status == "True":
@@ -94,10 +92,11 @@ def test_the_storage_nodes_report_comes_in_the_traffic_answer() -> None:
     assert seen[("prod", "other")].rebalance_remaining is None
 
 
-def test_the_reconcile_loop_keeps_what_the_slo_loop_wrote() -> None:
+def test_the_reconcile_loop_leaves_what_the_slo_loop_owns_alone() -> None:
+    """Each loop applies only its own fields (server-side apply, one field manager each)."""
     old = {"conditions": [rebalancing("True", "3 images")], "rebalanceRemaining": 3}
     new = compute(
         Seen(generation=3, spec=SPEC, children={}, drained=frozenset(), paused=False, problems=()), old, "t"
     )
-    assert new["rebalanceRemaining"] == 3
-    assert rebalancing("True", "3 images") in new["conditions"]
+    assert "rebalanceRemaining" not in new and "errorBudgetRemaining" not in new
+    assert {c["type"] for c in new["conditions"]} == {"Ready", "Progressing", "Degraded", "AutomationPaused"}

@@ -33,7 +33,8 @@ def state(**changes: object) -> State:
 def seen(
     service: dict[str, float] = CALM, rps: float = 50.0, **parts: dict[str, dict[str, float]]
 ) -> Observation:
-    datacenters = parts.get("dc", {})
+    # Unless told otherwise, every datacenter reports, calm (one without data is silent: Unknown).
+    datacenters = parts.get("dc", {dc.name: CALM for dc in DCS})
     return Observation(
         True,
         rps,

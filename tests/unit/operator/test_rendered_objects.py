@@ -142,7 +142,12 @@ def test_objects_no_longer_rendered_are_stale_and_nothing_else_is() -> None:
     after = render(owner, fewer, env)
     gone = {o["metadata"]["name"] for o in stale(after, before)}
     assert gone and all("dc-c" in name for name in gone)
-    changed = [o for o in after if o["kind"] in ("ConfigMap", "HTTPRoute")]
-    assert plan(after, before) == [o for o in changed if o["metadata"]["name"] == "photos-topology"] + [
-        o for o in changed if o["kind"] == "HTTPRoute"
+    # The topology, the route, and the rules (the removed datacenter's silence alert goes).
+    changed = [o for o in after if o["kind"] in ("ConfigMap", "PrometheusRule", "HTTPRoute")]
+    assert [o["metadata"]["name"] for o in changed] == [
+        "photos-topology",
+        "photos-slo-rules",
+        "photos-slo",
+        "photos",
     ]
+    assert plan(after, before) == changed

@@ -14,13 +14,14 @@ SECTIONS = ("## What it means", "## How to confirm", "## Mitigate by hand", "## 
 
 
 def test_every_alert_links_an_existing_runbook() -> None:
-    groups = slo.rule_groups("ns", "photos", SLOSpec())["groups"]
+    groups = slo.rule_groups("ns", "photos", SLOSpec(), ["dc-a"])["groups"]
     urls = {r["annotations"]["runbook_url"] for g in groups for r in g["rules"] if "alert" in r}
     assert urls == {
         "runbooks/slo-burn-page.md",
         "runbooks/slo-burn-ticket.md",
         "runbooks/storage-full.md",
         "runbooks/replication-lag.md",
+        "runbooks/datacenter-silent.md",
     }
     for url in urls:
         assert (RUNBOOKS.parent / url).is_file(), url
@@ -37,6 +38,7 @@ def test_every_alert_links_an_existing_runbook() -> None:
         "undrain",
         "storage-full",
         "replication-lag",
+        "datacenter-silent",
     ],
 )
 def test_each_runbook_says_what_it_means_how_to_confirm_mitigate_and_undo(page: str) -> None:

@@ -1,0 +1,771 @@
+"""The incident engine: (an ImageServer as the API holds it, what Prometheus said, now) →
+(the decision, what to remember, the effects to carry out). Pure.
+
+Everything the SLO loop must remember lives on the ImageServer — its status (`automation`:
+the incident's tally, the revisions' baselines, healthy-since and unknown-since clocks, the
+notices already sent) and the annotations the operator owns (the open incident, the last
+action's write-ahead record) — so a new leader goes on from where the last one stopped.
+
+Effects run in order, and stop at the first write the API server refuses for a stale
+`resourceVersion`: the memory is written first, then a record of each action before it
+is taken, then the action with its record marked done in one write. Two leaders cannot
+both act on one version of an ImageServer, and a crash leaves at worst a record not done,
+which the next cycle judges again (`_resume`) before completing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from imageserver_operator import incidents, policy
+from imageserver_operator.annotations import DRAINED_ANNOTATION, PAUSED_ANNOTATION
+from imageserver_operator.messages import IncidentMessage
+from imageserver_operator.models import (
+    GROUP,
+    AutomationStatus,
+    Baseline,
+    BurnRate,
+    Condition,
+    DatacenterClock,
+    Detection,
+    ImageServerSpec,
+    Impact,
+    Links,
+    PostmortemSpec,
+    Tally,
+    TimelineEntry,
+)
+from imageserver_operator.slo import budget
+
+ROLLBACK_REASON_ANNOTATION = f"{GROUP}/rollback-reason"
+# An interrupted action older than this is not completed: the world it answered has moved on.
+RESUME_WITHIN = datetime.timedelta(minutes=5)
+# A long gap between two cycles (leadership moved, Prometheus was away) counts this much at most.
+MAX_GAP_CYCLES = 4
+NOTICE_UNKNOWN = "-/notify_unknown/-"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything the operator says and does about one kind of action, in one place."""
+
+    runbook: str
+    past: str  # "Drained b: …"
+    reason: str  # the Event's reason when taken
+    event_type: Literal["Normal", "Warning"]
+    changes_world: bool  # False: only people are told
+
+
+KINDS: Mapping[policy.ActionKind, Kind] = {
+    "rollback": Kind("runbooks/rollback.md", "Rolled back", "RolledBack", "Warning", True),
+    "drain": Kind("runbooks/drain.md", "Drained", "Drained", "Warning", True),
+    "undrain": Kind("runbooks/undrain.md", "Undrained", "Undrained", "Normal", True),
+    "page": Kind("runbooks/slo-burn-page.md", "Paged", "Paging", "Warning", False),
+    "notify_unknown": Kind("runbooks/slo-unknown.md", "Told", "SLOUnknown", "Warning", False),
+}
+
+
+# -- effects: what the executor does, in order ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteStatus:
+    """The SLO loop's whole part of the status (`owned`), applied onto the version judged (a
+    conflict stops the effects)."""
+
+    patch: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Annotate:
+    """Set (None: remove) annotations the operator owns, onto the version judged."""
+
+    annotations: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class RollBack:
+    version: str
+    annotations: Mapping[str, str | None]  # the reason, and the record marked done
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Drain or undrain: the drained set after it, with the record marked done."""
+
+    datacenter: str
+    drained: frozenset[str]
+    annotations: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class PostEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    message: IncidentMessage
+
+
+@dataclass(frozen=True)
+class OpenPostmortem:
+    name: str
+    spec: PostmortemSpec
+
+
+@dataclass(frozen=True)
+class AppendTimeline:
+    incident: str
+    entry: TimelineEntry
+    resolution: str = ""  # added to what mitigated it
+
+
+@dataclass(frozen=True)
+class ResolvePostmortem:
+    incident: str
+    resolved_at: str
+    impact: Impact
+
+
+Effect = (
+    WriteStatus
+    | Annotate
+    | RollBack
+    | Drain
+    | PostEvent
+    | Notify
+    | OpenPostmortem
+    | AppendTimeline
+    | ResolvePostmortem
+)
+WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, RollBack, Drain)
+
+
+# -- the input, parsed once at the edge --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One ImageServer as the API holds it."""
+
+    namespace: str
+    name: str
+    generation: int
+    spec: ImageServerSpec
+    annotations: Mapping[str, str]
+    status: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Subject:
+        """Raises ValidationError for a spec that cannot be read (Degraded says why)."""
+        meta = body["metadata"]
+        status = body.get("status") or {}
+        return cls(
+            str(meta["namespace"]),
+            str(meta["name"]),
+            int(meta.get("generation", 0)),
+            ImageServerSpec.model_validate(body.get("spec", {})),
+            dict(meta.get("annotations") or {}),
+            status if isinstance(status, Mapping) else {},
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def paused(self) -> bool:
+        return self.annotations.get(PAUSED_ANNOTATION, "").lower() == "true"
+
+    @property
+    def drained(self) -> frozenset[str]:
+        raw = self.annotations.get(DRAINED_ANNOTATION, "")
+        return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+    @property
+    def memory(self) -> AutomationStatus:
+        try:
+            return AutomationStatus.model_validate(self.status.get("automation") or {})
+        except ValidationError:
+            return AutomationStatus()  # a hand-edited status must not stop the automation
+
+    def condition(self, type_: str) -> Mapping[str, Any]:
+        conditions = self.status.get("conditions") or []
+        return next((c for c in conditions if isinstance(c, Mapping) and c.get("type") == type_), {})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: policy.Decision | None  # None: nothing judged (mode off, paused record, resume)
+    effects: tuple[Effect, ...]
+    memory: AutomationStatus
+
+
+def stamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+def judge(
+    subject: Subject, seen: policy.Observation, now: datetime.datetime, *, interval_seconds: float = 15.0
+) -> Verdict:
+    memory = subject.memory
+    if subject.spec.remediation.mode == "off":
+        return Verdict(None, (), memory)
+    pending = incidents.interrupted(subject.annotations)
+    if pending is not None:
+        return Verdict(None, _resume(subject, seen, pending, now), memory)
+
+    drained = subject.drained
+    healthy = _healthy_clocks(subject, seen, memory, now)
+    revisions = subject.status.get("revisions") or {}
+    current = str(revisions.get("current") or subject.spec.version)
+    previous = str(revisions.get("previous") or "")
+    baselines = _baselines(memory.baselines, current, previous, seen)
+    baseline = next((b for b in baselines if b.revision == previous), None) if previous else None
+    state = policy.State(
+        remediation=subject.spec.remediation,
+        datacenters=tuple(
+            policy.Datacenter(
+                dc.name,
+                dc.frontend_replicas,
+                dc.name in drained,
+                parse_time(healthy.get(dc.name, "")),
+                weight=dc.weight,
+            )
+            for dc in subject.spec.datacenters
+        ),
+        current_revision=current,
+        previous_revision=previous,
+        current_since=parse_time(str(revisions.get("since") or "")),
+        last_action_at=(recorded.at if (recorded := incidents.last_action(subject.annotations)) else None),
+        paused=subject.paused,
+        unknown_notified=NOTICE_UNKNOWN in memory.notified,
+        unknown_since=parse_time(memory.unknown_since),
+        rolling_out=subject.condition("Progressing").get("status") == "True",
+        previous_baseline=baseline.burn if baseline is not None else None,
+    )
+    decision = policy.decide(seen, state, now)
+    fine_since = (memory.fine_since or stamp(now)) if decision.recovered else ""
+    open_incident = subject.annotations.get(incidents.INCIDENT_ANNOTATION, "")
+    fine_for = now - (parse_time(fine_since) or now)
+    step = incidents.step(decision, open_incident, fine_for, subject.name, now)
+    memory = AutomationStatus(
+        tally=_count(memory.tally, step.incident, seen, now, interval_seconds),
+        baselines=baselines,
+        healthy=[DatacenterClock(name=n, healthy_since=t) for n, t in sorted(healthy.items())],
+        fine_since=fine_since,
+        unknown_since=(memory.unknown_since or stamp(now)) if decision.slo_healthy == "Unknown" else "",
+        notified=list(memory.notified),
+    )
+    effects: list[Effect] = []
+    if step.open_incident:
+        effects += _open(subject, seen, step.open_incident, decision, now)
+    for action in step.actions:
+        notice = f"{step.incident}/{action.kind}/{action.target}"
+        if not (action.execute and KINDS[action.kind].changes_world):
+            if notice in memory.notified:
+                continue  # told once per incident
+            memory = _remember(memory, notice)
+            effects += _told(subject, seen, step.incident, action, now)
+        else:
+            effects += _act(subject, step.incident, action, now)
+            effects += _tell(
+                subject,
+                seen,
+                step.incident,
+                action,
+                headline=f"{KINDS[action.kind].past} {action.target}",
+                now=now,
+            )
+    if step.resolve:
+        effects += _resolve(subject, step.incident, memory.tally, now)
+        memory = _replace(
+            memory, tally=None, notified=[n for n in memory.notified if not n.startswith(f"{step.incident}/")]
+        )
+    if step.notify_unknown and NOTICE_UNKNOWN not in memory.notified:
+        memory = _remember(memory, NOTICE_UNKNOWN)
+        effects += _unknown_notice(subject, decision)
+    elif decision.slo_healthy != "Unknown" and NOTICE_UNKNOWN in memory.notified:
+        memory = _replace(memory, notified=[n for n in memory.notified if n != NOTICE_UNKNOWN])
+    status = _status_slice(subject, seen, decision, memory, now)
+    first = (WriteStatus(status), *rebalancing_event(subject, seen, now)) if status is not None else ()
+    return Verdict(decision, (*first, *effects), memory)
+
+
+def failed(
+    subject_status: Mapping[str, Any], generation: int, error: str, now: datetime.datetime
+) -> Effect | None:
+    """The status write that says this ImageServer's judgement failed (the others go on)."""
+    condition = _condition(
+        subject_status, "RemediationFailing", "True", "CycleFailed", error, generation=generation, now=now
+    )
+    if condition is None:
+        return None
+    mine = owned(subject_status)
+    return WriteStatus({**mine, "conditions": _with(mine["conditions"], [condition])})
+
+
+def _replace(memory: AutomationStatus, **changes: Any) -> AutomationStatus:
+    return memory.model_copy(update=changes)
+
+
+def _remember(memory: AutomationStatus, notice: str) -> AutomationStatus:
+    # Bounded: the oldest notices go first (they belong to long-finished incidents).
+    return _replace(memory, notified=[*memory.notified, notice][-64:])
+
+
+def _healthy_clocks(
+    subject: Subject, seen: policy.Observation, memory: AutomationStatus, now: datetime.datetime
+) -> dict[str, str]:
+    known = {c.name: c.healthy_since for c in memory.healthy}
+    clocks = {}
+    for dc in subject.spec.datacenters:
+        if policy.recovered(seen.by_datacenter.get(dc.name, {})):
+            clocks[dc.name] = known.get(dc.name) or stamp(now)
+    return clocks
+
+
+def _baselines(
+    remembered: Sequence[Baseline], current: str, previous: str, seen: policy.Observation
+) -> list[Baseline]:
+    """How the current and the previous revision burned while each was current. Rewritten
+    only when the current one's verdict changes, so a calm service writes nothing."""
+    kept = {b.revision: b for b in remembered if b.revision in (current, previous)}
+    burn = seen.by_revision.get(current)
+    if burn:
+        old = kept.get(current)
+        level = policy.page_level(burn)
+        if old is None or old.page_level != level:
+            kept[current] = Baseline(
+                revision=current, page_level=level, burn={k: round(v, 2) for k, v in burn.items()}
+            )
+    return [kept[r] for r in (previous, current) if r in kept]
+
+
+def _count(
+    tally: Tally | None,
+    incident: str,
+    seen: policy.Observation,
+    now: datetime.datetime,
+    interval_seconds: float,
+) -> Tally | None:
+    """This cycle's failed requests added to the open incident's tally. The time since the
+    last counted cycle is counted (capped): a new leader counts the requests failed while
+    the lease changed hands."""
+    if not incident:
+        return None
+    tally = tally or Tally()
+    last = parse_time(tally.counted_at)
+    if not seen.reachable:
+        return tally
+    seconds = interval_seconds
+    if last is not None:
+        seconds = max(0.0, min((now - last).total_seconds(), MAX_GAP_CYCLES * interval_seconds))
+    return incidents.add(tally, seen, seconds, stamp(now))
+
+
+SLO_CONDITIONS = ("SLOHealthy", "Rebalancing", "RemediationFailing")
+SLO_FIELDS = ("errorBudgetRemaining", "rebalanceRemaining", "automation")
+
+
+def owned(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The SLO loop's part of a status as it stands. It is applied whole under the loop's own
+    field manager, so the reconcile loop's fields are never written from a stale copy."""
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") in SLO_CONDITIONS]
+    return {"conditions": conditions, **{k: status[k] for k in SLO_FIELDS if k in status}}
+
+
+def _status_slice(
+    subject: Subject,
+    seen: policy.Observation,
+    decision: policy.Decision,
+    memory: AutomationStatus,
+    now: datetime.datetime,
+) -> dict[str, Any] | None:
+    """The SLO loop's part of the status to apply, or None when it would change nothing."""
+    status = subject.status
+    before = owned(status)
+    after = dict(before)
+    if seen.budget_spent is not None:
+        after["errorBudgetRemaining"] = f"{(1 - seen.budget_spent) * 100:.0f}%"  # whole percent: few writes
+    reason = {"True": "WithinBudget", "False": "BurningBudget", "Unknown": "CannotJudge"}[
+        decision.slo_healthy
+    ]
+    changed = [
+        c
+        for c in (
+            _condition(
+                status,
+                "SLOHealthy",
+                decision.slo_healthy,
+                reason,
+                decision.summary,
+                generation=subject.generation,
+                now=now,
+                by_reason=True,
+            ),
+            rebalancing(subject, seen, now)[0],
+            _condition(
+                status, "RemediationFailing", "False", "Judged", "", generation=subject.generation, now=now
+            )
+            if subject.condition("RemediationFailing").get("status") == "True"
+            else None,
+        )
+        if c is not None
+    ]
+    after["conditions"] = _with(before["conditions"], changed)
+    if seen.rebalance_remaining is not None:
+        after["rebalanceRemaining"] = round(seen.rebalance_remaining)
+    if "automation" in status or memory != AutomationStatus():
+        after["automation"] = memory.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return after if after != before else None
+
+
+def _with(
+    conditions: Sequence[Mapping[str, Any]], changed: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    types = {c["type"] for c in changed}
+    return [*(c for c in conditions if c.get("type") not in types), *changed]
+
+
+def _condition(
+    status: Mapping[str, Any],
+    type_: str,
+    value: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: datetime.datetime,
+    by_reason: bool = False,
+) -> dict[str, Any] | None:
+    """The condition to write, or None when it says what it already says."""
+    old: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+    if (
+        old.get("status") == value
+        and (not by_reason or old.get("reason") == reason)
+        and (by_reason or old.get("message") == message)
+    ):
+        return None
+    moved = old.get("status") != value
+    return Condition(
+        type=type_,
+        status=value,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        last_transition_time=stamp(now)
+        if moved or not old.get("lastTransitionTime")
+        else old["lastTransitionTime"],
+        observed_generation=generation,
+    ).model_dump(by_alias=True)
+
+
+def rebalancing(
+    subject: Subject, seen: policy.Observation, now: datetime.datetime
+) -> tuple[dict[str, Any] | None, bool]:
+    """Rebalancing, from what the storage nodes report: True while images sit on shards that
+    no longer own them (after `spec.shards` grew), with the count; False once none do.
+    Returns the condition when it should be written, and whether it started or ended (an
+    Event then, not at every count)."""
+    remaining = seen.rebalance_remaining
+    old = subject.condition("Rebalancing")
+    was_moving = old.get("status") == "True"
+    if remaining is None or (remaining <= 0 and not was_moving):
+        return None, False  # not reported, or nothing to move and nothing said
+    moving = remaining > 0
+    message = (
+        f"{remaining:.0f} images (counted per replica) are moving to the shards that now own them"
+        if moving
+        else "every image is on a shard that owns it"
+    )
+    if moving and was_moving and old.get("message") == message:
+        return None, False
+    condition = Condition(
+        type="Rebalancing",
+        status="True" if moving else "False",
+        reason="MovingImages" if moving else "Balanced",
+        message=message,
+        last_transition_time=str(old["lastTransitionTime"]) if moving and was_moving else stamp(now),
+        observed_generation=subject.generation,
+    ).model_dump(by_alias=True)
+    return condition, moving != was_moving
+
+
+def rebalancing_event(
+    subject: Subject, seen: policy.Observation, now: datetime.datetime
+) -> tuple[Effect, ...]:
+    condition, started_or_ended = rebalancing(subject, seen, now)
+    if condition is None or not started_or_ended:
+        return ()
+    return (PostEvent("Normal", condition["reason"], condition["message"]),)
+
+
+def _record(
+    action: policy.Action, incident: str, now: datetime.datetime, *, done: bool
+) -> incidents.Recorded:
+    return incidents.Recorded(action.kind, action.target, now, incident, action.reason, done=done)
+
+
+def _act(subject: Subject, incident: str, action: policy.Action, now: datetime.datetime) -> list[Effect]:
+    """The write-ahead record, then the action with its record marked done in the same write."""
+    pending = _record(action, incident, now, done=False)
+    return [
+        Annotate({incidents.LAST_ACTION_ANNOTATION: pending.annotation()}),
+        _carry_out(subject, dataclasses.replace(pending, done=True)),
+    ]
+
+
+def _carry_out(subject: Subject, record: incidents.Recorded) -> Effect:
+    done = {incidents.LAST_ACTION_ANNOTATION: record.annotation()}
+    if record.kind == "rollback":
+        return RollBack(record.target, {**done, ROLLBACK_REASON_ANNOTATION: record.reason})
+    drained = (
+        subject.drained | {record.target} if record.kind == "drain" else subject.drained - {record.target}
+    )
+    return Drain(record.target, drained, {**done, DRAINED_ANNOTATION: ",".join(sorted(drained)) or None})
+
+
+def _tell(
+    subject: Subject,
+    seen: policy.Observation,
+    incident: str,
+    action: policy.Action,
+    *,
+    headline: str,
+    now: datetime.datetime,
+    text: str = "",
+    reason: str = "",
+    dry_run: bool = False,
+    resolution: bool = True,
+) -> list[Effect]:
+    """An Event, a Postmortem timeline entry and a Slack message for one step."""
+    kind = KINDS[action.kind]
+    text = text or f"{headline}: {action.reason}"
+    effects: list[Effect] = [PostEvent(kind.event_type, reason or kind.reason, text)]
+    if incident:
+        effects.append(
+            AppendTimeline(
+                incident,
+                TimelineEntry(time=stamp(now), event=text[:2000], actor="operator"),
+                f"{text} (automated, {stamp(now)})"
+                if kind.changes_world and resolution and not dry_run
+                else "",
+            )
+        )
+    scope = seen.by_datacenter.get(action.target) or seen.by_revision.get(action.target) or seen.service
+    effects.append(
+        Notify(
+            IncidentMessage(
+                incident or f"{subject.name}-notice",
+                "action",
+                subject.where,
+                headline,
+                reason=action.reason,
+                action=f"{action.kind} {action.target}".strip(),
+                datacenter=action.target if action.kind in ("drain", "undrain") else "",
+                revision=action.target if action.kind == "rollback" else subject.spec.version,
+                burn=dict(scope),
+                runbook=kind.runbook,
+                postmortem=incident,
+                dry_run=dry_run,
+            )
+        )
+    )
+    return effects
+
+
+def _told(
+    subject: Subject, seen: policy.Observation, incident: str, action: policy.Action, now: datetime.datetime
+) -> list[Effect]:
+    """A page, or what dryRun (or the pause) would have done: people are told, once."""
+    if action.kind == "page":
+        return _tell(subject, seen, incident, action, headline="Paging", now=now, text=action.reason)
+    return _tell(
+        subject,
+        seen,
+        incident,
+        action,
+        headline=f"dry run: would {action.kind} {action.target}",
+        now=now,
+        reason=f"Would{action.kind.capitalize()}",
+        dry_run=True,
+    )
+
+
+def _open(
+    subject: Subject, seen: policy.Observation, name: str, decision: policy.Decision, now: datetime.datetime
+) -> list[Effect]:
+    at = stamp(now)
+    postmortem = PostmortemSpec(
+        image_server=subject.name,
+        title=f"{subject.name} burned its error budget ({decision.summary})"[:200],
+        started_at=at,
+        summary=f"{subject.name} burned its error budget: {decision.summary}.",
+        trigger=f"revision {subject.spec.version} was running; the timeline shows what the operator saw.",
+        detection=Detection(
+            alert="imageserver-operator SLO evaluation",
+            detected_at=at,
+            burn_rates=[BurnRate(window=w, burn_rate=round(v, 2)) for w, v in list(seen.service.items())[:8]],
+        ),
+        timeline=[TimelineEntry(time=at, event=f"incident opened: {decision.summary}", actor="operator")],
+        links=Links(runbooks=[KINDS["page"].runbook]),
+    )
+    return [
+        OpenPostmortem(name, postmortem),
+        Annotate({incidents.INCIDENT_ANNOTATION: name}),
+        PostEvent("Warning", "IncidentOpened", f"incident {name} opened: {decision.summary}"),
+        Notify(
+            IncidentMessage(
+                name,
+                "opened",
+                subject.where,
+                f"{subject.name} is burning its error budget",
+                reason=decision.summary,
+                revision=subject.spec.version,
+                burn=dict(seen.service),
+                runbook=KINDS["page"].runbook,
+                postmortem=name,
+            )
+        ),
+    ]
+
+
+def _resolve(subject: Subject, incident: str, tally: Tally | None, now: datetime.datetime) -> list[Effect]:
+    slo = subject.spec.slo
+    impact = incidents.impact(
+        tally or Tally(), budget(slo.availability.objective), policy.duration(slo.window)
+    )
+    return [
+        ResolvePostmortem(incident, stamp(now), impact),
+        Annotate({incidents.INCIDENT_ANNOTATION: None}),
+        PostEvent("Normal", "IncidentResolved", f"incident {incident} resolved: burn back under budget"),
+        Notify(
+            IncidentMessage(
+                incident,
+                "resolved",
+                subject.where,
+                "Resolved: burn back under budget",
+                reason=f"about {impact.failed_requests_estimate} requests failed",
+                budget_spent_percent=impact.error_budget_consumed_percent,
+                postmortem=incident,
+            )
+        ),
+    ]
+
+
+def _unknown_notice(subject: Subject, decision: policy.Decision) -> list[Effect]:
+    return [
+        PostEvent("Warning", "SLOUnknown", f"no automatic action: {decision.summary}"),
+        Notify(
+            IncidentMessage(
+                f"{subject.name}-unknown",
+                "unknown",
+                subject.where,
+                "SLO cannot be judged: no automatic action",
+                reason=decision.summary,
+                runbook=KINDS["notify_unknown"].runbook,
+            )
+        ),
+    ]
+
+
+# -- an action a crash interrupted ------------------------------------------------------------
+
+
+def _resume(
+    subject: Subject, seen: policy.Observation, record: incidents.Recorded, now: datetime.datetime
+) -> tuple[Effect, ...]:
+    """An action recorded and not taken (the operator stopped in between), judged again
+    before it is completed: the brakes and the world may have changed since."""
+    if subject.paused:
+        return ()  # the pause stops everything; the record waits for it to be lifted
+    kind = record.kind
+    action = policy.Action(kind, record.reason, record.target)  # type: ignore[arg-type]
+    done = dataclasses.replace(record, done=True)
+    if _already(subject, record):
+        return (Annotate({incidents.LAST_ACTION_ANNOTATION: done.annotation()}),)
+    why_not = _no_longer(subject, seen, record, now)
+    if why_not:
+        dropped = dataclasses.replace(done, dropped=why_not)
+        text = f"dropped the interrupted {kind} {record.target}: {why_not}"
+        return (
+            Annotate({incidents.LAST_ACTION_ANNOTATION: dropped.annotation()}),
+            *_tell(
+                subject,
+                seen,
+                record.incident,
+                action,
+                headline=f"Dropped {kind} {record.target}",
+                now=now,
+                text=text,
+                reason="ActionDropped",
+                resolution=False,
+            ),
+        )
+    headline = f"{KINDS[action.kind].past} {record.target}, completed after an operator restart"
+    return (
+        _carry_out(subject, done),
+        *_tell(subject, seen, record.incident, action, headline=headline, now=now),
+    )
+
+
+def _already(subject: Subject, record: incidents.Recorded) -> bool:
+    """The world already is what the action would make it (it was taken, not yet marked)."""
+    if record.kind == "rollback":
+        return subject.spec.version == record.target
+    if record.kind == "drain":
+        return record.target in subject.drained
+    return record.target not in subject.drained
+
+
+def _no_longer(
+    subject: Subject, seen: policy.Observation, record: incidents.Recorded, now: datetime.datetime
+) -> str:
+    """Why the interrupted action should not be completed now; empty when it still should."""
+    mode = subject.spec.remediation.mode
+    if mode != "auto":
+        return f"remediation mode is {mode}"
+    age = now - record.at
+    if age > RESUME_WITHIN or age < -RESUME_WITHIN:
+        minutes = int(age.total_seconds() // 60)
+        return f"it was recorded {minutes} min ago, too long ago to act on without judging again"
+    names = [dc.name for dc in subject.spec.datacenters]
+    revisions = subject.status.get("revisions") or {}
+    if record.kind == "rollback":
+        if record.target != revisions.get("previous") or subject.spec.version != revisions.get("current"):
+            return f"the spec has moved on: it asks for {subject.spec.version}"
+        burn = seen.by_revision.get(subject.spec.version)
+        if burn and not policy.page_level(burn):
+            return f"{subject.spec.version} no longer burns at page level"
+        return ""
+    if record.target not in names:
+        return f"{record.target} is no longer one of the datacenters ({', '.join(names)})"
+    if record.kind == "drain":
+        after = subject.drained | {record.target}
+        if not set(names) - after:
+            return f"{record.target} is the last datacenter still serving traffic"
+        if len(after) > subject.spec.remediation.drain.max_drained:
+            limit = subject.spec.remediation.drain.max_drained
+            return f"{len(after)} datacenters would be drained (at most {limit})"
+        if policy.recovered(seen.by_datacenter.get(record.target, {})):
+            return f"{record.target} is within budget again"
+    return ""

@@ -1,0 +1,117 @@
+"""The SLO loop's executor: each ImageServer in isolation, and nothing written onto a version
+of an ImageServer that changed since it was judged."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Mapping
+from typing import Any, cast
+
+from imageserver_operator.evaluation import Budgets, Key
+from imageserver_operator.kube import Kube
+from imageserver_operator.policy import Observation
+from imageserver_operator.remediation import Remediator
+from imageserver_operator.store import Store
+
+NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
+FIRE = {"5m": 50.0, "30m": 40.0, "1h": 20.0, "2h": 10.0, "6h": 4.0, "1d": 1.0, "3d": 0.5}
+CALM = {window: 0.2 for window in FIRE}
+BAD_ROLLOUT = Observation(
+    True,
+    50.0,
+    FIRE,
+    {"dc-a": FIRE},
+    {"1.1.0": FIRE, "1.0.0": CALM},
+    errors_per_second=25.0,
+    by_datacenter_revision={"dc-a/1.1.0": FIRE},
+)
+
+
+class Refused(Exception):
+    pass
+
+
+class FakeKube:
+    """What the executor calls, recorded; `broken` names fail, `moved` names have changed."""
+
+    def __init__(self, *, broken: set[str] = frozenset(), moved: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.calls: list[tuple[str, str]] = []
+        self.broken, self.moved = broken, moved
+
+    def _write(self, what: str, name: str, version: str | None) -> str | None:
+        if name in self.broken:
+            raise Refused(f"{what} refused")
+        if name in self.moved:
+            return None  # 409: someone wrote since the version judged
+        self.calls.append((what, name))
+        return str(int(version or "0") + 1)
+
+    def apply_status(
+        self, _ns: str, name: str, _status: dict[str, Any], _manager: str, version: str | None
+    ) -> str | None:
+        return self._write("status", name, version)
+
+    def annotate(
+        self, _ns: str, name: str, _annotations: dict[str, Any], version: str | None = None
+    ) -> str | None:
+        return self._write("annotate", name, version)
+
+    def set_version(
+        self, _ns: str, name: str, _version: str, _annotations: dict[str, Any], version: str | None = None
+    ) -> str | None:
+        return self._write("rollback", name, version)
+
+    def event(self, body: Mapping[str, Any], _type: str, reason: str, _message: str) -> None:
+        self.calls.append((f"event {reason}", body["metadata"]["name"]))
+
+    def create_postmortem(self, _ns: str, name: str, _spec: dict[str, Any]) -> None:
+        self.calls.append(("postmortem", name))
+
+    def append_timeline(self, _ns: str, name: str, _entry: dict[str, Any], _resolution: str = "") -> None:
+        self.calls.append(("timeline", name))
+
+    def resolve_postmortem(self, _ns: str, name: str, _at: str, _impact: dict[str, Any]) -> None:
+        self.calls.append(("resolved", name))
+
+
+def imageserver(name: str) -> dict[str, Any]:
+    since = (NOW - datetime.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"name": name, "namespace": "prod", "uid": name, "generation": 1, "resourceVersion": "7"},
+        "spec": {"version": "1.1.0", "datacenters": [{"name": "dc-a"}]},
+        "status": {"revisions": {"current": "1.1.0", "previous": "1.0.0", "since": since}},
+    }
+
+
+def loop(kube: FakeKube, *names: str) -> Remediator:
+    store = Store()
+    for name in names:
+        store.imageserver_event("ADDED", imageserver(name))
+
+    def observe(budgets: Mapping[Key, Budgets]) -> dict[Key, Observation]:
+        return {key: BAD_ROLLOUT for key in budgets}
+
+    return Remediator(store, cast("Kube", kube), observe, is_leader=lambda: True, clock=lambda: NOW)
+
+
+def test_one_broken_imageserver_does_not_stop_the_others() -> None:
+    kube = FakeKube(broken={"first"})
+    asyncio.run(loop(kube, "first", "second").cycle())
+    assert ("rollback", "second") in kube.calls
+    assert ("event RemediationFailing", "first") in kube.calls
+
+
+def test_nothing_is_done_onto_a_version_that_changed_since_it_was_judged() -> None:
+    kube = FakeKube(moved={"first"})
+    asyncio.run(loop(kube, "first").cycle())
+    assert kube.calls == []  # the status write was refused: no record, no rollback, no message
+
+
+def test_a_replica_that_stops_leading_stops_acting() -> None:
+    kube = FakeKube()
+    leading = iter([True, True, False])
+    remediator = loop(kube, "first")
+    remediator.is_leader = lambda: next(leading, False)
+    asyncio.run(remediator.cycle())
+    assert ("rollback", "first") not in kube.calls
