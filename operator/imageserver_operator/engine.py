@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from imageserver_operator import incidents, policy
+from imageserver_operator import durations, incidents, policy
 from imageserver_operator.annotations import DRAINED_ANNOTATION, PAUSED_ANNOTATION
 from imageserver_operator.messages import IncidentMessage
 from imageserver_operator.models import (
@@ -41,7 +41,7 @@ from imageserver_operator.models import (
     Tally,
     TimelineEntry,
 )
-from imageserver_operator.slo import budget
+from imageserver_operator.slo import SHORT, budget, ranges
 
 ROLLBACK_REASON_ANNOTATION = f"{GROUP}/rollback-reason"
 # An interrupted action older than this is not completed: the world it answered has moved on.
@@ -651,8 +651,9 @@ def _open(
 
 def _resolve(subject: Subject, incident: str, tally: Tally | None, now: datetime.datetime) -> list[Effect]:
     slo = subject.spec.slo
+    short = durations.parse(ranges(slo.window)[SHORT])
     impact = incidents.impact(
-        tally or Tally(), budget(slo.availability.objective), policy.duration(slo.window)
+        tally or Tally(), budget(slo.availability.objective), policy.duration(slo.window), short
     )
     return [
         ResolvePostmortem(incident, stamp(now), impact),

@@ -22,13 +22,15 @@ from imageserver_operator import slo
 from imageserver_operator.policy import Observation
 
 Key = tuple[str, str]  # namespace, name
+SLIS = "|".join(slo.SLIS)
+GROUPINGS = "_by_datacenter|_by_revision|_by_datacenter_revision"
 RATIO_QUERY = (
-    '{__name__=~"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision|_by_datacenter_revision)?'
-    ':(rate(5m|30m|1h|2h|6h|1d|3d)|slo_window)"}'
+    f'{{__name__=~"imageserver:({SLIS})_error_ratio({GROUPINGS})?'
+    f':(rate({"|".join(slo.WINDOWS)})|slo_window)"}}'
 )
 TRAFFIC_QUERY = " or ".join(
     [
-        f"label_replace(sum by (namespace, imageserver) (imageserver:{kind}:rate5m), "
+        f"label_replace(sum by (namespace, imageserver) (imageserver:{kind}:rate{slo.SHORT}), "
         f'"kind", "{kind}", "", "")'
         for kind in ("requests", "errors")
     ]
@@ -40,10 +42,7 @@ TRAFFIC_QUERY = " or ".join(
         '"kind", "rebalance_remaining", "", "")'
     ]
 )
-NAME = re.compile(
-    r"imageserver:(availability|latency)_error_ratio(_by_datacenter|_by_revision|_by_datacenter_revision)?"
-    r":(?:rate(\w+)|slo_window)"
-)
+NAME = re.compile(rf"imageserver:({SLIS})_error_ratio({GROUPINGS})?:(?:rate(\w+)|slo_window)")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ INCIDENT_ANNOTATION = f"{GROUP}/incident"  # the open incident's Postmortem name
 LAST_ACTION_ANNOTATION = f"{GROUP}/last-action"  # {"kind", "target", "at", "incident", "reason", "done"}
 # Users fine this long before an incident is resolved: no resolve-and-reopen on a blip.
 RESOLVE_AFTER = datetime.timedelta(seconds=30)
+FIVE_MINUTES = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,17 @@ def add(tally: Tally, seen: Observation, seconds: float, at: str) -> Tally:
     )
 
 
-def impact(tally: Tally, budget: float, window: datetime.timedelta) -> Impact:
+def impact(
+    tally: Tally, budget: float, window: datetime.timedelta, short: datetime.timedelta = FIVE_MINUTES
+) -> Impact:
     """Failed requests, and the share of the SLO window's error budget they spent: the
     budget is `budget` times the requests the window sees at the incident's mean rate.
 
-    The rates are 5m rates, which spread a burst over five minutes: summed over an
-    incident shorter than that they undercount it. The worst 5 minutes (peak rate x 300 s)
-    holds a short incident whole, so the estimate is the larger of the two."""
-    failed = max(tally.failed, tally.peak_errors_per_second * 300)
+    The rates are over the short window (`short`: 5 minutes for a 30-day SLO), which spreads
+    a burst over it: summed over an incident shorter than that they undercount it. The worst
+    short window (peak rate x its length) holds a short incident whole, so the estimate is
+    the larger of the two."""
+    failed = max(tally.failed, tally.peak_errors_per_second * short.total_seconds())
     window_requests = tally.requests / tally.seconds * window.total_seconds() if tally.seconds else 0.0
     spent = 100 * failed / (budget * window_requests) if budget and window_requests else 0.0
     return Impact(failed_requests_estimate=round(failed), error_budget_consumed_percent=round(spent, 2))

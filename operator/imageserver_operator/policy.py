@@ -22,6 +22,7 @@ from typing import Literal
 
 from imageserver_operator import durations
 from imageserver_operator.models import RemediationSpec
+from imageserver_operator.slo import BURN_ALERTS, SHORT, over
 
 Burn = Mapping[str, float]  # window ("5m", "1h", …) → burn rate
 ActionKind = Literal["rollback", "drain", "undrain", "page", "notify_unknown"]
@@ -34,28 +35,23 @@ def duration(text: str) -> datetime.timedelta:
     return durations.parse(text)
 
 
-PAGE_FAST = 14.4  # the fast page's burn factor (1h and 5m windows)
+PAGE_FAST = next(a.factor for a in BURN_ALERTS if a.severity == "page" and a.short == SHORT)
 
 
 def page_level(burn: Burn) -> bool:
-    def over(window: str, factor: float) -> bool:
-        return burn.get(window, 0.0) > factor
-
-    return (over("1h", PAGE_FAST) and over("5m", PAGE_FAST)) or (over("6h", 6) and over("30m", 6))
+    """Over a page's factor on both windows of one of the table's page rows (slo.py)."""
+    return over(burn, "page")
 
 
 def ticket_level(burn: Burn) -> bool:
-    def over(window: str, factor: float) -> bool:
-        return burn.get(window, 0.0) > factor
-
-    return (over("1d", 3) and over("2h", 3)) or (over("3d", 1) and over("6h", 1))
+    return over(burn, "ticket")
 
 
 def recovered(burn: Burn) -> bool:
     """Within budget now: the short window only. The 1h window of a datacenter that was just
     sick keeps its errors for an hour; holding a recovered datacenter drained that long would
     leave the others without headroom for no reason. `healthyPeriod` guards against flapping."""
-    return "5m" in burn and burn["5m"] <= HEALTHY_BURN
+    return SHORT in burn and burn[SHORT] <= HEALTHY_BURN
 
 
 def _describe(burn: Burn) -> str:

@@ -15,6 +15,12 @@ other datacenters piling up). Burn rate = error ratio / error budget, where the 
 | ticket   | 1d          | 2h           | 3         | 10 % in a day              |
 | ticket   | 3d          | 6h           | 1         | 10 % in three days         |
 
+The table is the Workbook's for a 30-day budget window. For another `slo.window`, each
+window keeps its share of the budget window (the factors, and the share of budget spent when
+an alert fires, stay as they are): a 3-day SLO evaluates "5m" over 30 s and "1h" over 6 min.
+Windows keep their 30-day names everywhere (rules, evaluation, policy); `ranges` says what
+each covers. No range is shorter than `MIN_RANGE`, for rate() to see two scrapes.
+
 Every selector, over raw and recorded series alike, names the ImageServer three ways:
 `namespace`, `imageserver` and `job="<namespace>/<name>"` (`job_label`). The rendered
 ServiceMonitor sets that `job` on every scrape of the ImageServer's pods, and relabels the
@@ -35,15 +41,20 @@ still set this `job`: the namespace is the trust boundary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from imageserver_operator import durations
 from imageserver_operator.models import SLOSpec
 
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+SHORT = WINDOWS[0]  # what serves users now: when an incident ends, whether a datacenter recovered
+TABLE_PERIOD = datetime.timedelta(days=30)  # the budget window the table's windows are for
+MIN_RANGE = datetime.timedelta(seconds=30)
 DATA_ROUTES = "upload|original|variant"
 REQUESTS = "imageserver_http_requests_total"
 BUCKETS = "imageserver_http_request_duration_seconds_bucket"
@@ -71,6 +82,36 @@ BURN_ALERTS = (
 SLIS = {"availability": "errors", "latency": "slow"}
 
 
+def _promql(span: datetime.timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def ranges(slo_window: str) -> dict[str, str]:
+    """What each named window covers for this budget window, as PromQL ranges: the 30-day
+    table's own for 30 days, the same share of any other."""
+    period = durations.parse(slo_window, maximum=durations.SLO_WINDOW_MAX)
+    covered = {}
+    for window in WINDOWS:
+        share = durations.parse(window) * (period / TABLE_PERIOD)
+        covered[window] = _promql(max(datetime.timedelta(seconds=round(share.total_seconds())), MIN_RANGE))
+    return covered
+
+
+def over(burn: Mapping[str, float], severity: str) -> bool:
+    """Whether burn rates (window name → multiple of the budget) fire an alert of this
+    severity: over the factor on both windows of one of its rows. The policy's page and the
+    Prometheus alerts are the same table."""
+    return any(
+        burn.get(a.long, 0.0) > a.factor and burn.get(a.short, 0.0) > a.factor
+        for a in BURN_ALERTS
+        if a.severity == severity
+    )
+
+
 def budget(objective_percent: float) -> float:
     """The error budget as a ratio: 99.9 % → 0.001."""
     return round(1 - objective_percent / 100, 10)
@@ -91,27 +132,27 @@ def _by(*labels: str) -> str:
     return ", ".join(("namespace", "imageserver", "job", *labels))
 
 
-def _recording(namespace: str, name: str, threshold: float) -> list[dict[str, Any]]:
+def _recording(namespace: str, name: str, threshold: float, slo_window: str) -> list[dict[str, Any]]:
     match = f'{_scope(namespace, name)}, route=~"{DATA_ROUTES}"'
     le = f"{threshold:g}" if threshold != int(threshold) else f"{threshold:.1f}"
     rules = []
-    for window in WINDOWS:
+    for window, span in ranges(slo_window).items():
         rules += [
             {
                 "record": f"imageserver:requests:rate{window}",
-                "expr": f"sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}}}[{window}]))",
+                "expr": f"sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}}}[{span}]))",
             },
             # "or 0 x requests": a revision with no 5xx at all has ratio 0, not "no data".
             {
                 "record": f"imageserver:errors:rate{window}",
-                "expr": f'sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}, code=~"5.."}}[{window}]))'
-                f" or 0 * sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}}}[{window}]))",
+                "expr": f'sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}, code=~"5.."}}[{span}]))'
+                f" or 0 * sum by ({_by(*DETAIL)}) (rate({REQUESTS}{{{match}}}[{span}]))",
             },
             # Slow = every request minus those faster than the threshold (the bucket at le).
             {
                 "record": f"imageserver:slow:rate{window}",
-                "expr": f'sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="+Inf"}}[{window}]))'
-                f' - sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="{le}"}}[{window}]))',
+                "expr": f'sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="+Inf"}}[{span}]))'
+                f' - sum by ({_by(*DETAIL)}) (rate({BUCKETS}{{{match}, le="{le}"}}[{span}]))',
             },
         ]
         mine = f"{{{_scope(namespace, name)}}}"
@@ -138,17 +179,21 @@ def _recording(namespace: str, name: str, threshold: float) -> list[dict[str, An
 
 
 def _budget_window(namespace: str, name: str, slo_window: str) -> list[dict[str, Any]]:
-    """The budget window's error ratio: the 5m ratio sampled every 5 minutes across the window
-    (a subquery over a recorded series: far cheaper than rate() over 30 days of raw samples),
-    summed and divided by the number of 5-minute slots. Slots without data count as no errors,
-    so a young service is not judged by its first minutes alone (an average over the samples
-    there are, as Sloth does, says -5000 % after one bad minute). Feeds errorBudgetRemaining."""
+    """The budget window's error ratio: the 5m ratio sampled every 5m (the range that name
+    covers here) across the window (a subquery over a recorded series: far cheaper than
+    rate() over 30 days of raw samples), summed and divided by the number of slots. Slots
+    without data count as no errors, so a young service is not judged by its first minutes
+    alone (an average over the samples there are, as Sloth does, says -5000 % after one bad
+    minute). Feeds errorBudgetRemaining."""
     mine = f"{{{_scope(namespace, name)}}}"
-    slots = int(slo_window.removesuffix("d")) * 24 * 12
+    step = ranges(slo_window)[SHORT]
+    period = durations.parse(slo_window, maximum=durations.SLO_WINDOW_MAX)
+    slots = round(period / durations.parse(step))
     return [
         {
             "record": f"imageserver:{sli}_error_ratio:slo_window",
-            "expr": f"sum_over_time(imageserver:{sli}_error_ratio:rate5m{mine}[{slo_window}:5m]) / {slots}",
+            "expr": f"sum_over_time(imageserver:{sli}_error_ratio:rate{SHORT}{mine}"
+            f"[{_promql(period)}:{step}]) / {slots}",
         }
         for sli in SLIS
     ]
@@ -277,7 +322,7 @@ def rule_groups(namespace: str, name: str, slo: SLOSpec, datacenters: Sequence[s
         "groups": [
             {
                 "name": f"imageserver-{namespace}-{name}-recording",
-                "rules": _recording(namespace, name, threshold),
+                "rules": _recording(namespace, name, threshold, slo.window),
             },
             {
                 "name": f"imageserver-{namespace}-{name}-budget",

@@ -1,6 +1,9 @@
 """Acceptance: what must *not* make the operator act.
 
-- Noise: the whole service burning at half its budget for ten minutes is no incident.
+- Noise: the whole service burning at half its budget is no incident, with every page window
+  filled with it. The ImageServer's SLO window is 3 days, so each burn window covers a tenth
+  of its 30-day range ("5m" is 30 s, "30m" 3 minutes): three minutes of noise here are the
+  half hour of a 30-day SLO (slo.py's rules and the policy's tests cover the real windows).
 - Prometheus stopped: no data, so no action (even on a bad rollout), the SLOHealthy=Unknown
   condition and one notification; once Prometheus answers again the operator acts.
 """
@@ -10,8 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from testbed.mission import Mission
 
@@ -38,20 +39,22 @@ def slo_condition(one: Mission) -> dict[str, Any]:
     return next((c for c in conditions if c["type"] == "SLOHealthy"), {})
 
 
-@pytest.mark.timeout(900)  # ten minutes of noise, plus the bring-up
-def test_half_the_budget_burning_for_ten_minutes_is_not_an_incident(mission: Callable[..., Mission]) -> None:
+def test_half_the_budget_burning_over_every_page_window_is_not_an_incident(
+    mission: Callable[..., Mission],
+) -> None:
     # A 99 % objective and 0.5 % of requests failing: a steady 0.5x burn, everywhere.
-    one = mission({**SPEC, "slo": {"availability": {"objective": 99.0}}})
+    one = mission({**SPEC, "slo": {"availability": {"objective": 99.0}, "window": "3d"}})
     for dc in one.datacenters():
         one.runner.sicken(dc, 0.005)
-    one.holds("no action on a 0.5x burn", lambda: untouched(one), 600, poll=15)
+    one.holds("no action on a 0.5x burn", lambda: untouched(one), 180, poll=5)
 
     assert one.prometheus is not None
+    # "30m" (3 minutes here) holds some 3,600 requests: about 18 failures, never near 0 or 3x that.
     ratio = one.prometheus.query(
-        f'imageserver:availability_error_ratio:rate5m{{namespace="{one.namespace}"}}'
+        f'imageserver:availability_error_ratio:rate30m{{namespace="{one.namespace}"}}'
     )
     burn = float(ratio[0]["value"][1]) / 0.01
-    print(f"noise: burn {burn:.2f}x over 5m after 10 minutes, no action")
+    print(f"noise: burn {burn:.2f}x over 30m (3 minutes of a 3-day SLO), no action")
     assert 0.1 < burn < 1.5, "the noise was not there: the test proves nothing"
     assert slo_condition(one)["status"] == "True"
     assert one.postmortems() == [] and one.messages() == []

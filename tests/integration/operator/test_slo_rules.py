@@ -559,3 +559,41 @@ def test_the_operator_reads_what_a_resharding_still_has_to_move_from_the_rules(
             }
         ],
     )
+
+
+@pytest.mark.parametrize("window", ["1d", "3d", "7d", "28d", "90d"])
+def test_every_budget_window_gives_rules_promtool_accepts(tmp_path: Path, window: str) -> None:
+    path = tmp_path / "rules.yml"
+    path.write_text(slo.rule_file("prod", "photos", SLOSpec(window=window), ["dc-a"]))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_three_day_slo_pages_on_a_total_outage_within_its_scaled_windows(tmp_path: Path) -> None:
+    """A 3-day budget window: "5m" covers 30 s and "1h" 6 min, so a total outage pages once
+    the 6-minute window holds enough of it: after about 30 s instead of two minutes."""
+    path = tmp_path / "rules.yml"
+    path.write_text(slo.rule_file("prod", "photos", SLOSpec(window="3d"), ["dc-a"]))
+    page = expected("availability", "failing requests", "99.9", "0.001")
+    page["exp_annotations"]["description"] = page["exp_annotations"]["description"].replace("30d", "3d")
+    spec = {
+        "rule_files": [path.name],
+        "evaluation_interval": "10s",
+        "tests": [
+            {
+                "interval": "10s",
+                "input_series": [requests("500", 100, 60)],
+                "alert_rule_test": [
+                    {"alertname": "ImageServerAvailabilityBurnPage", "eval_time": "0s", "exp_alerts": []},
+                    {
+                        "alertname": "ImageServerAvailabilityBurnPage",
+                        "eval_time": "40s",
+                        "exp_alerts": [page],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
