@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Environment, Owner, render
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core.render import Environment, Owner, render
 from testbed import cluster as local_cluster
 from testbed.cluster import Cluster
 from testbed.operators import OperatorProcesses

@@ -31,6 +31,7 @@ from testbed.podrunner import PodRunner
 class Tally:
     sent: int = 0
     failed: int = 0  # 5xx, or no answer at all
+    unanswered: int = 0  # of those, no answer (no server saw them: none of its metrics count them)
 
 
 class Gateway:
@@ -127,7 +128,7 @@ class Gateway:
         frontend = frontends[n % len(frontends)]
         with self._lock:
             known = list(self.uploaded)
-        failed = False
+        failed = unanswered = False
         try:
             if not probe and (not known or n % self.upload_every == 0):
                 data = self.image(n)
@@ -148,12 +149,13 @@ class Gateway:
         except urllib.error.HTTPError as error:
             failed = error.code >= 500
         except OSError:
-            failed = True
+            failed = unanswered = True
         second = int(time.monotonic() - self.started)
         with self._lock:
             tally = self.tallies[second][dc]
             tally.sent += 1
             tally.failed += failed
+            tally.unanswered += unanswered
 
     def error_ratio(self, last_seconds: int, datacenter: str | None = None) -> float:
         """Failed / sent over the last seconds, in one datacenter or all."""
@@ -171,7 +173,9 @@ class Gateway:
         first, last = int(start - self.started_wall), int(end - self.started_wall)
         with self._lock:
             every = [t for s in range(first, last + 1) for t in self.tallies.get(s, {}).values()]
-        return Tally(sum(t.sent for t in every), sum(t.failed for t in every))
+        return Tally(
+            sum(t.sent for t in every), sum(t.failed for t in every), sum(t.unanswered for t in every)
+        )
 
     def series(self, bucket: int = 5) -> dict[str, list[tuple[float, float]]]:
         """Per datacenter: (Unix time, error ratio) every `bucket` seconds, as users saw it."""
@@ -192,7 +196,9 @@ class Gateway:
     def totals(self) -> Tally:
         with self._lock:
             every = [t for per_dc in self.tallies.values() for t in per_dc.values()]
-        return Tally(sum(t.sent for t in every), sum(t.failed for t in every))
+        return Tally(
+            sum(t.sent for t in every), sum(t.failed for t in every), sum(t.unanswered for t in every)
+        )
 
     def lost(self, datacenters: list[str]) -> list[str]:
         """Acknowledged uploads that a frontend of one of these datacenters does not serve

@@ -9,6 +9,11 @@ ConfigMap or the set of storage processes changes (the process picks the new fil
 itself). Every process is listed in a Prometheus file_sd target file,
 labelled with its namespace and ImageServer, so the operator's SLO rules see real traffic.
 
+As on a cluster, Prometheus sees every request a frontend answers: a frontend gets traffic
+(`frontends()`) only once it is ready and has been a scrape target for `SCRAPE_GRACE`, and a
+frontend whose pod is gone gets none and stays a target that long before it is stopped (the
+drain delay a pod's termination grace gives it, with Prometheus still scraping it).
+
 Faults play the incidents: a bad build (every process of a revision fails a share of its
 requests, set at start) or a sick datacenter (its frontends fail, switched on and off at run
 time through the processes' admin endpoints, which only the runner's token opens).
@@ -28,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imageserver_operator.slo import job_label
+from imageserver_operator.core.slo import job_label
 from testbed.cluster import Cluster
 from testbed.processes import Managed, State, free_port, is_running, spawn, stop
 
 SELECTOR = "app.kubernetes.io/name=imageserver"
+SCRAPE_GRACE = 2.0  # seconds: two of the test bed's 1 s scrapes
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Runner:
     managed: Managed
     imageserver: str
     topology: Path | None = None
+    uid: str = ""  # a StatefulSet's pod comes back under the same name: the uid tells it apart
+    routable_at: float | None = None  # monotonic: ready, and scraped by then
 
     @property
     def url(self) -> str:
@@ -99,6 +107,7 @@ class PodRunner:
         self.interval = interval
         self.state = State(workdir / "processes")
         self.runners: dict[str, Runner] = {}
+        self.leaving: list[tuple[Runner, float]] = []  # pods gone: stopped at the monotonic time
         self.targets = workdir / "targets.json"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,7 +115,9 @@ class PodRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         self.targets.write_text("[]")
 
-    def frontends(self, datacenter: str | None = None) -> list[Runner]:
+    def frontends(self, datacenter: str | None = None, *, routable: bool = True) -> list[Runner]:
+        """Frontends that take traffic (or, with routable=False, every one running)."""
+        now = time.monotonic()
         with self._lock:
             return [
                 r
@@ -114,6 +125,7 @@ class PodRunner:
                 if r.role == "frontend"
                 and (datacenter is None or r.datacenter == datacenter)
                 and is_running(r.managed)
+                and (not routable or (r.routable_at is not None and r.routable_at <= now))
             ]
 
     def sync(self) -> None:
@@ -127,8 +139,17 @@ class PodRunner:
             if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
         }
         with self._lock:
-            for name in [n for n in self.runners if n not in running]:
-                stop(self.runners.pop(name).managed, grace=5)
+            # Gone, or replaced under the same name (a StatefulSet's rollout or rollback can
+            # delete and recreate a pod between two passes): its process goes too.
+            replaced = [
+                n
+                for n, r in self.runners.items()
+                if n not in running or r.uid != running[n]["metadata"]["uid"]
+            ]
+            for name in replaced:  # no traffic from now, scraped a little longer
+                self.leaving.append((self.runners.pop(name), time.monotonic() + SCRAPE_GRACE))
+            due = [r for r, at in self.leaving if at <= time.monotonic()]
+            self.leaving = [(r, at) for r, at in self.leaving if at > time.monotonic()]
             for pod in sorted(
                 running.values(), key=lambda p: p["spec"]["containers"][0]["args"][0] != "storage"
             ):
@@ -139,8 +160,24 @@ class PodRunner:
                 for r in self.runners.values()
                 if r.role == "storage" and r.pod in running
             }
+        for runner in due:
+            stop(runner.managed, grace=5)
         self._write_topologies(addresses)
         self._write_targets()
+        self._admit()
+
+    def _admit(self) -> None:
+        """Frontends that answer /readyz take traffic once Prometheus has had time to scrape them."""
+        with self._lock:
+            waiting = [r for r in self.runners.values() if r.role == "frontend" and r.routable_at is None]
+        for runner in waiting:
+            try:
+                with urllib.request.urlopen(f"{runner.url}/readyz", timeout=0.5) as answer:
+                    ready = answer.status == 200
+            except OSError:
+                ready = False
+            if ready:
+                runner.routable_at = time.monotonic() + SCRAPE_GRACE
 
     def _start(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -173,7 +210,14 @@ class PodRunner:
         managed = spawn(self.state, meta["name"], argv, env)
         instance = meta.get("labels", {}).get("app.kubernetes.io/instance", "")
         self.runners[meta["name"]] = Runner(
-            meta["name"], role, env.get("IMAGESERVER_DATACENTER", ""), port, managed, instance, topology
+            meta["name"],
+            role,
+            env.get("IMAGESERVER_DATACENTER", ""),
+            port,
+            managed,
+            instance,
+            topology,
+            meta["uid"],
         )
 
     def _secret(self, name: str, key: str) -> str:
@@ -222,7 +266,7 @@ class PodRunner:
                         "pod": r.pod,
                     },
                 }
-                for r in self.runners.values()
+                for r in [*self.runners.values(), *(r for r, _ in self.leaving)]
             ]
         tmp = self.targets.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups))
@@ -246,15 +290,16 @@ class PodRunner:
         if self._thread is not None:
             self._thread.join(10)
         with self._lock:
-            for runner in self.runners.values():
+            for runner in [*self.runners.values(), *(r for r, _ in self.leaving)]:
                 stop(runner.managed, grace=5)
             self.runners.clear()
+            self.leaving.clear()
 
     def sicken(self, datacenter: str, error_ratio: float) -> None:
         """Make a datacenter's frontends fail this share of requests (0 heals it), now and for
         frontends started later."""
         self.datacenter_faults[datacenter] = error_ratio
-        for runner in self.frontends(datacenter):
+        for runner in self.frontends(datacenter, routable=False):
             request = urllib.request.Request(
                 f"{runner.url}/admin/faults",
                 data=json.dumps({"errorRatio": error_ratio}).encode(),

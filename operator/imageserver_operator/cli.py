@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from imageserver_operator import crds
+from imageserver_operator.api import crds
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -65,8 +65,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    from imageserver_operator.drain import DrainRefused, set_drained  # noqa: PLC0415
-    from imageserver_operator.kube import Kube, api_client  # noqa: PLC0415
+    from imageserver_operator.adapters.drain import DrainRefused, set_drained  # noqa: PLC0415
+    from imageserver_operator.adapters.kube import Kube, api_client  # noqa: PLC0415
 
     drain = args.command == "drain"
     try:
@@ -86,9 +86,9 @@ def _drain(args: argparse.Namespace) -> int:
 
 
 def _postmortem_export(args: argparse.Namespace) -> int:
-    from imageserver_operator.kube import Kube, api_client  # noqa: PLC0415
-    from imageserver_operator.models import PostmortemSpec  # noqa: PLC0415
-    from imageserver_operator.postmortems import markdown  # noqa: PLC0415
+    from imageserver_operator.adapters.kube import Kube, api_client  # noqa: PLC0415
+    from imageserver_operator.api.models import PostmortemSpec  # noqa: PLC0415
+    from imageserver_operator.core.postmortems import markdown  # noqa: PLC0415
 
     body = Kube(api_client()).get_postmortem(args.n, args.name)
     print(markdown(args.name, PostmortemSpec.model_validate(body["spec"])), end="")

@@ -17,15 +17,15 @@ from typing import Any, ClassVar
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 
-from imageserver_operator.controller import Controller
-from imageserver_operator.kube import Kube, api_client
-from imageserver_operator.leader import LeaderElection
-from imageserver_operator.metrics import OperatorMetrics
-from imageserver_operator.models import GROUP, VERSION
-from imageserver_operator.notifications import SlackRouter
-from imageserver_operator.prom import Prometheus
-from imageserver_operator.remediation import Remediator
-from imageserver_operator.store import Store
+from imageserver_operator.adapters.kube import Kube, api_client
+from imageserver_operator.adapters.leader import LeaderElection
+from imageserver_operator.adapters.metrics import OperatorMetrics
+from imageserver_operator.adapters.notifications import SlackRouter
+from imageserver_operator.adapters.prom import Prometheus
+from imageserver_operator.adapters.store import Store
+from imageserver_operator.api.models import GROUP, VERSION
+from imageserver_operator.loops.controller import Controller
+from imageserver_operator.loops.remediation import Remediator
 
 log = logging.getLogger(__name__)
 MANAGED = {"app.kubernetes.io/managed-by": "imageserver-operator"}

@@ -90,3 +90,43 @@ def test_pods_run_as_real_processes_and_serve_across_datacenters(
         assert revisions
     finally:
         runner.stop()
+
+
+def test_a_pod_replaced_under_the_same_name_between_two_passes_gets_a_new_process(
+    cluster: Cluster, namespace: str, operators: OperatorProcesses, tmp_path: Path
+) -> None:
+    """A StatefulSet's rollout or rollback deletes a pod and creates it again under the same
+    name; when both happen between two passes, the old process (the old revision) must not
+    go on serving: under CI load it once kept a bad revision's storage alive for minutes."""
+    operators.start()
+    spec = {
+        "version": "1.0.0",
+        "datacenters": [{"name": "dc-a"}],
+        "storage": {"replicas": 1, "writeQuorum": 1},
+    }
+    manifest = {"apiVersion": "imageserver.dev/v1alpha1", "kind": "ImageServer", "metadata": {"name": "same"}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest | {"spec": spec}))
+    runner = PodRunner(cluster, namespace, tmp_path / "pods")  # driven by hand: no background passes
+    pod = "same-storage-dc-a-s0-0"
+
+    def uid() -> str:
+        found = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
+        running = [p for p in found if p.get("status", {}).get("phase") == "Running"]
+        return next((p["metadata"]["uid"] for p in running if p["metadata"]["name"] == pod), "")
+
+    try:
+        deadline = time.monotonic() + 60
+        while pod not in runner.runners and time.monotonic() < deadline:
+            runner.sync()
+            time.sleep(0.5)
+        first = runner.runners[pod].managed.pid
+        before = uid()
+        cluster.kubectl("delete", "pod", "-n", namespace, pod, "--wait=true")
+        deadline = time.monotonic() + 60
+        while uid() in ("", before) and time.monotonic() < deadline:
+            time.sleep(0.25)  # no pass in between: the runner never sees the pod missing
+        assert uid() not in ("", before), "the StatefulSet did not recreate the pod"
+        runner.sync()
+        assert runner.runners[pod].managed.pid != first
+    finally:
+        runner.stop()

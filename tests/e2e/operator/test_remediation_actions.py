@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from imageserver_operator.evaluation import Budgets, Key
-from imageserver_operator.kube import FIELD_MANAGER, SLO_FIELD_MANAGER, Kube, api_client
-from imageserver_operator.notifications import SlackRouter
-from imageserver_operator.policy import Observation
-from imageserver_operator.remediation import Remediator
-from imageserver_operator.store import Store
+from imageserver_operator.adapters.kube import FIELD_MANAGER, SLO_FIELD_MANAGER, Kube, api_client
+from imageserver_operator.adapters.notifications import SlackRouter
+from imageserver_operator.adapters.store import Store
+from imageserver_operator.core.evaluation import Budgets, Key
+from imageserver_operator.core.policy import Observation
+from imageserver_operator.loops.remediation import Remediator
 from testbed.cluster import Cluster
 from testbed.slack_stub import SlackStub
 

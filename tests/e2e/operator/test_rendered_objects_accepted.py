@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Environment, Owner, render
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core.render import Environment, Owner, render
 from testbed.cluster import Cluster
 
 

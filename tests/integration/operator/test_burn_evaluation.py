@@ -10,11 +10,11 @@ from pathlib import Path
 import requests
 from servers import Processes
 
-from imageserver_operator import slo
-from imageserver_operator.evaluation import Budgets
-from imageserver_operator.models import SLOSpec
-from imageserver_operator.policy import page_level
-from imageserver_operator.prom import Prometheus
+from imageserver_operator.adapters.prom import Prometheus
+from imageserver_operator.api.models import SLOSpec
+from imageserver_operator.core import slo
+from imageserver_operator.core.evaluation import Budgets
+from imageserver_operator.core.policy import page_level
 from testbed.prometheus import Prometheus as PrometheusServer
 
 KEY = ("prod", "photos")

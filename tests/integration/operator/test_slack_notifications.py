@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from imageserver_operator.messages import IncidentMessage
-from imageserver_operator.slack import SlackNotifier, client
+from imageserver_operator.adapters.slack import SlackNotifier, client
+from imageserver_operator.core.messages import IncidentMessage
 from testbed.slack_stub import SlackStub
 
 

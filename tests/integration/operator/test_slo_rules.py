@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from imageserver_operator import slo
-from imageserver_operator.models import SLOSpec
+from imageserver_operator.api.models import SLOSpec
+from imageserver_operator.core import slo
 from testbed.prometheus import promtool
 
 JOB = 'job="prod/photos"'  # what the ServiceMonitor sets on every scrape of prod/photos

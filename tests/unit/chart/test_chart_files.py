@@ -11,7 +11,7 @@ import pytest
 import yaml
 from chart_docs import readme_with_table
 
-from imageserver_operator.models import ImageServerSpec
+from imageserver_operator.api.models import ImageServerSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "imageserver-operator"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from imageserver_operator.evaluation import Budgets, observations
+from imageserver_operator.core.evaluation import Budgets, observations
 
 KEY = ("prod", "photos")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from imageserver_operator import cli, crds
+from imageserver_operator import cli
+from imageserver_operator.api import crds
 
 REPO = Path(__file__).resolve().parents[3]
 

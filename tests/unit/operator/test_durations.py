@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageserver_operator import crds, durations, policy
-from imageserver_operator.models import DURATION, RemediationSpec
+from imageserver_operator.api import crds, durations
+from imageserver_operator.api.models import DURATION, RemediationSpec
+from imageserver_operator.core import policy
 
 DAY = datetime.timedelta(days=1)
 HOUR = datetime.timedelta(hours=1)

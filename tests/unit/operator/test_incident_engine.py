@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imageserver_operator import engine
-from imageserver_operator.engine import Subject, judge
-from imageserver_operator.incidents import INCIDENT_ANNOTATION, LAST_ACTION_ANNOTATION, Recorded
-from imageserver_operator.messages import IncidentMessage
-from imageserver_operator.policy import Observation
+from imageserver_operator.core import engine
+from imageserver_operator.core.engine import Subject, judge
+from imageserver_operator.core.incidents import INCIDENT_ANNOTATION, LAST_ACTION_ANNOTATION, Recorded
+from imageserver_operator.core.messages import IncidentMessage
+from imageserver_operator.core.policy import Observation
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
 CALM = {"5m": 0.2, "30m": 0.2, "1h": 0.2, "2h": 0.2, "6h": 0.2, "1d": 0.2, "3d": 0.2}

@@ -6,9 +6,9 @@ import datetime
 
 import pytest
 
-from imageserver_operator.incidents import add, impact
-from imageserver_operator.models import Tally
-from imageserver_operator.policy import Observation
+from imageserver_operator.api.models import Tally
+from imageserver_operator.core.incidents import add, impact
+from imageserver_operator.core.policy import Observation
 
 MONTH = datetime.timedelta(days=30)
 

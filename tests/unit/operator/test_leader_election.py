@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from imageserver_operator.kube import REQUEST_TIMEOUT, TimeoutApiClient
-from imageserver_operator.leader import LeaderElection, LeaseView, Observation, may_take, observe
+from imageserver_operator.adapters.kube import REQUEST_TIMEOUT, TimeoutApiClient
+from imageserver_operator.adapters.leader import LeaderElection, LeaseView, Observation, may_take, observe
 
 EPOCH = datetime.datetime(2026, 11, 21, 12, 0, tzinfo=datetime.UTC)
 DURATION = 30

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imageserver_operator.models import PostmortemSpec
-from imageserver_operator.postmortems import markdown
+from imageserver_operator.api.models import PostmortemSpec
+from imageserver_operator.core.postmortems import markdown
 
 SPEC = PostmortemSpec.model_validate(
     {

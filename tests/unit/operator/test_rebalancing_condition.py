@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from imageserver_operator import evaluation
-from imageserver_operator.engine import Subject
-from imageserver_operator.engine import rebalancing as judged
-from imageserver_operator.evaluation import Budgets
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.policy import Observation
-from imageserver_operator.status import Observation as Seen
-from imageserver_operator.status import compute
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core import evaluation
+from imageserver_operator.core.engine import Subject
+from imageserver_operator.core.engine import rebalancing as judged
+from imageserver_operator.core.evaluation import Budgets
+from imageserver_operator.core.policy import Observation
+from imageserver_operator.core.status import Observation as Seen
+from imageserver_operator.core.status import compute
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 SPEC = ImageServerSpec.model_validate({"version": "1.0.0", "datacenters": [{"name": "dc-a"}]})

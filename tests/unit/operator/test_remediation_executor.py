@@ -8,11 +8,11 @@ import datetime
 from collections.abc import Mapping
 from typing import Any, cast
 
-from imageserver_operator.evaluation import Budgets, Key
-from imageserver_operator.kube import Kube
-from imageserver_operator.policy import Observation
-from imageserver_operator.remediation import Remediator
-from imageserver_operator.store import Store
+from imageserver_operator.adapters.kube import Kube
+from imageserver_operator.adapters.store import Store
+from imageserver_operator.core.evaluation import Budgets, Key
+from imageserver_operator.core.policy import Observation
+from imageserver_operator.loops.remediation import Remediator
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
 FIRE = {"5m": 50.0, "30m": 40.0, "1h": 20.0, "2h": 10.0, "6h": 4.0, "1d": 1.0, "3d": 0.5}

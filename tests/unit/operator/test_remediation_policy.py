@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imageserver_operator.models import DrainPolicy, RemediationSpec
-from imageserver_operator.policy import Action, Datacenter, Observation, State, decide, page_level
+from imageserver_operator.api.models import DrainPolicy, RemediationSpec
+from imageserver_operator.core.policy import Action, Datacenter, Observation, State, decide, page_level
 
 NOW = datetime.datetime(2026, 11, 21, 12, 0, tzinfo=datetime.UTC)
 CALM = {"5m": 0.2, "30m": 0.2, "1h": 0.2, "2h": 0.2, "6h": 0.2, "1d": 0.2, "3d": 0.2}

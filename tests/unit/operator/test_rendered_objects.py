@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from imageserver import topology as frontend_topology
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.reconcile import plan, stale
-from imageserver_operator.render import Environment, Owner, key, render, topology
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core.reconcile import plan, stale
+from imageserver_operator.core.render import Environment, Owner, key, render, topology
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "operator" / "render"
 SAMPLES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imageserver_operator import slo
-from imageserver_operator.models import SLOSpec
+from imageserver_operator.api.models import SLOSpec
+from imageserver_operator.core import slo
 
 RUNBOOKS = Path(__file__).resolve().parents[3] / "runbooks"
 SECTIONS = ("## What it means", "## How to confirm", "## Mitigate by hand", "## Undo the automation")

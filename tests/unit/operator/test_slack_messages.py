@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imageserver_operator.messages import IncidentMessage, blocks
-from imageserver_operator.slack import retry_after
+from imageserver_operator.adapters.slack import retry_after
+from imageserver_operator.core.messages import IncidentMessage, blocks
 
 
 def test_retry_after_is_read_however_it_comes() -> None:

@@ -8,7 +8,8 @@ import datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageserver_operator import durations, evaluation, policy, slo
+from imageserver_operator.api import durations
+from imageserver_operator.core import evaluation, policy, slo
 
 
 def test_thirty_days_is_the_workbook_table_itself() -> None:

@@ -23,10 +23,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from imageserver_operator import durations, incidents, policy
-from imageserver_operator.annotations import DRAINED_ANNOTATION, PAUSED_ANNOTATION
-from imageserver_operator.messages import IncidentMessage
-from imageserver_operator.models import (
+from imageserver_operator.api import durations
+from imageserver_operator.api.models import (
     GROUP,
     AutomationStatus,
     Baseline,
@@ -41,7 +39,10 @@ from imageserver_operator.models import (
     Tally,
     TimelineEntry,
 )
-from imageserver_operator.slo import SHORT, budget, ranges
+from imageserver_operator.core import incidents, policy
+from imageserver_operator.core.annotations import DRAINED_ANNOTATION, PAUSED_ANNOTATION
+from imageserver_operator.core.messages import IncidentMessage
+from imageserver_operator.core.slo import SHORT, budget, ranges
 
 ROLLBACK_REASON_ANNOTATION = f"{GROUP}/rollback-reason"
 # An interrupted action older than this is not completed: the world it answered has moved on.
@@ -87,6 +88,11 @@ class Annotate:
     """Set (None: remove) annotations the operator owns, onto the version judged."""
 
     annotations: Mapping[str, str | None]
+
+
+@dataclass(frozen=True)
+class Record(Annotate):
+    """An action's write-ahead record (not done): written before the action is taken."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class ResolvePostmortem:
 Effect = (
     WriteStatus
     | Annotate
+    | Record
     | RollBack
     | Drain
     | PostEvent
@@ -147,7 +154,7 @@ Effect = (
     | AppendTimeline
     | ResolvePostmortem
 )
-WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, RollBack, Drain)
+WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, Record, RollBack, Drain)
 
 
 # -- the input, parsed once at the edge --------------------------------------------------------
@@ -529,7 +536,7 @@ def _act(subject: Subject, incident: str, action: policy.Action, now: datetime.d
     """The write-ahead record, then the action with its record marked done in the same write."""
     pending = _record(action, incident, now, done=False)
     return [
-        Annotate({incidents.LAST_ACTION_ANNOTATION: pending.annotation()}),
+        Record({incidents.LAST_ACTION_ANNOTATION: pending.annotation()}),
         _carry_out(subject, dataclasses.replace(pending, done=True)),
     ]
 

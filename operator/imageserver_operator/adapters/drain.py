@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imageserver_operator.annotations import DRAINED_ANNOTATION, drained_of
-from imageserver_operator.kube import Kube
+from imageserver_operator.adapters.kube import Kube
+from imageserver_operator.core.annotations import DRAINED_ANNOTATION, drained_of
 
 
 class DrainRefused(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imageserver_operator.models import GROUP
+from imageserver_operator.api.models import GROUP
 
 DRAINED_ANNOTATION = f"{GROUP}/drained"  # comma-separated datacenters, written by drain/undrain
 PAUSED_ANNOTATION = f"{GROUP}/paused"  # "true" stops all automation

@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from imageserver_operator.models import GROUP
-from imageserver_operator.render import Manifest, key
+from imageserver_operator.api.models import GROUP
+from imageserver_operator.core.render import Manifest, key
 
 ObjectKey = tuple[str, str]  # namespace, name
 

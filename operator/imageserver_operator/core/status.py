@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Manifest
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core.render import Manifest
 
 # The reconcile loop's conditions; the SLO loop owns the others (SLOHealthy, Rebalancing,
 # RemediationFailing). Each loop applies only its own, under its own field manager.

@@ -20,7 +20,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from imageserver_operator.messages import IncidentMessage, blocks
+from imageserver_operator.core.messages import IncidentMessage, blocks
 
 log = logging.getLogger(__name__)
 RETRYABLE = {429, 500, 502, 503, 504}

@@ -48,8 +48,8 @@ from typing import Any
 
 import yaml
 
-from imageserver_operator import durations
-from imageserver_operator.models import SLOSpec
+from imageserver_operator.api import durations
+from imageserver_operator.api.models import SLOSpec
 
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 SHORT = WINDOWS[0]  # what serves users now: when an incident ends, whether a datacenter recovered

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
-from imageserver_operator import durations
+from imageserver_operator.api import durations
 
 GROUP = "imageserver.dev"
 # Child names add up to "-storage-<datacenter>-s<shard>" and a StatefulSet's revision hash to

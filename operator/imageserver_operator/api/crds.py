@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from imageserver_operator.models import (
+from imageserver_operator.api.models import (
     GROUP,
     MAX_NAME,
     VERSION,

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imageserver_operator import slo
-from imageserver_operator.policy import Observation
+from imageserver_operator.core import slo
+from imageserver_operator.core.policy import Observation
 
 Key = tuple[str, str]  # namespace, name
 SLIS = "|".join(slo.SLIS)

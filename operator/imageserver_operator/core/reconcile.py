@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Manifest, key
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core.render import Manifest, key
 
 MAX_VARIANT_SIDE = 4096  # the frontend refuses larger variant sizes
 

@@ -18,13 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from imageserver_operator import reconcile, status
-from imageserver_operator.annotations import drained_of, paused_of
-from imageserver_operator.kube import FIELD_MANAGER, Kube
-from imageserver_operator.metrics import OperatorMetrics
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.render import Environment, Owner, render, storage_token
-from imageserver_operator.store import ObjectKey, Store, status_of
+from imageserver_operator.adapters.kube import FIELD_MANAGER, Kube
+from imageserver_operator.adapters.metrics import OperatorMetrics
+from imageserver_operator.adapters.store import ObjectKey, Store, status_of
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core import reconcile, status
+from imageserver_operator.core.annotations import drained_of, paused_of
+from imageserver_operator.core.render import Environment, Owner, render, storage_token
 
 log = logging.getLogger(__name__)
 

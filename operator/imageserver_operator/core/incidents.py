@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imageserver_operator.models import GROUP, Impact, Tally
-from imageserver_operator.policy import Action, Decision, Observation
+from imageserver_operator.api.models import GROUP, Impact, Tally
+from imageserver_operator.core.policy import Action, Decision, Observation
 
 INCIDENT_ANNOTATION = f"{GROUP}/incident"  # the open incident's Postmortem name
 LAST_ACTION_ANNOTATION = f"{GROUP}/last-action"  # {"kind", "target", "at", "incident", "reason", "done"}

@@ -18,13 +18,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from imageserver_operator import engine, policy
-from imageserver_operator.evaluation import Budgets, Key
-from imageserver_operator.kube import SLO_FIELD_MANAGER, Kube
-from imageserver_operator.messages import IncidentMessage
-from imageserver_operator.metrics import OperatorMetrics
-from imageserver_operator.slo import budget
-from imageserver_operator.store import Store
+from imageserver_operator.adapters import failpoints
+from imageserver_operator.adapters.kube import SLO_FIELD_MANAGER, Kube
+from imageserver_operator.adapters.metrics import OperatorMetrics
+from imageserver_operator.adapters.store import Store
+from imageserver_operator.core import engine, policy
+from imageserver_operator.core.evaluation import Budgets, Key
+from imageserver_operator.core.messages import IncidentMessage
+from imageserver_operator.core.slo import budget
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime.datetime]
@@ -131,64 +132,82 @@ class Remediator:
         """Carry out effects in order. Writes go onto the version judged; when the API server
         refuses one (someone wrote since), the rest is not done: the next cycle judges again."""
         meta = body["metadata"]
-        namespace, name = str(meta["namespace"]), str(meta["name"])
         version: str | None = meta.get("resourceVersion")
         for effect in effects:
             if not self.is_leader():
                 return False
-            match effect:
-                case engine.WriteStatus(owned):
-                    version = await asyncio.to_thread(
-                        self.kube.apply_status, namespace, name, dict(owned), SLO_FIELD_MANAGER, version
+            if isinstance(effect, engine.WRITES_WITH_PRECONDITION):
+                version = await self._write(str(meta["namespace"]), str(meta["name"]), effect, version)
+                if version is None:
+                    log.info(
+                        "%s/%s changed while it was judged; judged again next cycle",
+                        meta["namespace"],
+                        meta["name"],
                     )
-                case engine.Annotate(annotations):
-                    version = await asyncio.to_thread(
-                        self.kube.annotate, namespace, name, dict(annotations), version
-                    )
-                case engine.RollBack(revision, annotations):
-                    version = await asyncio.to_thread(
-                        self.kube.set_version, namespace, name, revision, dict(annotations), version
-                    )
-                case engine.Drain(_, _, annotations):
-                    version = await asyncio.to_thread(
-                        self.kube.annotate, namespace, name, dict(annotations), version
-                    )
-                case engine.PostEvent(type_, reason, message):
-                    await asyncio.to_thread(self.kube.event, body, type_, reason, message)
-                    continue
-                case engine.Notify(message):
-                    self.notify(message)
-                    continue
-                case engine.OpenPostmortem(incident, spec):
-                    await asyncio.to_thread(
-                        self.kube.create_postmortem,
-                        namespace,
-                        incident,
-                        spec.model_dump(by_alias=True, mode="json", exclude_defaults=False),
-                    )
-                    continue
-                case engine.AppendTimeline(incident, entry, resolution):
-                    await asyncio.to_thread(
-                        self.kube.append_timeline,
-                        namespace,
-                        incident,
-                        entry.model_dump(by_alias=True, mode="json"),
-                        resolution,
-                    )
-                    continue
-                case engine.ResolvePostmortem(incident, resolved_at, impact):
-                    await asyncio.to_thread(
-                        self.kube.resolve_postmortem,
-                        namespace,
-                        incident,
-                        resolved_at,
-                        impact.model_dump(by_alias=True, mode="json", exclude={"duration_seconds"}),
-                    )
-                    continue
-            if version is None:
-                log.info("%s/%s changed while it was judged; judging it again next cycle", namespace, name)
-                return False
+                    return False
+            else:
+                await self._carry_out(body, effect)
         return True
+
+    async def _write(
+        self, namespace: str, name: str, effect: engine.Effect, version: str | None
+    ) -> str | None:
+        """One write onto `version`: the new version, or None when it is no longer current."""
+        match effect:
+            case engine.WriteStatus(owned):
+                return await asyncio.to_thread(
+                    self.kube.apply_status, namespace, name, dict(owned), SLO_FIELD_MANAGER, version
+                )
+            case engine.Record(annotations):
+                written = await asyncio.to_thread(
+                    self.kube.annotate, namespace, name, dict(annotations), version
+                )
+                if written is not None:
+                    failpoints.reach(failpoints.AFTER_RECORD)
+                return written
+            case engine.Annotate(annotations) | engine.Drain(_, _, annotations):
+                return await asyncio.to_thread(
+                    self.kube.annotate, namespace, name, dict(annotations), version
+                )
+            case engine.RollBack(revision, annotations):
+                return await asyncio.to_thread(
+                    self.kube.set_version, namespace, name, revision, dict(annotations), version
+                )
+        raise TypeError(f"not a write: {effect!r}")
+
+    async def _carry_out(self, body: dict[str, Any], effect: engine.Effect) -> None:
+        """An effect that changes no ImageServer: an Event, a message, the Postmortem."""
+        namespace = str(body["metadata"]["namespace"])
+        match effect:
+            case engine.PostEvent(type_, reason, message):
+                await asyncio.to_thread(self.kube.event, body, type_, reason, message)
+            case engine.Notify(message):
+                self.notify(message)
+                if message.stage == "opened":
+                    await failpoints.stall(failpoints.AFTER_OPEN)
+            case engine.OpenPostmortem(incident, spec):
+                await asyncio.to_thread(
+                    self.kube.create_postmortem,
+                    namespace,
+                    incident,
+                    spec.model_dump(by_alias=True, mode="json"),
+                )
+            case engine.AppendTimeline(incident, entry, resolution):
+                await asyncio.to_thread(
+                    self.kube.append_timeline,
+                    namespace,
+                    incident,
+                    entry.model_dump(by_alias=True, mode="json"),
+                    resolution,
+                )
+            case engine.ResolvePostmortem(incident, resolved_at, impact):
+                await asyncio.to_thread(
+                    self.kube.resolve_postmortem,
+                    namespace,
+                    incident,
+                    resolved_at,
+                    impact.model_dump(by_alias=True, mode="json", exclude={"duration_seconds"}),
+                )
 
     async def _failed(self, body: dict[str, Any], subject: engine.Subject, error: Exception) -> None:
         """The error as a condition and an Event on this ImageServer (best effort)."""

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from imageserver_operator import durations
-from imageserver_operator.models import RemediationSpec
-from imageserver_operator.slo import BURN_ALERTS, SHORT, over
+from imageserver_operator.api import durations
+from imageserver_operator.api.models import RemediationSpec
+from imageserver_operator.core.slo import BURN_ALERTS, SHORT, over
 
 Burn = Mapping[str, float]  # window ("5m", "1h", …) → burn rate
 ActionKind = Literal["rollback", "drain", "undrain", "page", "notify_unknown"]

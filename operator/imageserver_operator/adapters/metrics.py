@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from imageserver_operator.policy import Action, Observation
+from imageserver_operator.core.policy import Action, Observation
 
 
 class OperatorMetrics:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imageserver_operator.models import PostmortemSpec
+from imageserver_operator.api.models import PostmortemSpec
 
 
 def _items(values: list[str], empty: str = "TODO") -> str:

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from imageserver_operator import slo
-from imageserver_operator.models import GROUP, VERSION, DatacenterSpec, ImageServerSpec, Resources
+from imageserver_operator.api.models import GROUP, VERSION, DatacenterSpec, ImageServerSpec, Resources
+from imageserver_operator.core import slo
 
 Manifest = dict[str, Any]
 PORT = 8080

@@ -9,9 +9,9 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from imageserver_operator import evaluation
-from imageserver_operator.evaluation import Budgets, Key
-from imageserver_operator.policy import Observation
+from imageserver_operator.core import evaluation
+from imageserver_operator.core.evaluation import Budgets, Key
+from imageserver_operator.core.policy import Observation
 
 log = logging.getLogger(__name__)
 

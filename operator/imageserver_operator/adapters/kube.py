@@ -19,8 +19,8 @@ from kubernetes.client.rest import RESTResponse
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from imageserver_operator.models import GROUP, VERSION
-from imageserver_operator.render import Manifest
+from imageserver_operator.api.models import GROUP, VERSION
+from imageserver_operator.core.render import Manifest
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "imageserver-operator"  # children and the reconcile loop's status fields

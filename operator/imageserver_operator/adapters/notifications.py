@@ -7,11 +7,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from imageserver_operator.kube import Kube
-from imageserver_operator.messages import IncidentMessage
-from imageserver_operator.models import ImageServerSpec
-from imageserver_operator.slack import SlackNotifier, client
-from imageserver_operator.store import Store
+from imageserver_operator.adapters.kube import Kube
+from imageserver_operator.adapters.slack import SlackNotifier, client
+from imageserver_operator.adapters.store import Store
+from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.core.messages import IncidentMessage
 
 log = logging.getLogger(__name__)
 

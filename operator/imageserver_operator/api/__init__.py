@@ -1,0 +1,1 @@
+"""The API: the custom resources' types (pydantic models), their durations and the CRD schema."""

@@ -1,0 +1,1 @@
+"""The two loops: the reconcile controller and the SLO remediation loop."""

@@ -1,0 +1,106 @@
+"""Acceptance: the leader dies in the middle of an incident; the standby carries it on.
+
+Two operator replicas with their SLO loops; a bad rollout under traffic. The leader opens the
+incident, tells Slack, and stops there (a failpoint: it keeps renewing its lease until it is
+SIGKILLed). The standby takes the lease within its duration and goes on with what the first
+one wrote on the ImageServer and its Postmortem: the same incident and Slack thread, one
+rollback, and an incident cost counted across both leaders.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from testbed.mission import Mission
+
+SPEC: dict[str, Any] = {
+    "version": "1.0.0",
+    "datacenters": [{"name": "dc-a", "frontendReplicas": 1}, {"name": "dc-b", "frontendReplicas": 1}],
+    "storage": {"replicas": 1, "writeQuorum": 1},
+    "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
+}
+LEASE_SECONDS = 6  # the test bed's (OperatorProcesses.start)
+THREAD = "imageserver.dev/slack-thread"
+
+
+def holder(one: Mission) -> str:
+    return one.cluster.kubectl(
+        "get",
+        "lease",
+        "imageserver-operator",
+        "-n",
+        one.namespace,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+        check=False,
+    ).strip()
+
+
+def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incident_on(
+    mission: Callable[..., Mission],
+) -> None:
+    one = mission(SPEC, faults={"1.1.0": 0.5}, operator_env={"IMAGESERVER_OPERATOR_FAILPOINT": "after-open"})
+    processes = one.operators.state.processes
+    leader = list(processes)[-1]
+    one.until("the first replica leads", lambda: holder(one) == leader, 30, 0.5)
+    one.operator_env = {}
+    one.start_operator()  # the standby: the same SLO loop, without the failpoint
+    standby = list(processes)[-1]
+    one.holds("the first replica keeps the lease", lambda: holder(one) == leader, 2 * LEASE_SECONDS, 1)
+
+    applied = time.time()
+    one.apply(version="1.1.0")
+
+    def opened_and_told() -> bool:
+        postmortems = one.postmortems()
+        return bool(postmortems) and THREAD in (postmortems[0]["metadata"].get("annotations") or {})
+
+    one.until("the incident is opened and its thread recorded", opened_and_told, 120, 0.5)
+    incident = one.annotations()["imageserver.dev/incident"]
+    assert one.imageserver()["spec"]["version"] == "1.1.0"  # the leader stopped before acting
+
+    popen = processes[leader].popen
+    assert popen is not None
+    popen.kill()
+    took_over = one.until("the standby leads", lambda: holder(one) == standby, 4 * LEASE_SECONDS, 0.2)
+    rolled_back = took_over + one.until(
+        "rolled back", lambda: one.imageserver()["spec"]["version"] == "1.0.0", 60, 0.5
+    )
+    print(
+        f"failover: the standby led {took_over:.1f}s after the kill, rolled back {rolled_back:.1f}s after it"
+    )
+    # client-go's rule: the lease is taken once its record has not changed for its duration,
+    # as the standby measures it; it saw the last renewal at most a renew period before the kill.
+    assert took_over <= LEASE_SECONDS + LEASE_SECONDS / 3 + 1
+
+    def resolved() -> bool:
+        return bool(one.postmortems()[0]["spec"].get("state") == "Resolved")
+
+    one.until("the incident is resolved", resolved, 240, 1)
+    ended = time.time()
+    postmortems = one.postmortems()
+    assert [p["metadata"]["name"] for p in postmortems] == [incident]
+    assert one.reasons().count("RolledBack") == 1
+    assert one.reasons().count("IncidentOpened") == 1
+
+    # One Slack thread: the first leader's opening message, every later one a reply to it.
+    one.until("the resolution is told", lambda: bool(one.messages("Resolved")), 30)
+    first, *replies = one.messages()
+    assert "is burning its error budget" in first["text"] and "thread_ts" not in first
+    assert {m.get("thread_ts") for m in replies} == {postmortems[0]["metadata"]["annotations"][THREAD]}
+    assert len(one.messages("Rolled back 1.0.0")) == 1
+
+    # The cost, counted by two leaders, against the failed answers users got at the Gateway.
+    # (Requests no server answered, while pods are replaced, are in no server's metrics: the
+    # Gateway counts them apart.)
+    assert one.gateway is not None
+    users = one.gateway.between(applied, ended)
+    answered = users.failed - users.unanswered
+    counted = postmortems[0]["spec"]["impact"]["failedRequestsEstimate"]
+    print(
+        f"failover: {counted} failed requests in the Postmortem; the Gateway saw {answered} failed "
+        f"answers and {users.unanswered} requests unanswered"
+    )
+    assert answered > 0 and abs(counted - answered) <= 0.1 * answered
