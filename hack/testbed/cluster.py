@@ -13,6 +13,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -212,6 +213,30 @@ def down(directory: Path | None = None, *, quiet: bool = False) -> None:
             say(f"cluster stopped and {directory.name}/ removed")
     elif not quiet:
         say("no cluster to stop")
+
+
+def restart(cluster: Cluster, component: str, *, down_for: float = 2.0) -> None:
+    """Stop one control-plane process and start it again with the same arguments and
+    environment, as a crash or an upgrade would, then wait until the API server is ready.
+    Every client (controllers, KWOK, operators) must find its way back by itself."""
+    state = State.load(cluster.state)
+    assert state is not None, "no cluster state"
+    managed = state.processes[component]
+    argv = [a.decode() for a in Path(f"/proc/{managed.pid}/cmdline").read_bytes().split(b"\0") if a]
+    environ = Path(f"/proc/{managed.pid}/environ").read_bytes().split(b"\0")
+    env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+    stop(managed)
+    time.sleep(down_for)
+    restarted = spawn(state, component, argv, env)
+    api = _Api(cluster.server, cluster.state / "pki")
+
+    def ready() -> bool:
+        try:
+            return api.ok("/readyz")
+        except (OSError, ssl.SSLError):
+            return False
+
+    wait_until(f"{component} restarted and the API server ready", ready, restarted, 60)
 
 
 def up(directory: Path | None = None) -> Cluster:
