@@ -39,6 +39,7 @@ def test_every_alert_links_an_existing_runbook() -> None:
         "storage-full",
         "replication-lag",
         "datacenter-silent",
+        "remediation-failing",
     ],
 )
 def test_each_runbook_says_what_it_means_how_to_confirm_mitigate_and_undo(page: str) -> None:
