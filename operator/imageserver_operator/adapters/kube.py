@@ -219,44 +219,27 @@ class Kube:
             if error.status != 409:  # already there: opened before a restart
                 raise
 
-    def append_timeline(self, namespace: str, name: str, entry: dict[str, str], resolution: str = "") -> None:
-        """A timeline entry; with `resolution`, also what mitigated it (added to what is there)."""
-
-        def change(spec: dict[str, Any]) -> dict[str, Any]:
-            patch: dict[str, Any] = {"timeline": [*spec.get("timeline", []), entry]}
-            if resolution:
-                patch["resolution"] = "\n".join(filter(None, [spec.get("resolution", ""), resolution]))
-            return patch
-
-        self._update_postmortem(namespace, name, change)
-
-    def resolve_postmortem(
-        self, namespace: str, name: str, resolved_at: str, impact: dict[str, Any] | None = None
+    def update_postmortem(
+        self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any]], attempts: int = 5
     ) -> None:
-        def change(spec: dict[str, Any]) -> dict[str, Any]:
-            started = spec.get("startedAt", resolved_at)
-            seconds = int(
-                (
-                    datetime.datetime.fromisoformat(resolved_at.replace("Z", "+00:00"))
-                    - datetime.datetime.fromisoformat(started.replace("Z", "+00:00"))
-                ).total_seconds()
-            )
-            timeline = [
-                *spec.get("timeline", []),
-                {
-                    "time": resolved_at,
-                    "event": "incident resolved: burn back under budget",
-                    "actor": "operator",
-                },
-            ]
-            return {
-                "state": "Resolved",
-                "resolvedAt": resolved_at,
-                "timeline": timeline,
-                "impact": {**spec.get("impact", {}), **(impact or {}), "durationSeconds": max(seconds, 0)},
-            }
-
-        self._update_postmortem(namespace, name, change)
+        """Read, change (`change` gives the patch of the spec from the spec as it stands),
+        write onto the version read: an entry someone (a person, another replica) wrote in
+        between is never overwritten."""
+        for _ in range(attempts):
+            body = self.get_postmortem(namespace, name)
+            patch = change(body.get("spec", {}))
+            if not patch:
+                return
+            body_patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "spec": patch}
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "postmortems", name, body_patch
+                )
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        raise RuntimeError(f"postmortem {namespace}/{name} kept changing; gave up after {attempts} attempts")
 
     def slack_thread(self, namespace: str, name: str) -> str | None:
         """The incident's Slack thread (its first message's ts), as its Postmortem records it."""
@@ -277,27 +260,6 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
-
-    def _update_postmortem(
-        self, namespace: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any]], attempts: int = 5
-    ) -> None:
-        """Read, change, write onto the version read: an entry someone (a person, another
-        replica) wrote in between is never overwritten."""
-        for _ in range(attempts):
-            body = self.get_postmortem(namespace, name)
-            patch = {
-                "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
-                "spec": change(body.get("spec", {})),
-            }
-            try:
-                self.custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, namespace, "postmortems", name, patch
-                )
-                return
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-        raise RuntimeError(f"postmortem {namespace}/{name} kept changing; gave up after {attempts} attempts")
 
     def secret_value(self, namespace: str, name: str, key: str) -> str:
         """One key of one Secret, read by name (the operator may not list Secrets)."""

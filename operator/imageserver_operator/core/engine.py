@@ -138,7 +138,7 @@ class AppendTimeline:
 @dataclass(frozen=True)
 class ResolvePostmortem:
     incident: str
-    resolved_at: str
+    resolved_at: datetime.datetime
     impact: Impact
 
 
@@ -663,7 +663,7 @@ def _resolve(subject: Subject, incident: str, tally: Tally | None, now: datetime
         tally or Tally(), budget(slo.availability.objective), policy.duration(slo.window), short
     )
     return [
-        ResolvePostmortem(incident, stamp(now), impact),
+        ResolvePostmortem(incident, now, impact),
         Annotate({incidents.INCIDENT_ANNOTATION: None}),
         PostEvent("Normal", "IncidentResolved", f"incident {incident} resolved: burn back under budget"),
         Notify(

@@ -1,8 +1,47 @@
-"""A Postmortem as markdown in the Google SRE postmortem form. Pure: object in, text out."""
+"""Postmortems, pure: the changes the operator makes to one as an incident goes on (built
+through the model, from the Postmortem as it stands), and the markdown of the Google SRE
+postmortem form."""
 
 from __future__ import annotations
 
-from imageserver_operator.api.models import PostmortemSpec
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from imageserver_operator.api.models import Impact, PostmortemSpec, TimelineEntry
+
+MAX_TIMELINE = 500  # the schema's maxItems: past it, later steps are in Events and Slack only
+MAX_TEXT = 4000  # the schema's maxLength of resolution
+
+
+def appended(spec: Mapping[str, Any], entry: TimelineEntry, resolution: str = "") -> dict[str, Any]:
+    """The patch that adds a timeline entry and, with `resolution`, what mitigated it."""
+    current = PostmortemSpec.model_validate(spec)
+    patch: dict[str, Any] = {}
+    if len(current.timeline) < MAX_TIMELINE:
+        patch["timeline"] = [e.model_dump(by_alias=True) for e in [*current.timeline, entry]]
+    if resolution:
+        patch["resolution"] = "\n".join(filter(None, [current.resolution, resolution]))[:MAX_TEXT]
+    return patch
+
+
+def resolved(spec: Mapping[str, Any], at: datetime.datetime, impact: Impact) -> dict[str, Any]:
+    """The patch that resolves the incident: when, the closing timeline entry, its cost."""
+    current = PostmortemSpec.model_validate(spec)
+    stamp = at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        started = datetime.datetime.fromisoformat(current.started_at.replace("Z", "+00:00"))
+        seconds = max(int((at - started).total_seconds()), 0)
+    except ValueError:
+        seconds = 0
+    closing = TimelineEntry(time=stamp, event="incident resolved: burn back under budget", actor="operator")
+    timeline = [*current.timeline, closing][-MAX_TIMELINE:] if current.timeline else [closing]
+    return {
+        "state": "Resolved",
+        "resolvedAt": stamp,
+        "timeline": [e.model_dump(by_alias=True) for e in timeline],
+        "impact": impact.model_copy(update={"duration_seconds": seconds}).model_dump(by_alias=True),
+    }
 
 
 def _items(values: list[str], empty: str = "TODO") -> str:

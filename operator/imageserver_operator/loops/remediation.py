@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ from imageserver_operator.adapters import failpoints
 from imageserver_operator.adapters.kube import SLO_FIELD_MANAGER, Kube
 from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import Store
-from imageserver_operator.core import engine, policy
+from imageserver_operator.core import engine, policy, postmortems
 from imageserver_operator.core.evaluation import Budgets, Key
 from imageserver_operator.core.messages import IncidentMessage
 from imageserver_operator.core.slo import budget
@@ -194,19 +195,17 @@ class Remediator:
                 )
             case engine.AppendTimeline(incident, entry, resolution):
                 await asyncio.to_thread(
-                    self.kube.append_timeline,
+                    self.kube.update_postmortem,
                     namespace,
                     incident,
-                    entry.model_dump(by_alias=True, mode="json"),
-                    resolution,
+                    functools.partial(postmortems.appended, entry=entry, resolution=resolution),
                 )
             case engine.ResolvePostmortem(incident, resolved_at, impact):
                 await asyncio.to_thread(
-                    self.kube.resolve_postmortem,
+                    self.kube.update_postmortem,
                     namespace,
                     incident,
-                    resolved_at,
-                    impact.model_dump(by_alias=True, mode="json", exclude={"duration_seconds"}),
+                    functools.partial(postmortems.resolved, at=resolved_at, impact=impact),
                 )
 
     async def _failed(self, body: dict[str, Any], subject: engine.Subject, error: Exception) -> None:

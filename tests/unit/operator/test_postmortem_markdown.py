@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from imageserver_operator.api.models import PostmortemSpec
-from imageserver_operator.core.postmortems import markdown
+import datetime
+
+from imageserver_operator.api.models import Impact, PostmortemSpec, TimelineEntry
+from imageserver_operator.core.postmortems import MAX_TIMELINE, appended, markdown, resolved
 
 SPEC = PostmortemSpec.model_validate(
     {
@@ -68,3 +70,25 @@ def test_markdown_has_every_section_of_the_google_form() -> None:
 def test_a_short_incident_says_its_duration_in_seconds() -> None:
     spec = SPEC.model_copy(update={"impact": SPEC.impact.model_copy(update={"duration_seconds": 32})})
     assert "- Duration: 32 s" in markdown("photos-1", spec)
+
+
+def test_the_operators_changes_are_built_through_the_model_and_stay_within_its_bounds() -> None:
+    entry = TimelineEntry(time="2026-11-28T12:00:00Z", event="Rolled back 1.0.0", actor="operator")
+    spec = {"imageServer": "photos", "title": "t", "startedAt": "2026-11-28T11:58:00Z", "resolution": "a"}
+    patch = appended(spec, entry, "b")
+    assert patch["timeline"] == [
+        {"time": "2026-11-28T12:00:00Z", "event": "Rolled back 1.0.0", "actor": "operator"}
+    ]
+    assert patch["resolution"] == "a\nb"
+    full = {**spec, "timeline": [entry.model_dump()] * MAX_TIMELINE}
+    assert "timeline" not in appended(full, entry)  # the schema's maxItems: later steps go to Events
+    done = resolved(
+        spec, datetime.datetime(2026, 11, 28, 12, 1, tzinfo=datetime.UTC), Impact(failed_requests_estimate=7)
+    )
+    assert done["state"] == "Resolved" and done["resolvedAt"] == "2026-11-28T12:01:00Z"
+    assert done["impact"] == {
+        "durationSeconds": 180,
+        "errorBudgetConsumedPercent": 0,
+        "failedRequestsEstimate": 7,
+    }
+    assert done["timeline"][-1]["event"].startswith("incident resolved")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from imageserver_operator.adapters.kube import Kube
@@ -68,11 +68,11 @@ class FakeKube:
     def create_postmortem(self, _ns: str, name: str, _spec: dict[str, Any]) -> None:
         self.calls.append(("postmortem", name))
 
-    def append_timeline(self, _ns: str, name: str, _entry: dict[str, Any], _resolution: str = "") -> None:
-        self.calls.append(("timeline", name))
-
-    def resolve_postmortem(self, _ns: str, name: str, _at: str, _impact: dict[str, Any]) -> None:
-        self.calls.append(("resolved", name))
+    def update_postmortem(
+        self, _ns: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        spec = {"imageServer": name, "title": "t", "startedAt": "2026-11-28T11:59:00Z"}
+        self.calls.append(("postmortem patched", name) if change(spec) else ("postmortem unchanged", name))
 
 
 def imageserver(name: str) -> dict[str, Any]:
