@@ -122,7 +122,8 @@ class Gateway:
 
     def _request(self, dc: str, probe: bool = False) -> None:
         frontends = self.runner.frontends(dc)
-        if not frontends:
+        if not frontends:  # nowhere to send it: what a user routed here gets is an error
+            self._record(dc, failed=True, unanswered=True)
             return
         n = next(self._count)
         frontend = frontends[n % len(frontends)]
@@ -150,6 +151,9 @@ class Gateway:
             failed = error.code >= 500
         except OSError:
             failed = unanswered = True
+        self._record(dc, failed=failed, unanswered=unanswered)
+
+    def _record(self, dc: str, *, failed: bool, unanswered: bool) -> None:
         second = int(time.monotonic() - self.started)
         with self._lock:
             tally = self.tallies[second][dc]
@@ -208,7 +212,8 @@ class Gateway:
         missing = []
         for image_id, digest in uploaded.items():
             for dc in datacenters:
-                if not any(self._serves(f.url, image_id, digest) for f in self.runner.frontends(dc)):
+                frontends = self.runner.frontends(dc, routable=False)
+                if not any(self._serves(f.url, image_id, digest) for f in frontends):
                     missing.append(f"{image_id} in {dc}")
         return missing
 

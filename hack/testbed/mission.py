@@ -101,6 +101,8 @@ class Mission:
             workdir=self.workdir / "prometheus",
         ).start()
         self.runner.wait_healthy(self._pods(), timeout=90)
+        frontends = sum(int(dc.get("frontendReplicas", 2)) for dc in self.spec["datacenters"])
+        self.runner.wait_for_frontends(frontends, timeout=30)  # ready, and scraped: they take traffic
         self.say(f"{len(self.runner.runners)} imageserver processes healthy; Prometheus scraping them")
         seed = self._seed()
         self.gateway = Gateway(

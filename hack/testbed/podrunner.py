@@ -146,8 +146,12 @@ class PodRunner:
                 for n, r in self.runners.items()
                 if n not in running or r.uid != running[n]["metadata"]["uid"]
             ]
-            for name in replaced:  # no traffic from now, scraped a little longer
-                self.leaving.append((self.runners.pop(name), time.monotonic() + SCRAPE_GRACE))
+            for name in replaced:
+                gone = self.runners.pop(name)
+                if gone.role == "frontend":  # no traffic from now, scraped a little longer
+                    self.leaving.append((gone, time.monotonic() + SCRAPE_GRACE))
+                else:  # now: its replacement starts on the same data directory
+                    stop(gone.managed, grace=5)
             due = [r for r, at in self.leaving if at <= time.monotonic()]
             self.leaving = [(r, at) for r, at in self.leaving if at > time.monotonic()]
             for pod in sorted(

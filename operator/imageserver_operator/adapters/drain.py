@@ -28,15 +28,33 @@ def next_drained(current: frozenset[str], datacenters: list[str], dc: str, drain
 
 
 def set_drained(
-    kube: Kube, namespace: str, name: str, dc: str, *, drain: bool, reason: str, announce: bool = True
+    kube: Kube,
+    namespace: str,
+    name: str,
+    dc: str,
+    *,
+    drain: bool,
+    reason: str,
+    announce: bool = True,
+    attempts: int = 5,
 ) -> frozenset[str]:
-    body: dict[str, Any] = kube.get_imageserver(namespace, name)
-    datacenters = [d["name"] for d in body.get("spec", {}).get("datacenters", [])]
-    before = drained_of(body)
-    after = next_drained(before, datacenters, dc, drain)
-    if after != before:
-        kube.annotate(namespace, name, {DRAINED_ANNOTATION: ",".join(sorted(after)) or None})
-    if after != before and announce:
-        verb = "Drained" if drain else "Undrained"
-        kube.event(body, "Warning" if drain else "Normal", verb, f"{verb} {dc}: {reason}")
-    return after
+    """Read, decide, write onto the version read: a drain the operator (or another person)
+    wrote in between is never overwritten; on a conflict it is decided again."""
+    for _ in range(attempts):
+        body: dict[str, Any] = kube.get_imageserver(namespace, name)
+        datacenters = [d["name"] for d in body.get("spec", {}).get("datacenters", [])]
+        before = drained_of(body)
+        after = next_drained(before, datacenters, dc, drain)
+        if after == before:
+            return after
+        version = body["metadata"].get("resourceVersion")
+        if (
+            kube.annotate(namespace, name, {DRAINED_ANNOTATION: ",".join(sorted(after)) or None}, version)
+            is None
+        ):
+            continue
+        if announce:
+            verb = "Drained" if drain else "Undrained"
+            kube.event(body, "Warning" if drain else "Normal", verb, f"{verb} {dc}: {reason}")
+        return after
+    raise DrainRefused(f"{namespace}/{name} kept changing; tried {attempts} times, try again")

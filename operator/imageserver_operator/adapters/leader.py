@@ -221,6 +221,7 @@ class LeaderElection:
         leading = False
         while True:
             renewed = False
+            started = self.monotonic()
             try:
                 renewed = await asyncio.to_thread(self.try_acquire)
             except Exception:
@@ -234,4 +235,7 @@ class LeaderElection:
                 log.warning("lost the leadership", extra={"identity": self.identity})
             # A leader whose renewal failed tries again soon (client-go's retry period): one
             # slow answer must not cost the lease while the deadline still leaves time.
-            await asyncio.sleep(self.renew_seconds if renewed or not leading else self.renew_seconds / 3)
+            # The period runs from the start of the round: a slow answer does not push the next
+            # renewal past the deadline.
+            period = self.renew_seconds if renewed or not leading else self.renew_seconds / 3
+            await asyncio.sleep(max(period - (self.monotonic() - started), 0.0))

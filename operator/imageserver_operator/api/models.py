@@ -349,7 +349,14 @@ class Revisions(Model):
     since: str = Field("", description="When the current version was first applied (RFC 3339).")
 
 
+class BurnRate(Model):
+    window: str = Field(description="Window, e.g. 1h.", pattern=DURATION)
+    burn_rate: float = Field(description="Multiple of the error budget spent over the window.")
+
+
 class Tally(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
     """What the open incident has cost users so far, summed cycle by cycle."""
 
     seconds: float = Field(0, ge=0, description="Time counted.")
@@ -360,19 +367,31 @@ class Tally(Model):
 
 
 class Baseline(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
     revision: str = Field(description="A revision.", max_length=63)
     page_level: bool = Field(description="It burned at page level while it was current.")
-    burn: dict[str, float] = Field(default_factory=dict, description="Its burn when that was last judged.")
+    burn: list[BurnRate] = Field(
+        default_factory=list, max_length=8, description="Its burn when that was last judged."
+    )
+
+    def as_burn(self) -> dict[str, float]:
+        return {b.window: b.burn_rate for b in self.burn}
 
 
 class DatacenterClock(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
     name: str = Field(description="A datacenter.", max_length=12)
     healthy_since: str = Field(description="Within budget continuously since (RFC 3339).")
 
 
 class AutomationStatus(Model):
     """The SLO loop's memory. It lives here, not in a process, so a new leader (or a restarted
-    operator) goes on from where the last one stopped."""
+    operator) goes on from where the last one stopped. Fields it does not know (written by a
+    newer operator) are ignored, not a reason to forget the rest."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
     tally: Tally | None = Field(None, description="The open incident's cost so far.")
     baselines: list[Baseline] = Field(
@@ -387,6 +406,11 @@ class AutomationStatus(Model):
         default_factory=list,
         max_length=64,
         description="Notices already sent once (incident/kind/target), so none is sent twice.",
+    )
+    opening: str = Field(
+        "",
+        description="An incident being opened (its Postmortem name), until its annotation is written.",
+        max_length=253,
     )
 
 
@@ -423,11 +447,6 @@ class TimelineEntry(Model):
     time: str = Field(description="When (RFC 3339).", max_length=40)
     event: str = Field(description="What was seen or done.", max_length=2000)
     actor: Literal["operator", "alert", "human"] = Field("operator", description="Who saw or did it.")
-
-
-class BurnRate(Model):
-    window: str = Field(description="Window, e.g. 1h.", pattern=DURATION)
-    burn_rate: float = Field(description="Multiple of the error budget spent over the window.")
 
 
 class Impact(Model):

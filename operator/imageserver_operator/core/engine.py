@@ -237,10 +237,84 @@ def judge(
     memory = subject.memory
     if subject.spec.remediation.mode == "off":
         return Verdict(None, (), memory)
+    state, baselines, healthy = _state(subject, seen, memory, now)
     pending = incidents.interrupted(subject.annotations)
     if pending is not None:
-        return Verdict(None, _resume(subject, seen, pending, now), memory)
+        return Verdict(None, _resume(subject, seen, state, pending, now), memory)
+    untold = incidents.untold(subject.annotations)
+    if untold is not None:
+        return Verdict(None, _tell_late(subject, seen, untold, now), memory)
 
+    decision = policy.decide(seen, state, now)
+    fine_since = (memory.fine_since or stamp(now)) if decision.recovered else ""
+    annotated = subject.annotations.get(incidents.INCIDENT_ANNOTATION, "")
+    # An incident whose opening was cut short (its name remembered, its annotation not
+    # written): opened again, the same one (creating its Postmortem is idempotent).
+    reopening = memory.opening if memory.opening and not annotated else ""
+    open_incident = annotated or reopening
+    fine_for = now - (parse_time(fine_since) or now)
+    step = incidents.step(decision, open_incident, fine_for, subject.name, now)
+    # Notices of actions outside any incident are told again once they stop being decided.
+    decided = {f"/{a.kind}/{a.target}" for a in decision.actions}
+    notified = [n for n in memory.notified if not n.startswith("/") or n in decided]
+    before = AutomationStatus(
+        tally=_count(memory.tally, step.incident, seen, now, interval_seconds),
+        baselines=baselines,
+        healthy=[DatacenterClock(name=n, healthy_since=t) for n, t in sorted(healthy.items())],
+        fine_since=fine_since,
+        unknown_since=(memory.unknown_since or stamp(now)) if decision.slo_healthy == "Unknown" else "",
+        notified=notified,
+        opening=step.open_incident or reopening,
+    )
+    after = before  # what is remembered once every effect is done
+    effects: list[Effect] = []
+    if step.open_incident or reopening:
+        effects += _open(subject, seen, step.open_incident or reopening, decision, now)
+    drained = subject.drained
+    for action in step.actions:
+        notice = f"{step.incident}/{action.kind}/{action.target}"
+        if not (action.execute and KINDS[action.kind].changes_world):
+            if notice in after.notified:
+                continue  # told once per incident
+            after = _remember(after, notice)  # once told: a page is sent at least once
+            effects += _told(subject, seen, step.incident, action, now)
+        else:
+            acted, drained = _act(subject, step.incident, action, now, drained)
+            effects += acted
+    if step.resolve:
+        effects += _resolve(subject, step.incident, before.tally, now)
+        after = _replace(
+            after,
+            tally=None,
+            notified=[n for n in after.notified if not n.startswith(f"{step.incident}/")],
+            opening="",
+        )
+    elif annotated and after.opening == annotated:
+        after = _replace(after, opening="")  # its annotation is there: the opening is done
+    if step.notify_unknown and NOTICE_UNKNOWN not in after.notified:
+        after = _remember(after, NOTICE_UNKNOWN)
+        effects += _unknown_notice(subject, decision)
+    elif decision.slo_healthy != "Unknown" and NOTICE_UNKNOWN in after.notified:
+        after = _replace(after, notified=[n for n in after.notified if n != NOTICE_UNKNOWN])
+    first = _status_slice(subject, seen, decision, before, now)
+    written = first if first is not None else owned(subject.status)
+    last = {**written, "automation": _dump(after)} if after != before else None
+    return Verdict(
+        decision,
+        (
+            *((WriteStatus(first), *rebalancing_event(subject, seen, now)) if first is not None else ()),
+            *effects,
+            *((WriteStatus(last),) if last is not None else ()),
+        ),
+        after,
+    )
+
+
+def _state(
+    subject: Subject, seen: policy.Observation, memory: AutomationStatus, now: datetime.datetime
+) -> tuple[policy.State, list[Baseline], dict[str, str]]:
+    """The policy's state: the spec, the ImageServer's revisions and annotations, and what the
+    SLO loop remembers (updated with this observation: the baselines and healthy clocks)."""
     drained = subject.drained
     healthy = _healthy_clocks(subject, seen, memory, now)
     revisions = subject.status.get("revisions") or {}
@@ -248,6 +322,7 @@ def judge(
     previous = str(revisions.get("previous") or "")
     baselines = _baselines(memory.baselines, current, previous, seen)
     baseline = next((b for b in baselines if b.revision == previous), None) if previous else None
+    recorded = incidents.last_action(subject.annotations)
     state = policy.State(
         remediation=subject.spec.remediation,
         datacenters=tuple(
@@ -263,59 +338,19 @@ def judge(
         current_revision=current,
         previous_revision=previous,
         current_since=parse_time(str(revisions.get("since") or "")),
-        last_action_at=(recorded.at if (recorded := incidents.last_action(subject.annotations)) else None),
+        # A dropped action was never taken: it starts no cooldown.
+        last_action_at=recorded.at if recorded is not None and not recorded.dropped else None,
         paused=subject.paused,
         unknown_notified=NOTICE_UNKNOWN in memory.notified,
         unknown_since=parse_time(memory.unknown_since),
         rolling_out=subject.condition("Progressing").get("status") == "True",
-        previous_baseline=baseline.burn if baseline is not None else None,
+        previous_baseline=baseline.as_burn() if baseline is not None else None,
     )
-    decision = policy.decide(seen, state, now)
-    fine_since = (memory.fine_since or stamp(now)) if decision.recovered else ""
-    open_incident = subject.annotations.get(incidents.INCIDENT_ANNOTATION, "")
-    fine_for = now - (parse_time(fine_since) or now)
-    step = incidents.step(decision, open_incident, fine_for, subject.name, now)
-    memory = AutomationStatus(
-        tally=_count(memory.tally, step.incident, seen, now, interval_seconds),
-        baselines=baselines,
-        healthy=[DatacenterClock(name=n, healthy_since=t) for n, t in sorted(healthy.items())],
-        fine_since=fine_since,
-        unknown_since=(memory.unknown_since or stamp(now)) if decision.slo_healthy == "Unknown" else "",
-        notified=list(memory.notified),
-    )
-    effects: list[Effect] = []
-    if step.open_incident:
-        effects += _open(subject, seen, step.open_incident, decision, now)
-    for action in step.actions:
-        notice = f"{step.incident}/{action.kind}/{action.target}"
-        if not (action.execute and KINDS[action.kind].changes_world):
-            if notice in memory.notified:
-                continue  # told once per incident
-            memory = _remember(memory, notice)
-            effects += _told(subject, seen, step.incident, action, now)
-        else:
-            effects += _act(subject, step.incident, action, now)
-            effects += _tell(
-                subject,
-                seen,
-                step.incident,
-                action,
-                headline=f"{KINDS[action.kind].past} {action.target}",
-                now=now,
-            )
-    if step.resolve:
-        effects += _resolve(subject, step.incident, memory.tally, now)
-        memory = _replace(
-            memory, tally=None, notified=[n for n in memory.notified if not n.startswith(f"{step.incident}/")]
-        )
-    if step.notify_unknown and NOTICE_UNKNOWN not in memory.notified:
-        memory = _remember(memory, NOTICE_UNKNOWN)
-        effects += _unknown_notice(subject, decision)
-    elif decision.slo_healthy != "Unknown" and NOTICE_UNKNOWN in memory.notified:
-        memory = _replace(memory, notified=[n for n in memory.notified if n != NOTICE_UNKNOWN])
-    status = _status_slice(subject, seen, decision, memory, now)
-    first = (WriteStatus(status), *rebalancing_event(subject, seen, now)) if status is not None else ()
-    return Verdict(decision, (*first, *effects), memory)
+    return state, baselines, healthy
+
+
+def _dump(memory: AutomationStatus) -> dict[str, Any]:
+    return memory.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def failed(
@@ -363,7 +398,9 @@ def _baselines(
         level = policy.page_level(burn)
         if old is None or old.page_level != level:
             kept[current] = Baseline(
-                revision=current, page_level=level, burn={k: round(v, 2) for k, v in burn.items()}
+                revision=current,
+                page_level=level,
+                burn=[BurnRate(window=w, burn_rate=round(v, 2)) for w, v in burn.items()],
             )
     return [kept[r] for r in (previous, current) if r in kept]
 
@@ -387,7 +424,7 @@ def _count(
     seconds = interval_seconds
     if last is not None:
         seconds = max(0.0, min((now - last).total_seconds(), MAX_GAP_CYCLES * interval_seconds))
-    return incidents.add(tally, seen, seconds, stamp(now))
+    return incidents.add(tally, seen, seconds, now.isoformat())
 
 
 SLO_CONDITIONS = ("SLOHealthy", "Rebalancing", "RemediationFailing")
@@ -443,7 +480,7 @@ def _status_slice(
     if seen.rebalance_remaining is not None:
         after["rebalanceRemaining"] = round(seen.rebalance_remaining)
     if "automation" in status or memory != AutomationStatus():
-        after["automation"] = memory.model_dump(by_alias=True, mode="json", exclude_none=True)
+        after["automation"] = _dump(memory)
     return after if after != before else None
 
 
@@ -532,28 +569,48 @@ def _record(
     return incidents.Recorded(action.kind, action.target, now, incident, action.reason, done=done)
 
 
-def _act(subject: Subject, incident: str, action: policy.Action, now: datetime.datetime) -> list[Effect]:
-    """The write-ahead record, then the action with its record marked done in the same write."""
+def _act(
+    subject: Subject, incident: str, action: policy.Action, now: datetime.datetime, drained: frozenset[str]
+) -> tuple[list[Effect], frozenset[str]]:
+    """The write-ahead record; the action with its record marked done, in one write; who was
+    told; the record marked told. `drained` is the set before this action (an earlier action
+    of the same verdict may have changed it); returned as it is after."""
     pending = _record(action, incident, now, done=False)
+    done = dataclasses.replace(pending, done=True, told=False)
+    taken, after = _carry_out(done, drained)
+    headline = f"{KINDS[action.kind].past} {action.target}"
     return [
         Record({incidents.LAST_ACTION_ANNOTATION: pending.annotation()}),
-        _carry_out(subject, dataclasses.replace(pending, done=True)),
-    ]
+        taken,
+        *_tell(subject, {}, incident, action, headline=headline, now=now),
+        _mark_told(done),
+    ], after
 
 
-def _carry_out(subject: Subject, record: incidents.Recorded) -> Effect:
+def _mark_told(record: incidents.Recorded) -> Effect:
+    return Annotate({incidents.LAST_ACTION_ANNOTATION: dataclasses.replace(record, told=True).annotation()})
+
+
+def _carry_out(record: incidents.Recorded, drained: frozenset[str]) -> tuple[Effect, frozenset[str]]:
     done = {incidents.LAST_ACTION_ANNOTATION: record.annotation()}
     if record.kind == "rollback":
-        return RollBack(record.target, {**done, ROLLBACK_REASON_ANNOTATION: record.reason})
-    drained = (
-        subject.drained | {record.target} if record.kind == "drain" else subject.drained - {record.target}
-    )
-    return Drain(record.target, drained, {**done, DRAINED_ANNOTATION: ",".join(sorted(drained)) or None})
+        return RollBack(record.target, {**done, ROLLBACK_REASON_ANNOTATION: record.reason}), drained
+    after = drained | {record.target} if record.kind == "drain" else drained - {record.target}
+    return Drain(record.target, after, {**done, DRAINED_ANNOTATION: ",".join(sorted(after)) or None}), after
+
+
+def _tell_late(
+    subject: Subject, seen: policy.Observation, record: incidents.Recorded, now: datetime.datetime
+) -> tuple[Effect, ...]:
+    """An action taken whose telling was cut short (the operator stopped in between)."""
+    action = policy.Action(record.kind, record.reason, record.target)  # type: ignore[arg-type]
+    headline = f"{KINDS[action.kind].past} {record.target} (told after an operator restart)"
+    return (*_tell(subject, seen, record.incident, action, headline=headline, now=now), _mark_told(record))
 
 
 def _tell(
     subject: Subject,
-    seen: policy.Observation,
+    seen: policy.Observation | Mapping[str, Any],
     incident: str,
     action: policy.Action,
     *,
@@ -564,22 +621,15 @@ def _tell(
     dry_run: bool = False,
     resolution: bool = True,
 ) -> list[Effect]:
-    """An Event, a Postmortem timeline entry and a Slack message for one step."""
+    """An Event, a Slack message and a Postmortem timeline entry for one step (the message
+    before the entry: a page must not wait on the Postmortem)."""
     kind = KINDS[action.kind]
     text = text or f"{headline}: {action.reason}"
-    effects: list[Effect] = [PostEvent(kind.event_type, reason or kind.reason, text)]
-    if incident:
-        effects.append(
-            AppendTimeline(
-                incident,
-                TimelineEntry(time=stamp(now), event=text[:2000], actor="operator"),
-                f"{text} (automated, {stamp(now)})"
-                if kind.changes_world and resolution and not dry_run
-                else "",
-            )
-        )
-    scope = seen.by_datacenter.get(action.target) or seen.by_revision.get(action.target) or seen.service
-    effects.append(
+    scope: Mapping[str, float] = {}
+    if isinstance(seen, policy.Observation):
+        scope = seen.by_datacenter.get(action.target) or seen.by_revision.get(action.target) or seen.service
+    effects: list[Effect] = [
+        PostEvent(kind.event_type, reason or kind.reason, text),
         Notify(
             IncidentMessage(
                 incident or f"{subject.name}-notice",
@@ -595,8 +645,18 @@ def _tell(
                 postmortem=incident,
                 dry_run=dry_run,
             )
+        ),
+    ]
+    if incident:
+        effects.append(
+            AppendTimeline(
+                incident,
+                TimelineEntry(time=stamp(now), event=text[:2000], actor="operator"),
+                f"{text} (automated, {stamp(now)})"
+                if kind.changes_world and resolution and not dry_run
+                else "",
+            )
         )
-    )
     return effects
 
 
@@ -700,7 +760,11 @@ def _unknown_notice(subject: Subject, decision: policy.Decision) -> list[Effect]
 
 
 def _resume(
-    subject: Subject, seen: policy.Observation, record: incidents.Recorded, now: datetime.datetime
+    subject: Subject,
+    seen: policy.Observation,
+    state: policy.State,
+    record: incidents.Recorded,
+    now: datetime.datetime,
 ) -> tuple[Effect, ...]:
     """An action recorded and not taken (the operator stopped in between), judged again
     before it is completed: the brakes and the world may have changed since."""
@@ -708,12 +772,14 @@ def _resume(
         return ()  # the pause stops everything; the record waits for it to be lifted
     kind = record.kind
     action = policy.Action(kind, record.reason, record.target)  # type: ignore[arg-type]
-    done = dataclasses.replace(record, done=True)
+    done = dataclasses.replace(record, done=True, told=False)
     if _already(subject, record):
-        return (Annotate({incidents.LAST_ACTION_ANNOTATION: done.annotation()}),)
-    why_not = _no_longer(subject, seen, record, now)
+        return (Annotate({incidents.LAST_ACTION_ANNOTATION: done.annotation()}),)  # told next cycle
+    why_not = _no_longer(subject, seen, state, record, now)
+    if why_not is None:
+        return ()  # no data to judge it on: it waits (and is dropped once too old)
     if why_not:
-        dropped = dataclasses.replace(done, dropped=why_not)
+        dropped = dataclasses.replace(done, dropped=why_not, told=True)
         text = f"dropped the interrupted {kind} {record.target}: {why_not}"
         return (
             Annotate({incidents.LAST_ACTION_ANNOTATION: dropped.annotation()}),
@@ -730,9 +796,11 @@ def _resume(
             ),
         )
     headline = f"{KINDS[action.kind].past} {record.target}, completed after an operator restart"
+    taken, _ = _carry_out(done, subject.drained)
     return (
-        _carry_out(subject, done),
+        taken,
         *_tell(subject, seen, record.incident, action, headline=headline, now=now),
+        _mark_told(done),
     )
 
 
@@ -746,9 +814,14 @@ def _already(subject: Subject, record: incidents.Recorded) -> bool:
 
 
 def _no_longer(
-    subject: Subject, seen: policy.Observation, record: incidents.Recorded, now: datetime.datetime
-) -> str:
-    """Why the interrupted action should not be completed now; empty when it still should."""
+    subject: Subject,
+    seen: policy.Observation,
+    state: policy.State,
+    record: incidents.Recorded,
+    now: datetime.datetime,
+) -> str | None:
+    """Why the interrupted action should not be completed now; empty when it still should;
+    None when there is no data to judge it on."""
     mode = subject.spec.remediation.mode
     if mode != "auto":
         return f"remediation mode is {mode}"
@@ -761,19 +834,17 @@ def _no_longer(
     if record.kind == "rollback":
         if record.target != revisions.get("previous") or subject.spec.version != revisions.get("current"):
             return f"the spec has moved on: it asks for {subject.spec.version}"
-        burn = seen.by_revision.get(subject.spec.version)
-        if burn and not policy.page_level(burn):
-            return f"{subject.spec.version} no longer burns at page level"
-        return ""
-    if record.target not in names:
+    elif record.target not in names:
         return f"{record.target} is no longer one of the datacenters ({', '.join(names)})"
-    if record.kind == "drain":
+    elif record.kind == "drain":
         after = subject.drained | {record.target}
         if not set(names) - after:
             return f"{record.target} is the last datacenter still serving traffic"
         if len(after) > subject.spec.remediation.drain.max_drained:
             limit = subject.spec.remediation.drain.max_drained
             return f"{len(after)} datacenters would be drained (at most {limit})"
-        if policy.recovered(seen.by_datacenter.get(record.target, {})):
-            return f"{record.target} is within budget again"
+    if not seen.reachable or not seen.service:
+        return None
+    if (record.kind, record.target) not in {(a.kind, a.target) for a in policy.planned(seen, state, now)}:
+        return "the policy, judging what Prometheus says now, no longer calls for it"
     return ""

@@ -35,6 +35,7 @@ class Recorded:
     reason: str = ""
     done: bool = True
     dropped: str = ""  # why an interrupted action was not completed after all
+    told: bool = True  # False: taken, and people not yet told (Event, Slack, Postmortem)
 
     def annotation(self) -> str:
         fields = {
@@ -45,7 +46,11 @@ class Recorded:
             "reason": self.reason,
             "done": self.done,
         }
-        return json.dumps({**fields, "dropped": self.dropped} if self.dropped else fields, sort_keys=True)
+        if self.dropped:
+            fields["dropped"] = self.dropped
+        if not self.told:
+            fields["told"] = False
+        return json.dumps(fields, sort_keys=True)
 
 
 def last_action(annotations: Mapping[str, str]) -> Recorded | None:
@@ -57,14 +62,33 @@ def last_action(annotations: Mapping[str, str]) -> Recorded | None:
         return Recorded(
             str(data["kind"]),
             str(data["target"]),
-            datetime.datetime.fromisoformat(data["at"]),
+            _aware(datetime.datetime.fromisoformat(data["at"])),
             str(data["incident"]),
             str(data.get("reason", "")),
             data.get("done", True) is not False,
             str(data.get("dropped", "")),
+            data.get("told", True) is not False,
         )
     except (ValueError, KeyError, TypeError):
         return None  # a hand-edited annotation must not stop the automation
+
+
+def _aware(moment: datetime.datetime) -> datetime.datetime:
+    """A time without an offset (a hand edit) is taken as UTC, never compared as naive."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
+
+
+def untold(annotations: Mapping[str, str]) -> Recorded | None:
+    """The action taken whose telling a crash cut short, if any."""
+    recorded = last_action(annotations)
+    if (
+        recorded is None
+        or not recorded.done
+        or recorded.told
+        or recorded.kind not in ("rollback", "drain", "undrain")
+    ):
+        return None
+    return recorded
 
 
 def interrupted(annotations: Mapping[str, str]) -> Recorded | None:

@@ -194,6 +194,11 @@ def _unknown(state: State, why: str, now: datetime.datetime) -> Decision:
     return Decision("Unknown", why, (Action("notify_unknown", f"no action: {why}"),) if tell else ())
 
 
+def planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
+    """What the policy would do now, before the cooldown, the mode and the pause."""
+    return _planned(observed, state, now)
+
+
 def _planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
     rollback = _rollback(observed, state, now)
     drains = _drains(observed, state)
@@ -250,7 +255,8 @@ def _drains(observed: Observation, state: State) -> list[Action]:
     policy = state.remediation.drain
     if not policy.enabled:
         return []
-    active = [dc for dc in state.datacenters if not dc.drained]
+    # A datacenter without weight serves nobody: it neither absorbs traffic nor must look healthy.
+    active = [dc for dc in state.datacenters if not dc.drained and dc.weight > 0]
     # Sick: burning at page level and still failing now. Healthy: serving fine now (the 1h
     # window of every datacenter still remembers an incident that just ended elsewhere).
     sick = [
@@ -264,7 +270,7 @@ def _drains(observed: Observation, state: State) -> list[Action]:
         return []  # nothing concentrated, or it burns everywhere
     if not all(recovered(_serving(observed, state, dc)) for dc in others):
         return []  # the others are not healthy: not concentrated in one place
-    already = len(state.datacenters) - len(active)
+    already = sum(dc.drained for dc in state.datacenters)
     room = policy.max_drained - already
     if room < len(sick):
         return []  # would exceed maxDrained

@@ -90,10 +90,16 @@ def _promql(span: datetime.timedelta) -> str:
     return f"{seconds}s"
 
 
+def _period(slo_window: str) -> datetime.timedelta:
+    """The budget window, within the schema's bounds even for an object stored before them."""
+    period = durations.parse(slo_window, maximum=durations.SLO_WINDOW_MAX)
+    return max(period, durations.SLO_WINDOW_MIN)
+
+
 def ranges(slo_window: str) -> dict[str, str]:
     """What each named window covers for this budget window, as PromQL ranges: the 30-day
     table's own for 30 days, the same share of any other."""
-    period = durations.parse(slo_window, maximum=durations.SLO_WINDOW_MAX)
+    period = _period(slo_window)
     covered = {}
     for window in WINDOWS:
         share = durations.parse(window) * (period / TABLE_PERIOD)
@@ -187,7 +193,7 @@ def _budget_window(namespace: str, name: str, slo_window: str) -> list[dict[str,
     minute). Feeds errorBudgetRemaining."""
     mine = f"{{{_scope(namespace, name)}}}"
     step = ranges(slo_window)[SHORT]
-    period = durations.parse(slo_window, maximum=durations.SLO_WINDOW_MAX)
+    period = _period(slo_window)
     slots = round(period / durations.parse(step))
     return [
         {

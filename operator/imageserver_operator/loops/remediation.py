@@ -209,12 +209,15 @@ class Remediator:
                 )
 
     async def _failed(self, body: dict[str, Any], subject: engine.Subject, error: Exception) -> None:
-        """The error as a condition and an Event on this ImageServer (best effort)."""
+        """The error as a condition and an Event on this ImageServer (best effort), written
+        onto the ImageServer as it is now: the failed cycle may have written some of it."""
         message = f"the SLO loop could not judge or act: {type(error).__name__}: {error}"[:1000]
-        effect = engine.failed(subject.status, subject.generation, message, self.clock())
         try:
+            fresh = await asyncio.to_thread(self.kube.get_imageserver, subject.namespace, subject.name)
+            status = fresh.get("status") or {}
+            effect = engine.failed(status, subject.generation, message, self.clock())
             if effect is not None:
                 await asyncio.to_thread(self.kube.event, body, "Warning", "RemediationFailing", message)
-                await self.execute(body, (effect,))
+                await self.execute(fresh, (effect,))
         except Exception:
             log.exception("could not report the failure on %s", subject.where)

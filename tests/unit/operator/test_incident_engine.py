@@ -375,3 +375,108 @@ def test_whatever_happens_the_automation_stays_within_its_brakes(
         (m.incident, m.action) for m in world.notices if m.stage == "action" and (m.dry_run or not m.action)
     ]
     assert len(told) == len(set(told))
+
+
+# -- what a review found: each a table of one ------------------------------------------------
+
+
+def test_two_drains_in_one_verdict_leave_both_drained() -> None:
+    world = World(remediation={"drain": {"maxDrained": 2}})
+    both = seen(FIRE, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": FIRE}, errors=10.0)
+    world.cycle(both, NOW)
+    assert world.annotations["imageserver.dev/drained"] == "dc-b,dc-c"
+    assert world.events.count("Drained") == 2
+
+
+def test_the_baseline_is_kept_in_a_shape_the_api_server_keeps() -> None:
+    """A map of window → burn would be pruned to {} by a structural schema; a list of
+    (window, burn rate) is stored as it is."""
+    world = World()
+    world.cycle(BAD_ROLLOUT, NOW)
+    baselines = world.body["status"]["automation"]["baselines"]
+    assert baselines[-1]["revision"] == "1.1.0" and baselines[-1]["pageLevel"] is True
+    assert {"window": "5m", "burnRate": 50.0} in baselines[-1]["burn"]
+
+
+def test_an_interrupted_action_waits_for_data_and_is_judged_by_the_policy() -> None:
+    world = World(annotations=record("drain", "dc-b", NOW))
+    assert world.cycle(Observation(False), NOW).effects == ()  # no data: it waits
+    world.body["spec"]["remediation"]["drain"] = {"enabled": False}
+    world.cycle(SICK_B, NOW)
+    after = json.loads(world.annotations[LAST_ACTION_ANNOTATION])
+    assert "no longer calls for it" in after["dropped"]
+    assert "imageserver.dev/drained" not in world.annotations
+    # A dropped action was never taken: it starts no cooldown.
+    world.body["spec"]["remediation"]["drain"] = {"enabled": True}
+    world.cycle(SICK_B, minutes(0.25))
+    assert world.annotations["imageserver.dev/drained"] == "dc-b"
+
+
+def test_a_notice_is_remembered_only_once_sent_and_a_tally_cleared_only_once_resolved() -> None:
+    world = World(mode="dryRun")
+    effects = world.cycle(BAD_ROLLOUT, NOW).effects
+    told = next(
+        i for i, e in enumerate(effects) if isinstance(e, engine.Notify) and e.message.stage == "action"
+    )
+    remembered = max(i for i, e in enumerate(effects) if isinstance(e, engine.WriteStatus))
+    assert told < remembered
+    calm = seen(dc={n: CALM for n in DCS})
+    verdicts = [world.cycle(calm, minutes(step)) for step in range(1, 4)]
+    resolving = next(
+        v.effects for v in verdicts if any(isinstance(e, engine.ResolvePostmortem) for e in v.effects)
+    )
+    resolved = next(i for i, e in enumerate(resolving) if isinstance(e, engine.ResolvePostmortem))
+    cleared = max(i for i, e in enumerate(resolving) if isinstance(e, engine.WriteStatus))
+    last = resolving[cleared]
+    assert isinstance(last, engine.WriteStatus)
+    assert resolved < cleared and "tally" not in last.patch["automation"]
+
+
+def test_an_opening_cut_short_is_finished_under_the_same_name() -> None:
+    world = World()
+    effects = judge(world.subject(), BAD_ROLLOUT, NOW).effects
+    cut = next(i for i, e in enumerate(effects) if isinstance(e, engine.OpenPostmortem)) + 1
+    world.apply(effects[:cut], NOW)  # the operator dies before the incident's annotation
+    world.cycle(BAD_ROLLOUT, minutes(0.25))
+    assert list(world.postmortems) == [world.annotations[INCIDENT_ANNOTATION]]
+
+
+def test_an_action_taken_but_not_told_is_told_on_the_next_cycle() -> None:
+    world = World()
+    effects = judge(world.subject(), SICK_B, NOW).effects
+    cut = next(i for i, e in enumerate(effects) if isinstance(e, engine.Drain)) + 1
+    world.apply(effects[:cut], NOW)  # drained, then the operator died
+    assert world.events.count("Drained") == 0
+    world.cycle(SICK_B, minutes(0.25))
+    world.cycle(SICK_B, minutes(0.5))
+    assert world.events.count("Drained") == 1
+    assert json.loads(world.annotations[LAST_ACTION_ANNOTATION]).get("told", True) is True
+
+
+def test_a_notice_outside_an_incident_is_told_again_once_it_stopped_being_decided() -> None:
+    since = (NOW - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    healthy = [{"name": n, "healthySince": since} for n in DCS]
+    status: dict[str, Any] = {
+        "revisions": {"current": "1.1.0", "previous": "1.0.0", "since": ""},
+        "automation": {"healthy": healthy},
+    }
+    world = World(mode="dryRun", annotations={"imageserver.dev/drained": "dc-b"}, status=status)
+    fine = seen(dc={n: CALM for n in DCS})
+    world.cycle(fine, NOW)
+    world.cycle(fine, minutes(1))
+    assert world.events.count("WouldUndrain") == 1
+    world.cycle(seen(dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}), minutes(2))  # b sick again
+    world.body["status"]["automation"]["healthy"] = healthy
+    world.cycle(fine, minutes(3))
+    assert world.events.count("WouldUndrain") == 2
+
+
+def test_a_hand_written_time_without_offset_stops_nothing() -> None:
+    annotations = {
+        LAST_ACTION_ANNOTATION: json.dumps(
+            {"kind": "drain", "target": "dc-b", "at": "2026-11-28T11:59:50", "incident": "", "done": False}
+        )
+    }
+    world = World(annotations=annotations)
+    world.cycle(SICK_B, NOW)
+    assert world.annotations["imageserver.dev/drained"] == "dc-b"

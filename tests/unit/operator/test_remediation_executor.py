@@ -47,6 +47,9 @@ class FakeKube:
         self.calls.append((what, name))
         return str(int(version or "0") + 1)
 
+    def get_imageserver(self, _ns: str, name: str) -> dict[str, Any]:
+        return imageserver(name)
+
     def apply_status(
         self, _ns: str, name: str, _status: dict[str, Any], _manager: str, version: str | None
     ) -> str | None:

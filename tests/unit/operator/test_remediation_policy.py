@@ -349,3 +349,13 @@ def test_an_incident_is_about_users_now_not_what_the_long_windows_remember() -> 
     rolling = replace(rolled_back, rolling_out=True)
     mid_rollout = decide(seen(FIRE, by_dcrev=now_fine), rolling, NOW)
     assert not mid_rollout.recovered and not mid_rollout.paging  # neither over nor a new incident
+
+
+def test_a_datacenter_without_weight_neither_blocks_a_drain_nor_absorbs_traffic() -> None:
+    quiet_c = replace(state(), datacenters=(DCS[0], DCS[1], Datacenter("dc-c", 2, weight=0)))
+    sick_b = seen(FIRE, dc={"dc-a": CALM, "dc-b": FIRE}, rps=10)
+    assert kinds(decide(sick_b, quiet_c, NOW).actions) == [("drain", "dc-b", True)]
+    # Only dc-a is left to take the traffic: 2 frontends x 100 req/s, at 80 % at most.
+    assert kinds(decide(replace(sick_b, requests_per_second=170), quiet_c, NOW).actions) == [
+        ("page", "", True)
+    ]
