@@ -39,6 +39,7 @@ from testbed.processes import Managed, State, free_port, is_running, spawn, stop
 
 SELECTOR = "app.kubernetes.io/name=imageserver"
 SCRAPE_GRACE = 2.0  # seconds: two of the test bed's 1 s scrapes
+READY_WAIT = 15.0  # seconds an old frontend serves, at most, while its replacement gets ready
 
 
 @dataclass
@@ -116,17 +117,40 @@ class PodRunner:
         self.targets.write_text("[]")
 
     def frontends(self, datacenter: str | None = None, *, routable: bool = True) -> list[Runner]:
-        """Frontends that take traffic (or, with routable=False, every one running)."""
+        """Frontends that take traffic (or, with routable=False, every one running). As a
+        rollout gated on readiness would, a datacenter whose new frontends are not ready yet
+        keeps sending to its old ones (KWOK makes pods ready at once)."""
         now = time.monotonic()
         with self._lock:
-            return [
+            running = [
                 r
                 for r in self.runners.values()
                 if r.role == "frontend"
                 and (datacenter is None or r.datacenter == datacenter)
                 and is_running(r.managed)
-                and (not routable or (r.routable_at is not None and r.routable_at <= now))
             ]
+            if not routable:
+                return running
+            ready = [r for r in running if r.routable_at is not None and r.routable_at <= now]
+            served = {r.datacenter for r in ready}
+            old = [
+                r
+                for r, _ in self.leaving
+                if (datacenter is None or r.datacenter == datacenter)
+                and r.datacenter not in served
+                and is_running(r.managed)
+            ]
+            return ready + old
+
+    def _serves(self, datacenter: str) -> bool:
+        now = time.monotonic()
+        return any(
+            r.role == "frontend"
+            and r.datacenter == datacenter
+            and r.routable_at is not None
+            and r.routable_at <= now
+            for r in self.runners.values()
+        )
 
     def sync(self) -> None:
         """One pass: start what is Running, stop what is gone, refresh topologies and targets."""
@@ -152,8 +176,15 @@ class PodRunner:
                     self.leaving.append((gone, time.monotonic() + SCRAPE_GRACE))
                 else:  # now: its replacement starts on the same data directory
                     stop(gone.managed, grace=5)
-            due = [r for r, at in self.leaving if at <= time.monotonic()]
-            self.leaving = [(r, at) for r, at in self.leaving if at > time.monotonic()]
+            # Stopped once scraped a last time and its datacenter has a ready frontend again
+            # (or, at the latest, READY_WAIT later).
+            now = time.monotonic()
+            due = [
+                r
+                for r, at in self.leaving
+                if at <= now and (self._serves(r.datacenter) or at + READY_WAIT <= now)
+            ]
+            self.leaving = [(r, at) for r, at in self.leaving if r not in due]
             for pod in sorted(
                 running.values(), key=lambda p: p["spec"]["containers"][0]["args"][0] != "storage"
             ):
@@ -278,11 +309,15 @@ class PodRunner:
 
     def start(self) -> PodRunner:
         def loop() -> None:
+            said = ""
             while not self._stop.is_set():
                 try:
                     self.sync()
+                    said = ""
                 except Exception as error:  # the cluster may be busy; the next pass retries
-                    print(f"pod runner: {error}", file=sys.stderr)
+                    if str(error) != said:  # once per outage, not twice a second
+                        said = str(error)
+                        print(f"pod runner: {error}", file=sys.stderr)
                 self._stop.wait(self.interval)
 
         self._thread = threading.Thread(target=loop, daemon=True)

@@ -25,6 +25,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for marker in ("e2e", "integration"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
+    # Last: the clients of a restarted control plane (controllers, KWOK) may take minutes to
+    # notice a stalled watch, and no other test should wait for them.
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
 @pytest.fixture(scope="session")

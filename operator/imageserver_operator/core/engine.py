@@ -47,8 +47,10 @@ from imageserver_operator.core.slo import SHORT, budget, ranges
 ROLLBACK_REASON_ANNOTATION = f"{GROUP}/rollback-reason"
 # An interrupted action older than this is not completed: the world it answered has moved on.
 RESUME_WITHIN = datetime.timedelta(minutes=5)
-# A long gap between two cycles (leadership moved, Prometheus was away) counts this much at most.
+# A long gap between two cycles (leadership moved, Prometheus was away) is counted at the rate
+# seen after it for this long at most: four cycles, and never less than a lease changing hands.
 MAX_GAP_CYCLES = 4
+MAX_GAP = datetime.timedelta(seconds=60)
 NOTICE_UNKNOWN = "-/notify_unknown/-"
 
 
@@ -235,9 +237,11 @@ def judge(
     subject: Subject, seen: policy.Observation, now: datetime.datetime, *, interval_seconds: float = 15.0
 ) -> Verdict:
     memory = subject.memory
-    if subject.spec.remediation.mode == "off":
-        return Verdict(None, (), memory)
     state, baselines, healthy = _state(subject, seen, memory, now)
+    if subject.spec.remediation.mode == "off":  # watch only: the condition, nothing else
+        watched = dataclasses.replace(policy.decide(seen, state, now), actions=())
+        status = _status_slice(subject, seen, watched, memory, now)
+        return Verdict(watched, (WriteStatus(status),) if status is not None else (), memory)
     pending = incidents.interrupted(subject.annotations)
     if pending is not None:
         return Verdict(None, _resume(subject, seen, state, pending, now), memory)
@@ -423,7 +427,8 @@ def _count(
         return tally
     seconds = interval_seconds
     if last is not None:
-        seconds = max(0.0, min((now - last).total_seconds(), MAX_GAP_CYCLES * interval_seconds))
+        cap = max(MAX_GAP_CYCLES * interval_seconds, MAX_GAP.total_seconds())
+        seconds = max(0.0, min((now - last).total_seconds(), cap))
     return incidents.add(tally, seen, seconds, now.isoformat())
 
 

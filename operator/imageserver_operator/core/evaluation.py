@@ -39,7 +39,10 @@ TRAFFIC_QUERY = " or ".join(
     # raw series of every ImageServer cannot name each one's job.
     + [
         f"label_replace(sum by (namespace, imageserver) ({slo.REBALANCE_REMAINING}), "
-        '"kind", "rebalance_remaining", "", "")'
+        '"kind", "rebalance_remaining", "", "")',
+        # Which datacenters' frontends are heard from at all (a quiet one is not a silent one).
+        f"label_replace(sum by (namespace, imageserver, datacenter) ({slo.FRONTENDS}), "
+        '"kind", "frontends", "", "")',
     ]
 )
 NAME = re.compile(rf"imageserver:({SLIS})_error_ratio({GROUPINGS})?:(?:rate(\w+)|slo_window)")
@@ -92,13 +95,17 @@ def observations(
             target = service[key]
         target[window] = max(target.get(window, 0.0), burn)  # the worse SLI decides
     rates: defaultdict[Key, dict[str, float]] = defaultdict(dict)
+    heard: defaultdict[Key, dict[str, float]] = defaultdict(dict)
     for sample in traffic:
         metric = sample.get("metric", {})
         value = _value(sample)
-        if value is not None:
-            rates[(metric.get("namespace", ""), metric.get("imageserver", ""))][metric.get("kind", "")] = (
-                value
-            )
+        key = (metric.get("namespace", ""), metric.get("imageserver", ""))
+        if value is None:
+            continue
+        if metric.get("kind") == "frontends":
+            heard[key][metric.get("datacenter", "")] = value
+        else:
+            rates[key][metric.get("kind", "")] = value
     return {
         key: Observation(
             reachable=True,
@@ -106,6 +113,8 @@ def observations(
             errors_per_second=rates[key].get("errors", 0.0),
             budget_spent=spent.get(key),
             rebalance_remaining=rates[key].get("rebalance_remaining"),
+            # Not reported at all (rules from before the count): judged by the ratios instead.
+            frontends_by_datacenter=dict(heard[key]) if key in heard else None,
             service=dict(service.get(key, {})),
             by_datacenter={dc: dict(b) for dc, b in by_dc.get(key, {}).items()},
             by_revision={rev: dict(b) for rev, b in by_rev.get(key, {}).items()},

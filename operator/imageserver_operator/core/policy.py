@@ -72,6 +72,8 @@ class Observation:
     by_datacenter_revision: Mapping[str, Burn] = field(default_factory=dict)  # "dc-a/1.0.0" → 5m burn
     # Images held by storage nodes whose shard no longer owns them; None: not reported.
     rebalance_remaining: float | None = None
+    # Frontends scraped per datacenter, traffic or not; None: not reported.
+    frontends_by_datacenter: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,14 +154,22 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
 
 
 def silent(observed: Observation, state: State) -> list[str]:
-    """Datacenters that should serve traffic (weight, not drained) and have no SLO data: their
-    frontends are dead or unscraped. Nothing there can be judged healthy, so no incident ends
-    and nothing is undrained on their account (and no other datacenter is drained either:
-    a drain needs every other datacenter seen healthy)."""
+    """Datacenters that should serve traffic (weight, not drained) none of whose frontends is
+    heard from: dead or unscraped (without that count: those without a short-window ratio,
+    which a quiet datacenter has too). Nothing there can be judged healthy, so no incident
+    ends and nothing is undrained on their account (and no other datacenter is drained
+    either: a drain needs every other datacenter seen healthy)."""
+    heard = observed.frontends_by_datacenter
     return [
         dc.name
         for dc in state.datacenters
-        if not dc.drained and dc.weight > 0 and "5m" not in observed.by_datacenter.get(dc.name, {})
+        if not dc.drained
+        and dc.weight > 0
+        and (
+            not heard.get(dc.name, 0)
+            if heard is not None  # no frontend scraped there
+            else SHORT not in observed.by_datacenter.get(dc.name, {})  # no ratio: no request either
+        )
     ]
 
 

@@ -63,6 +63,7 @@ DETAIL = ("datacenter", "revision")
 RUNBOOK_BASE = "runbooks"
 INFO = "imageserver_build_info"  # 1 from every process scraped, labelled with role and datacenter
 REBALANCE_REMAINING = "imageserver:imageserver_rebalance_remaining:sum"
+FRONTENDS = "imageserver:frontends:count"  # frontends scraped, per datacenter: heard, or silent
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,13 @@ def _recording(namespace: str, name: str, threshold: float, slo_window: str) -> 
                         f" / sum by ({_by(*labels)}) (imageserver:requests:rate{window}{mine})",
                     }
                 )
+    # Frontends heard from per datacenter, traffic or not: a datacenter with none is silent.
+    rules.append(
+        {
+            "record": FRONTENDS,
+            "expr": f'count by ({_by("datacenter")}) ({INFO}{{{_scope(namespace, name)}, role="frontend"}})',
+        }
+    )
     # What serves users now, per datacenter and revision, on the short window: says when an
     # incident is over, while the long windows still remember it for hours.
     for sli, bad in SLIS.items():

@@ -145,10 +145,21 @@ class Remediator:
                         meta["namespace"],
                         meta["name"],
                     )
+                    await self._refresh(body)
                     return False
             else:
                 await self._carry_out(body, effect)
         return True
+
+    async def _refresh(self, judged: dict[str, Any]) -> None:
+        """After a conflict, the object as it is now, if the watch has not brought it yet: a
+        stalled watch must not stall remediation (a later watch event replaces it anyway)."""
+        meta = judged["metadata"]
+        key = (str(meta["namespace"]), str(meta["name"]))
+        fresh = await asyncio.to_thread(self.kube.get_imageserver, *key)
+        held = self.store.get(key)
+        if held is not None and held["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+            self.store.imageserver_event("MODIFIED", fresh)
 
     async def _write(
         self, namespace: str, name: str, effect: engine.Effect, version: str | None

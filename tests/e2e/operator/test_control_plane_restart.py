@@ -28,6 +28,7 @@ def last_action(one: Mission) -> dict[str, Any]:
     return dict(json.loads(one.annotations().get("imageserver.dev/last-action", "{}")))
 
 
+@pytest.mark.disruptive
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
 def test_after_a_control_plane_restart_a_bad_rollout_is_still_rolled_back(
     mission: Callable[..., Mission], cluster: Cluster, component: str

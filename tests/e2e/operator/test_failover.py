@@ -20,6 +20,8 @@ SPEC: dict[str, Any] = {
     "datacenters": [{"name": "dc-a", "frontendReplicas": 1}, {"name": "dc-b", "frontendReplicas": 1}],
     "storage": {"replicas": 1, "writeQuorum": 1},
     "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
+    # "5m" covers 30 s: the incident ends half a minute after users are fine, not five.
+    "slo": {"window": "3d"},
 }
 LEASE_SECONDS = 6  # the test bed's (OperatorProcesses.start)
 THREAD = "imageserver.dev/slack-thread"
@@ -72,8 +74,10 @@ def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incide
         f"failover: the standby led {took_over:.1f}s after the kill, rolled back {rolled_back:.1f}s after it"
     )
     # client-go's rule: the lease is taken once its record has not changed for its duration,
-    # as the standby measures it; it saw the last renewal at most a renew period before the kill.
-    assert took_over <= LEASE_SECONDS + LEASE_SECONDS / 3 + 1
+    # as the standby measures it from when it first saw that record (up to one of its rounds
+    # after the last renewal), at its first round after that (up to one more): the duration
+    # and two renew periods (a third of the duration each) at most, and a second for kubectl.
+    assert took_over <= LEASE_SECONDS + 2 * LEASE_SECONDS / 3 + 1
 
     def resolved() -> bool:
         return bool(one.postmortems()[0]["spec"].get("state") == "Resolved")

@@ -423,6 +423,30 @@ def test_a_datacenter_whose_frontends_are_all_unheard_pages(tmp_path: Path, rule
                     build_info(mine, "dc-b", "frontend", "1x9 stale"),
                     build_info(mine, "dc-b", "storage", "1x30"),
                 ],
+                # What the operator reads to tell a quiet datacenter from a silent one.
+                "promql_expr_test": [
+                    {
+                        "expr": "imageserver:frontends:count",
+                        "eval_time": "5m",
+                        "exp_samples": [
+                            {
+                                "labels": f'imageserver:frontends:count{{{mine}, datacenter="{dc}"}}',
+                                "value": 1,
+                            }
+                            for dc in ("dc-a", "dc-b")
+                        ],
+                    },
+                    {
+                        "expr": "imageserver:frontends:count",
+                        "eval_time": "16m",
+                        "exp_samples": [
+                            {
+                                "labels": f'imageserver:frontends:count{{{mine}, datacenter="dc-a"}}',
+                                "value": 1,
+                            }
+                        ],
+                    },
+                ],
                 "alert_rule_test": [
                     {"alertname": "ImageServerDatacenterSilent", "eval_time": at, "exp_alerts": []}
                     for at in ("5m", "10m", "14m")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from imageserver_operator.core.evaluation import Budgets, observations
+from imageserver_operator.core.evaluation import TRAFFIC_QUERY, Budgets, observations
 
 KEY = ("prod", "photos")
 
@@ -50,3 +50,24 @@ def test_ratios_become_burn_rates_per_scope_and_the_worse_sli_decides() -> None:
 def test_imageservers_without_series_get_no_data() -> None:
     seen = observations([], [], {KEY: Budgets(0.001, 0.01)})[KEY]
     assert seen.reachable and seen.service == {} and seen.requests_per_second == 0.0
+
+
+def test_the_frontends_heard_per_datacenter_come_in_the_traffic_answer() -> None:
+    assert "imageserver:frontends:count" in TRAFFIC_QUERY
+    traffic = [
+        {
+            "metric": {
+                "namespace": "prod",
+                "imageserver": "photos",
+                "kind": "frontends",
+                "datacenter": "dc-a",
+            },
+            "value": [0, "2"],
+        },
+        {"metric": {"namespace": "prod", "imageserver": "photos", "kind": "requests"}, "value": [0, "5"]},
+    ]
+    budgets = {("prod", "photos"): Budgets(0.001, 0.01), ("prod", "older"): Budgets(0.001, 0.01)}
+    seen = observations([], traffic, budgets)
+    assert seen[("prod", "photos")].frontends_by_datacenter == {"dc-a": 2}
+    assert seen[("prod", "photos")].requests_per_second == 5
+    assert seen[("prod", "older")].frontends_by_datacenter is None  # not reported: judged by ratios

@@ -320,8 +320,15 @@ def test_a_failed_judgement_is_a_condition_and_clears_itself() -> None:
     assert condition["status"] == "False"
 
 
-def test_mode_off_judges_nothing() -> None:
-    assert World(mode="off").cycle(BAD_ROLLOUT, NOW).effects == ()
+def test_mode_off_watches_and_does_nothing_else() -> None:
+    world = World(mode="off")
+    for step in range(3):
+        verdict = world.cycle(BAD_ROLLOUT, minutes(step))
+    assert [type(e) for e in judge(world.subject(), BAD_ROLLOUT, NOW).effects] == []
+    assert verdict.decision is not None and verdict.decision.actions == ()
+    slo = next(c for c in world.body["status"]["conditions"] if c["type"] == "SLOHealthy")
+    assert slo["status"] == "False"
+    assert world.events == [] and world.notices == [] and world.body["spec"]["version"] == "1.1.0"
 
 
 OBSERVATIONS = {

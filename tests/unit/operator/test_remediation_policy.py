@@ -359,3 +359,14 @@ def test_a_datacenter_without_weight_neither_blocks_a_drain_nor_absorbs_traffic(
     assert kinds(decide(replace(sick_b, requests_per_second=170), quiet_c, NOW).actions) == [
         ("page", "", True)
     ]
+
+
+def test_a_quiet_datacenter_is_not_a_silent_one() -> None:
+    """With the frontends' count reported, silence is no frontend heard from, not no request:
+    a datacenter nobody happened to use in the short window is quiet, and judged as before."""
+    quiet_c = seen(dc={"dc-a": CALM, "dc-b": CALM})
+    heard = replace(quiet_c, frontends_by_datacenter={"dc-a": 2, "dc-b": 2, "dc-c": 2})
+    assert decide(heard, state(), NOW).slo_healthy == "True"
+    unheard = replace(quiet_c, frontends_by_datacenter={"dc-a": 2, "dc-b": 2})
+    unknown = decide(unheard, state(), NOW)
+    assert unknown.slo_healthy == "Unknown" and "dc-c" in unknown.summary and not unknown.recovered
