@@ -77,6 +77,9 @@ def test_killed_right_after_deciding_to_roll_back_then_restarted_rolls_back_exac
     one = mission(SPEC, faults=BAD, operator_env={"IMAGESERVER_OPERATOR_FAILPOINT": "after-record"})
     operator = list(one.operators.state.processes.values())[-1].popen  # the one with the SLO loop
     assert operator is not None
+    # Seen healthy first: how 1.0.0 did while current is what tells a bad build from 1.0.0's
+    # pods failing through 1.1.0's storage mid-rollout (without it, the operator pages instead).
+    one.holds("no action on a healthy service", lambda: not last_action(one), 10)
 
     one.apply(version="1.1.0")
     one.until("the operator decides and dies", lambda: operator.poll() is not None, 120, 0.5)

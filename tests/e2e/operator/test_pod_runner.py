@@ -121,7 +121,9 @@ def test_a_pod_replaced_under_the_same_name_between_two_passes_gets_a_new_proces
             time.sleep(0.5)
         first = runner.runners[pod].managed.pid
         before = uid()
-        cluster.kubectl("delete", "pod", "-n", namespace, pod, "--wait=true")
+        # Not --wait: kubectl's wait for a deletion can miss it when the StatefulSet recreates
+        # the pod under the same name at once; the new uid is what this test waits for.
+        cluster.kubectl("delete", "pod", "-n", namespace, pod, "--wait=false")
         deadline = time.monotonic() + 60
         while uid() in ("", before) and time.monotonic() < deadline:
             time.sleep(0.25)  # no pass in between: the runner never sees the pod missing
