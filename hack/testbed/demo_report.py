@@ -51,7 +51,10 @@ def summary(incidents: Sequence[Incident], images: int, lost: int) -> str:
         )
         lines.append(f"| {' | '.join(cells)} |")
     lines.append("")
-    lines.append("Times count from the first 5xx Prometheus scraped. Budget: the error budget of the SLO window (3 days here).")
+    lines.append(
+        "Times count from the first 5xx Prometheus scraped. "
+        "Budget: the error budget of the SLO window (3 days here)."
+    )
     return "\n".join(lines)
 
 
