@@ -216,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
     frontend.add_argument(
         "--topology", type=Path, required=True, help="the shard map (JSON), reloaded on change"
     )
+    _number(frontend, "--topology-interval", float, 1.0, "seconds between two reads of the shard map")
     storage = roles.add_parser("storage", parents=[common], help="a storage node")
     storage.add_argument("--data", type=Path, required=True)
     storage.add_argument(
@@ -353,7 +354,9 @@ def build_app(args: argparse.Namespace) -> web.Application:
         metrics.watch_store(blobs)
         return frontend_app(LocalStore(blobs), settings, metrics, faults)
     watcher = TopologyWatcher(
-        args.topology, on_change=lambda t: metrics.topology_generation.set(t.generation)
+        args.topology,
+        args.topology_interval,
+        on_change=lambda t: metrics.topology_generation.set(t.generation),
     )
     replicated = ReplicatedStore(watcher, args.datacenter, metrics, token=storage_token)
     app = frontend_app(replicated, settings, metrics, faults)

@@ -12,9 +12,11 @@ A read asks in a fixed number of parallel rounds under one deadline (`read_round
 local owner shard (one replica first, the others when it misses or is slow: a hedged read),
 then the local datacenter's other shards, the owner once more (an image the rebalancer moved
 between the first two rounds is there by then), then the other datacenters. A miss therefore
-costs four round trips, never a walk of replicas one after another. Local owner replicas that
-answered "not here", or were not asked, are checked and written back in the background (read
-repair). That also moves ids onto a newly added shard as they are read.
+costs four round trips, never a walk of replicas one after another, and one re-read of the
+topology file (a frontend that took a newer map first may have stored it on a new shard).
+Local owner replicas that answered "not here", or were not asked, are checked and written
+back in the background (read repair). That also moves ids onto a newly added shard as they
+are read.
 """
 
 from __future__ import annotations
@@ -181,6 +183,19 @@ class ReplicatedStore:
 
     async def _lookup(self, image_id: str, name: str) -> bytes | None:
         topology, _ = self._current()
+        data = await self._search(topology, image_id, name)
+        if data is not None:
+            return data
+        # Every shard this map knows said no. A frontend that took a newer map first may have
+        # stored the image on a shard this one has not heard of yet (the watcher polls): the
+        # file is read again before a 404, and a newer map is searched too.
+        self.topology.refresh()
+        newer, _ = self._current()
+        if newer is topology:
+            return None
+        return await self._search(newer, image_id, name)
+
+    async def _search(self, topology: Topology, image_id: str, name: str) -> bytes | None:
         evidence = _Evidence(topology.write_quorum)
         rounds = read_rounds(topology, self.datacenter, image_id)
         loop = asyncio.get_running_loop()

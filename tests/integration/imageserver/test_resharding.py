@@ -5,6 +5,7 @@ that does not own it."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -128,6 +129,7 @@ def test_resharding_and_a_new_datacenter_lose_nothing_under_traffic(
                     cluster.add_storage("dc-a", f"s{s}", r, tmp_path, FAST)
             generation += 1
             cluster.write_topology(generation)
+            print(f"{time.strftime('%X')} {shards} shards in the map")
             started = time.monotonic()
             # Mid-rebalance: a storage node of the old owner and the uploading frontend die.
             assert eventually(
@@ -145,7 +147,8 @@ def test_resharding_and_a_new_datacenter_lose_nothing_under_traffic(
             ]
             moved = sum(metric(s, "imageserver_rebalance_moved_total") for s in cluster.storage.values())
             took = time.monotonic() - started
-            print(f"1 shard -> {shards}: {moved - moved_before:.0f} moves in {took:.1f} s")
+            moves = moved - moved_before
+            print(f"{time.strftime('%X')} -> {shards} shards: {moves:.0f} moves in {took:.1f} s")
 
         # A datacenter joins: every image is owed to it, and reaches it.
         for s in range(2):
@@ -153,6 +156,7 @@ def test_resharding_and_a_new_datacenter_lose_nothing_under_traffic(
                 cluster.add_storage("dc-b", f"s{s}", r, tmp_path, FAST)
         generation += 1
         cluster.write_topology(generation)
+        print(f"{time.strftime('%X')} dc-b joins")
         remote = imageserver.start("frontend", "--topology", str(cluster.topology), "--datacenter", "dc-b")
         time.sleep(2)
     acknowledged = dict(traffic.acknowledged)
@@ -180,3 +184,33 @@ def test_resharding_and_a_new_datacenter_lose_nothing_under_traffic(
     for image_id, image in acknowledged.items():
         for frontend in (reader, remote):
             assert session.get(f"{frontend.url}/v1/images/{image_id}", timeout=10).content == image
+
+
+def test_a_frontend_on_the_old_map_finds_images_stored_under_the_new_one(
+    imageserver: Processes, tmp_path: Path
+) -> None:
+    """Frontends take a new map at different moments (a ConfigMap reaches each pod in its own
+    time). One that has not yet read it looks only among the shards it knows, while one that
+    has stores new images on the new shards: a read of those must not be a 404."""
+    cluster = start_cluster(imageserver, tmp_path, ("dc-a",), shards=1, replicas=2, quorum=2)
+    stale = imageserver.start(
+        "frontend", "--topology", str(cluster.topology), "--datacenter", "dc-a", "--topology-interval", "3600"
+    )
+    for s in range(1, 4):
+        for r in range(2):
+            cluster.add_storage("dc-a", f"s{s}", r, tmp_path)  # the default settle: nothing moves
+    cluster.write_topology(2)
+    fresh = imageserver.start("frontend", "--topology", str(cluster.topology), "--datacenter", "dc-a")
+    stored = {}
+    for seed in range(24):
+        image = samples.jpeg(64, 48, seed=seed)
+        answer = requests.post(f"{fresh.url}/v1/images", data=image, timeout=30)
+        assert answer.status_code == 201, answer.text
+        stored[answer.json()["id"]] = image
+    on_new_shards = [i for i in stored if hashing.owner(i, cluster.shards("dc-a")) != "s0"]
+    assert len(on_new_shards) >= 12, "the new shards should own most of them"
+    for image_id in on_new_shards:
+        answer = requests.get(f"{stale.url}/v1/images/{image_id}", timeout=10)
+        assert answer.status_code == 200 and answer.content == stored[image_id], answer.status_code
+    unknown = hashlib.sha256(b"never uploaded").hexdigest()
+    assert requests.get(f"{stale.url}/v1/images/{unknown}", timeout=10).status_code == 404
