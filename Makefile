@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
 
-.PHONY: bench bench-operator bench-rebalance help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean generate
+.PHONY: bench bench-operator bench-canary bench-rebalance help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,7 @@ demo: dev prometheus tools  ## the whole mission on one machine: chart, traffic,
 generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), the chart's values table
 	$(VENV)/bin/imageserver-operator crds --write crds
 	cp crds/*.yaml charts/imageserver-operator/crds/
+	cp crds/policies/release-freeze.yaml charts/imageserver-operator/templates/release-freeze.yaml
 	$(VENV)/bin/python hack/chart_docs.py
 
 bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not a test)
@@ -71,6 +72,9 @@ bench-rebalance: dev  ## storage nodes moving data (rebalance, handoff) vs a dur
 
 bench-operator: dev cluster-up  ## the operator on the local cluster: apply → Ready, 200 ImageServers, idle cost
 	PYTHONPATH=hack:tests $(PY) bench/operator_bench.py $(BENCH_ARGS)
+
+bench-canary: dev  ## canary analysis vs Flagger and Argo Rollouts on a bad revision (computed, not timed)
+	PYTHONPATH=operator $(PY) bench/canary_bench.py $(BENCH_ARGS)
 
 clean: cluster-down  ## remove the virtualenv and local state (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,10 +23,13 @@ from typing import Any
 from testbed import pki
 from testbed.paths import state_dir
 from testbed.processes import (
+    Managed,
+    StartError,
     State,
     claim_port,
     free_port,
     is_running,
+    log_tail,
     spawn,
     stop,
     wait_until,
@@ -215,19 +218,30 @@ def down(directory: Path | None = None, *, quiet: bool = False) -> None:
         say("no cluster to stop")
 
 
+def _command(managed: Managed) -> tuple[list[str], dict[str, str]]:
+    """A running process's arguments and environment, to start it again the same way."""
+    argv = [a.decode() for a in Path(f"/proc/{managed.pid}/cmdline").read_bytes().split(b"\0") if a]
+    environ = Path(f"/proc/{managed.pid}/environ").read_bytes().split(b"\0")
+    return argv, dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+
+
+# Clients of the API server that these tests do not examine: the controllers and KWOK's
+# simulated kubelets. After a server restart they are started again (as a supervisor would
+# start a crashed one), so what a restart test proves is the operator's recovery alone.
+SUPPORTING = ("kube-controller-manager", "kube-scheduler", "kwok")
+
+
 def restart(cluster: Cluster, component: str, *, down_for: float = 2.0) -> None:
     """Stop one control-plane process and start it again with the same arguments and
     environment, as a crash or an upgrade would, then wait until the API server is ready.
-    Every client (controllers, KWOK, operators) must find its way back by itself."""
+    The operators must find their way back by themselves; the supporting clients are
+    started again once the server is back (see SUPPORTING)."""
     state = State.load(cluster.state)
     assert state is not None, "no cluster state"
-    managed = state.processes[component]
-    argv = [a.decode() for a in Path(f"/proc/{managed.pid}/cmdline").read_bytes().split(b"\0") if a]
-    environ = Path(f"/proc/{managed.pid}/environ").read_bytes().split(b"\0")
-    env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
-    stop(managed)
+    commands = {name: _command(state.processes[name]) for name in (component, *SUPPORTING)}
+    stop(state.processes[component])
     time.sleep(down_for)
-    restarted = spawn(state, component, argv, env)
+    restarted = spawn(state, component, *commands[component])
     api = _Api(cluster.server, cluster.state / "pki")
 
     def ready() -> bool:
@@ -237,6 +251,24 @@ def restart(cluster: Cluster, component: str, *, down_for: float = 2.0) -> None:
             return False
 
     wait_until(f"{component} restarted and the API server ready", ready, restarted, 60)
+    for name in SUPPORTING:
+        stop(state.processes[name])
+        again = spawn(state, name, *commands[name])
+        time.sleep(0.5)
+        if not is_running(again):
+            raise StartError(f"{name} did not start again after the {component} restart:\n{log_tail(again)}")
+
+    def nodes_ready() -> bool:
+        try:
+            nodes = api.json("/api/v1/nodes")["items"]
+        except (OSError, ssl.SSLError, ValueError, KeyError, TypeError):
+            return False
+        conditions = [n.get("status", {}).get("conditions", []) for n in nodes]
+        return bool(nodes) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in mine) for mine in conditions
+        )
+
+    wait_until("the simulated nodes Ready again", nodes_ready, None, 60)
 
 
 def up(directory: Path | None = None) -> Cluster:

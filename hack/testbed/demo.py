@@ -136,8 +136,8 @@ class Demo:
         )
         incident.detected = self.wait("the operator opens an incident", self.incident_open, LIMIT)
         incident.mitigated = self.wait(
-            "the operator rolls back to 1.0.0",
-            lambda: mission.imageserver()["spec"]["version"] == "1.0.0",
+            f"the operator aborts the rollout: every datacenter on 1.0.0 (spec.version still {BAD_REVISION})",
+            lambda: mission.rolled_back("1.0.0"),
             LIMIT - (incident.detected - incident.errors),
         )
         incident.postmortem = self.postmortem_of_last_action()

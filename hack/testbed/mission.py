@@ -195,6 +195,21 @@ class Mission:
             json.loads(self.cluster.kubectl("get", "imgs", self.name, "-n", self.namespace, "-o", "json"))
         )
 
+    def serving(self) -> dict[str, str]:
+        """The revision each datacenter's frontends are rendered at (its Deployment's pod
+        template), which a rollback changes: the spec stays as the user applied it."""
+        mine = f"app.kubernetes.io/instance={self.name}"
+        listed = self.cluster.kubectl("get", "deployments", "-n", self.namespace, "-l", mine, "-o", "json")
+        pods = [d["spec"]["template"]["metadata"]["labels"] for d in json.loads(listed)["items"]]
+        return {p["imageserver.dev/datacenter"]: p["imageserver.dev/revision"] for p in pods}
+
+    def rollout(self) -> dict[str, Any]:
+        return dict(self.imageserver().get("status", {}).get("rollout") or {})
+
+    def rolled_back(self, to: str) -> bool:
+        """Every datacenter runs `to` again, the rollout aborted in status."""
+        return self.rollout().get("phase") == "Aborted" and set(self.serving().values()) == {to}
+
     def annotations(self) -> dict[str, str]:
         return dict(self.imageserver()["metadata"].get("annotations") or {})
 

@@ -15,6 +15,7 @@ from imageserver_operator.api import crds
 
 def _crds(args: argparse.Namespace) -> int:
     generated = {name: crds.to_yaml(crd) for name, crd in crds.all_crds().items()}
+    generated |= {f"policies/{name}": text for name, text in crds.policies().items()}
     if args.write is None and not args.check:
         print("---\n".join(generated.values()), end="")
         return 0
@@ -26,6 +27,7 @@ def _crds(args: argparse.Namespace) -> int:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
         else:
+            path.parent.mkdir(exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
     if stale:
@@ -82,6 +84,20 @@ def _drain(args: argparse.Namespace) -> int:
         print(f"error: {why}", file=sys.stderr)
         return 1
     print(f"{args.name}: drained datacenters now: {', '.join(sorted(after)) or 'none'}")
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from imageserver_operator.adapters.kube import Kube, api_client  # noqa: PLC0415
+    from imageserver_operator.adapters.rollouts import command  # noqa: PLC0415
+    from imageserver_operator.core.rollout import Refused  # noqa: PLC0415
+
+    try:
+        said = command(Kube(api_client()), args.n, args.name, args.command, f"{getpass.getuser()} (CLI)")
+    except Refused as why:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {said}")
     return 0
 
 
@@ -152,6 +168,15 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("-n", default="default", metavar="NAMESPACE")
         sub.add_argument("--reason", default="", help="recorded in the Event")
         sub.set_defaults(func=_drain)
+    for verb, text in (
+        ("promote", "take the rollout to its next wave now (an aborted version: roll it out again)"),
+        ("abort", "stop the rollout: every datacenter back to the stable version"),
+        ("rollback", "every datacenter back to the version before the current one"),
+    ):
+        sub = commands.add_parser(verb, help=text)
+        sub.add_argument("name", help="ImageServer name")
+        sub.add_argument("-n", default="default", metavar="NAMESPACE")
+        sub.set_defaults(func=_rollout)
     return top
 
 

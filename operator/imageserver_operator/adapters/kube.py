@@ -160,22 +160,6 @@ class Kube:
         when `resource_version` is no longer current."""
         return self._patch(namespace, name, {"metadata": {"annotations": annotations}}, resource_version)
 
-    def set_version(
-        self,
-        namespace: str,
-        name: str,
-        version: str,
-        annotations: dict[str, str | None],
-        resource_version: str | None = None,
-    ) -> str | None:
-        """A rollback: the spec itself names the previous version, so reconciles keep it."""
-        return self._patch(
-            namespace,
-            name,
-            {"metadata": {"annotations": annotations}, "spec": {"version": version}},
-            resource_version,
-        )
-
     def _patch(
         self,
         namespace: str,

@@ -15,6 +15,8 @@ from pydantic import BaseModel
 from imageserver_operator.api.models import (
     GROUP,
     MAX_NAME,
+    RELEASE_EXCEPTION_ANNOTATION,
+    RELEASES_FROZEN,
     VERSION,
     ImageServerSpec,
     ImageServerStatus,
@@ -190,7 +192,10 @@ def imageserver_crd() -> dict[str, Any]:
             ),
             _column("Datacenters", "string", ".status.datacenterSummary", "Datacenters, drained marked."),
             _column("Shards", "integer", ".spec.shards", "Shards per datacenter."),
-            _column("Revision", "string", ".status.revisions.current", "Version running now."),
+            _column("Version", "string", ".status.rollout.target", "The version rolled out last."),
+            _column(
+                "Rollout", "string", ".status.rollout.phase", "Progressing, Paused, Complete or Aborted."
+            ),
             _column("Budget", "string", ".status.errorBudgetRemaining", "Error budget left."),
             AGE,
         ],
@@ -226,6 +231,72 @@ def postmortem_crd() -> dict[str, Any]:
         "(imageserver-operator postmortem export NAME).",
         properties={"spec": spec},
     )
+
+
+FREEZE_POLICY = "imageserver-release-freeze"
+
+
+def release_freeze_policy() -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy (Kubernetes >= 1.30) and its binding: while the SLO loop
+    says releases are frozen (status condition ReleasesFrozen=True, from spec.budgetPolicy),
+    a changed spec.version is refused by the API server, with the budget left and how to make
+    an exception, unless the object carries the exception annotation with a reason."""
+    frozen = f"oldObject.status.conditions.filter(c, c.type == '{RELEASES_FROZEN}' && c.status == 'True')"
+    annotation = RELEASE_EXCEPTION_ANNOTATION
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": FREEZE_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": [VERSION],
+                        "operations": ["UPDATE"],
+                        "resources": ["imageservers"],
+                    }
+                ]
+            },
+            "variables": [
+                {
+                    "name": "frozen",
+                    "expression": "has(oldObject.status) && has(oldObject.status.conditions) && "
+                    f"{frozen}.size() > 0",
+                },
+                {
+                    "name": "exception",
+                    "expression": "has(object.metadata.annotations) && "
+                    f"'{annotation}' in object.metadata.annotations && "
+                    f"object.metadata.annotations['{annotation}'].trim() != ''",
+                },
+            ],
+            "validations": [
+                {
+                    "expression": "object.spec.version == oldObject.spec.version || !variables.frozen "
+                    "|| variables.exception",
+                    "messageExpression": f"'releases of ' + object.metadata.name + ' are frozen: ' + "
+                    f"{frozen}[0].message + '. spec.version stays ' + oldObject.spec.version + "
+                    f'\'. For a P0 or security fix, apply it with the annotation {annotation}="<reason>" '
+                    "(recorded in an Event, in Slack and in the next Postmortem)'",
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": FREEZE_POLICY},
+        "spec": {"policyName": FREEZE_POLICY, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
+def policies() -> dict[str, str]:
+    """File name in crds/policies/ (and the chart's templates/) → its YAML."""
+    return {"release-freeze.yaml": "---\n".join(to_yaml(obj) for obj in release_freeze_policy())}
 
 
 def all_crds() -> dict[str, dict[str, Any]]:

@@ -28,8 +28,10 @@ ROLLBACK_WINDOW_MAX = datetime.timedelta(days=7)
 HEALTHY_PERIOD_MAX = datetime.timedelta(days=1)
 # A day between actions is already almost no automation; `mode: off` is the way to ask for none.
 COOLDOWN_MAX = datetime.timedelta(days=1)
+# A canary wave bakes, and waits for enough requests, at most a day before a person decides.
+BAKE_MAX = datetime.timedelta(days=1)
 # The longest any field may be: what `parse` clamps to unless told a field's own maximum.
-CEILING = max(SLO_WINDOW_MAX, ROLLBACK_WINDOW_MAX, HEALTHY_PERIOD_MAX, COOLDOWN_MAX)
+CEILING = max(SLO_WINDOW_MAX, ROLLBACK_WINDOW_MAX, HEALTHY_PERIOD_MAX, COOLDOWN_MAX, BAKE_MAX)
 
 # Characters in a duration: 15 digits and the unit. Any such number fits CEL's int64 (so
 # int() in the rule cannot fail), and a short string keeps the rule's estimated cost small

@@ -30,6 +30,11 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# A release during a budget freeze: its reason (a P0 or security fix), recorded by the operator.
+RELEASE_EXCEPTION_ANNOTATION = f"{GROUP}/release-exception"
+RELEASES_FROZEN = "ReleasesFrozen"  # the SLO loop's condition the admission policy reads
+
+
 def cel(rule: str, message: str, **extra: str) -> JsonDict:
     """An x-kubernetes-validations rule; `message` is what the person who applied it reads."""
     return {"rule": rule, "message": message, **extra}
@@ -215,6 +220,77 @@ class RemediationSpec(Model):
     )
 
 
+class RolloutSpec(Model):
+    waves: list[list[str]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Datacenters that take a new version together, wave after wave; each wave is judged "
+        "against the stable version still running in the datacenters after it. Every datacenter in "
+        "exactly one wave. Empty: the first datacenter alone, then the rest. The last wave ends the "
+        "rollout (nothing is left to compare it with: the budget-burn rollback guards it from there).",
+        json_schema_extra={
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 8,
+                "items": {"type": "string", "maxLength": 12, "pattern": DNS_LABEL},
+            }
+        },
+    )
+    bake: str = Field(
+        "5m",
+        pattern=DURATION,
+        description="How long a wave runs the new version, with a passing verdict, before the next "
+        "wave takes it; at most 1d.",
+        json_schema_extra=bounded_duration("bake", durations.BAKE_MAX),
+    )
+    max_bake: str = Field(
+        "30m",
+        pattern=DURATION,
+        description="How long a wave may stay inconclusive (too few requests, or not yet clear) before "
+        "the rollout pauses and pages: it is never promoted without evidence; at most 1d.",
+        json_schema_extra=bounded_duration("maxBake", durations.BAKE_MAX),
+    )
+    min_requests: int = Field(
+        200,
+        ge=10,
+        le=10_000_000,
+        description="Requests the wave and the control must each have served before any verdict "
+        "(a page-level error ratio that is already certain fails sooner).",
+    )
+    error_margin_percent: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="How many percentage points the wave's error ratio (5xx) may exceed the control's "
+        "and still pass.",
+    )
+    slow_margin_percent: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description="How many percentage points the wave's share of requests slower than the latency "
+        "SLO's threshold may exceed the control's and still pass.",
+    )
+
+
+class BudgetPolicy(Model):
+    freeze: bool = Field(
+        False,
+        description="Refuse new versions while the error budget is spent (the SRE Workbook's error budget "
+        "policy): the API server refuses a changed spec.version with the budget left and how to make an "
+        "exception (annotation imageserver.dev/release-exception with the reason, for a P0 or security "
+        "fix), and the operator starts no rollout. Lifted when the budget recovers.",
+    )
+    freeze_below_percent: float = Field(
+        0,
+        ge=-1000,
+        le=100,
+        description="Freeze while less than this share of the SLO window's error budget remains: 0 freezes "
+        "once it is all spent, 10 keeps a tenth in reserve.",
+    )
+
+
 class SecretKeyRef(Model):
     name: str = Field(
         description="Secret name, in the ImageServer's namespace.", pattern=DNS_SUBDOMAIN, max_length=253
@@ -259,6 +335,17 @@ class ImageServerSpec(Model):
                     "self.trustedProxies.all(p, isIP(p) || isCIDR(p))",
                     "trustedProxies must be IP addresses or CIDRs, such as 10.0.0.0/8 or fd00::/8",
                     fieldPath=".trustedProxies",
+                ),
+                cel(
+                    "self.rollout.waves.all(w, w.all(n, self.datacenters.exists(d, d.name == n)))",
+                    "every datacenter a rollout wave names must be one of spec.datacenters",
+                    fieldPath=".rollout.waves",
+                ),
+                cel(
+                    "self.rollout.waves.size() == 0 || self.datacenters.all(d, "
+                    "self.rollout.waves.map(w, w.filter(n, n == d.name).size()).sum() == 1)",
+                    "each datacenter must be in exactly one rollout wave",
+                    fieldPath=".rollout.waves",
                 ),
                 cel(
                     "self.shards >= oldSelf.shards",
@@ -309,6 +396,14 @@ class ImageServerSpec(Model):
         },
     )
     slo: SLOSpec = Field(default_factory=SLOSpec, description="Service level objectives.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How a new version reaches the datacenters: in waves, each judged against the stable "
+        "version running elsewhere at the same time.",
+    )
+    budget_policy: BudgetPolicy = Field(
+        default_factory=BudgetPolicy, description="What a spent error budget stops: new versions."
+    )
     remediation: RemediationSpec = Field(
         default_factory=RemediationSpec, description="What the operator may do."
     )
@@ -325,7 +420,7 @@ class ImageServerSpec(Model):
 class Condition(Model):
     type: str = Field(
         description="Ready, Progressing, Degraded and AutomationPaused (the reconcile loop); SLOHealthy, "
-        "Rebalancing and RemediationFailing (the SLO loop).",
+        "Rollout, ReleasesFrozen, Rebalancing and RemediationFailing (the SLO loop).",
         max_length=64,
     )
     status: Literal["True", "False", "Unknown"]
@@ -414,6 +509,52 @@ class AutomationStatus(Model):
     )
 
 
+class RequestCounts(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    requests: float = Field(0, ge=0, description="Requests served.")
+    errors: float = Field(0, ge=0, description="Of which failed with a 5xx.")
+    slow: float = Field(0, ge=0, description="Of which were slower than the latency SLO's threshold.")
+
+
+class RolloutStatus(Model):
+    """Where a new version has got to. Written by the SLO loop (and by people through
+    `imageserver-operator promote|abort|rollback`, on the same path); the reconcile loop runs
+    each datacenter at the revision this says. The spec is never rewritten: an aborted version
+    stays named in spec.version, and runs nowhere, until a person changes the spec."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    target: str = Field(
+        description="The version being rolled out (spec.version when it began).", max_length=63
+    )
+    stable: str = Field(
+        description="The version the datacenters not yet promoted run, and an abort returns to.",
+        max_length=63,
+    )
+    phase: Literal["Progressing", "Paused", "Complete", "Aborted"] = Field(
+        description="Progressing: waves being judged; Paused: waiting for a person; Complete: every "
+        "datacenter runs the target; Aborted: every datacenter runs the stable version again."
+    )
+    promoted: int = Field(0, ge=0, le=8, description="Waves running the target.")
+    started_at: str = Field("", description="When the first wave took the target (RFC 3339).")
+    wave_since: str = Field("", description="When the last wave took the target (RFC 3339).")
+    canary: RequestCounts = Field(
+        default_factory=RequestCounts, description="The target's requests since the wave began."
+    )
+    control: RequestCounts = Field(
+        default_factory=RequestCounts, description="The stable version's requests over the same time."
+    )
+    counted_at: str = Field("", description="When the counts were last added to (RFC 3339).")
+    verdict: str = Field("", description="The last verdict and the numbers behind it.", max_length=2000)
+    rejected: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Versions aborted: one named in the spec again is not rolled out again until a person "
+        "promotes it.",
+    )
+
+
 class ImageServerStatus(Model):
     observed_generation: int = Field(0, description="The spec generation last reconciled.")
     conditions: list[Condition] = Field(
@@ -433,6 +574,7 @@ class ImageServerStatus(Model):
     )
     datacenter_summary: str = Field("", description="Datacenters for kubectl get, drained ones marked.")
     automation: AutomationStatus | None = Field(None, description="What the SLO loop remembers.")
+    rollout: RolloutStatus | None = Field(None, description="Where the latest version has got to.")
 
 
 def spec_from(raw: Any) -> ImageServerSpec:

@@ -26,6 +26,8 @@ from pydantic import ValidationError
 from imageserver_operator.api import durations
 from imageserver_operator.api.models import (
     GROUP,
+    RELEASE_EXCEPTION_ANNOTATION,
+    RELEASES_FROZEN,
     AutomationStatus,
     Baseline,
     BurnRate,
@@ -36,10 +38,12 @@ from imageserver_operator.api.models import (
     Impact,
     Links,
     PostmortemSpec,
+    RolloutStatus,
     Tally,
     TimelineEntry,
 )
 from imageserver_operator.core import incidents, policy
+from imageserver_operator.core import rollout as rollouts
 from imageserver_operator.core.annotations import DRAINED_ANNOTATION, PAUSED_ANNOTATION
 from imageserver_operator.core.messages import IncidentMessage
 from imageserver_operator.core.slo import SHORT, budget, ranges
@@ -65,6 +69,8 @@ class Kind:
     changes_world: bool  # False: only people are told
 
 
+ROLLOUT_RUNBOOK = "runbooks/rollout.md"
+FREEZE_RUNBOOK = "runbooks/releases-frozen.md"
 KINDS: Mapping[policy.ActionKind, Kind] = {
     "rollback": Kind("runbooks/rollback.md", "Rolled back", "RolledBack", "Warning", True),
     "drain": Kind("runbooks/drain.md", "Drained", "Drained", "Warning", True),
@@ -98,8 +104,22 @@ class Record(Annotate):
 
 
 @dataclass(frozen=True)
+class MarkTold(Annotate):
+    """The record marked told, once everyone was. Bookkeeping only: when the object changed
+    meanwhile (the reconcile loop answering the action), it is written onto the new version
+    as long as the record there is still `expected` (the same action, not yet told), so a
+    conflict does not tell people twice."""
+
+    expected: str = ""
+
+
+@dataclass(frozen=True)
 class RollBack:
+    """Every datacenter back to `version`: the SLO loop's status with the rollout aborted, then
+    the record marked done. The spec is never rewritten (a GitOps tool owns it)."""
+
     version: str
+    status: Mapping[str, Any]
     annotations: Mapping[str, str | None]  # the reason, and the record marked done
 
 
@@ -148,6 +168,7 @@ Effect = (
     WriteStatus
     | Annotate
     | Record
+    | MarkTold
     | RollBack
     | Drain
     | PostEvent
@@ -156,7 +177,7 @@ Effect = (
     | AppendTimeline
     | ResolvePostmortem
 )
-WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, Record, RollBack, Drain)
+WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, Record, MarkTold, RollBack, Drain)
 
 
 # -- the input, parsed once at the edge --------------------------------------------------------
@@ -201,6 +222,10 @@ class Subject:
         return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
     @property
+    def rollout(self) -> RolloutStatus | None:
+        return rollouts.of(self.status.get("rollout"))
+
+    @property
     def memory(self) -> AutomationStatus:
         try:
             return AutomationStatus.model_validate(self.status.get("automation") or {})
@@ -237,11 +262,23 @@ def judge(
     subject: Subject, seen: policy.Observation, now: datetime.datetime, *, interval_seconds: float = 15.0
 ) -> Verdict:
     memory = subject.memory
-    state, baselines, healthy = _state(subject, seen, memory, now)
+    moved = rollouts.step(
+        subject.spec,
+        subject.rollout,
+        seen.rates_by_revision if seen.reachable else None,
+        now,
+        gated=subject.spec.remediation.mode == "auto",
+        hold=subject.paused,
+        revisions=subject.status.get("revisions") or {},
+        frozen=_frozen(subject, seen),
+        exception=subject.annotations.get(RELEASE_EXCEPTION_ANNOTATION, "").strip(),
+    )
+    state, baselines, healthy = _state(subject, seen, memory, now, moved)
+    told = [*_rollout_notes(subject, moved), *_freeze_notes(subject, seen)]
     if subject.spec.remediation.mode == "off":  # watch only: the condition, nothing else
         watched = dataclasses.replace(policy.decide(seen, state, now), actions=())
-        status = _status_slice(subject, seen, watched, memory, now)
-        return Verdict(watched, (WriteStatus(status),) if status is not None else (), memory)
+        status = _status_slice(subject, seen, watched, memory, now, moved=moved)
+        return Verdict(watched, (*((WriteStatus(status),) if status is not None else ()), *told), memory)
     pending = incidents.interrupted(subject.annotations)
     if pending is not None:
         return Verdict(None, _resume(subject, seen, state, pending, now), memory)
@@ -275,6 +312,8 @@ def judge(
     if step.open_incident or reopening:
         effects += _open(subject, seen, step.open_incident or reopening, decision, now)
     drained = subject.drained
+    first = _status_slice(subject, seen, decision, before, now, moved=moved)
+    written: Mapping[str, Any] = first if first is not None else owned(subject.status)
     for action in step.actions:
         notice = f"{step.incident}/{action.kind}/{action.target}"
         if not (action.execute and KINDS[action.kind].changes_world):
@@ -283,7 +322,9 @@ def judge(
             after = _remember(after, notice)  # once told: a page is sent at least once
             effects += _told(subject, seen, step.incident, action, now)
         else:
-            acted, drained = _act(subject, step.incident, action, now, drained)
+            acted, drained, written = _act(
+                subject, step.incident, action, now, drained=drained, written=written
+            )
             effects += acted
     if step.resolve:
         effects += _resolve(subject, step.incident, before.tally, now)
@@ -300,13 +341,12 @@ def judge(
         effects += _unknown_notice(subject, decision)
     elif decision.slo_healthy != "Unknown" and NOTICE_UNKNOWN in after.notified:
         after = _replace(after, notified=[n for n in after.notified if n != NOTICE_UNKNOWN])
-    first = _status_slice(subject, seen, decision, before, now)
-    written = first if first is not None else owned(subject.status)
     last = {**written, "automation": _dump(after)} if after != before else None
     return Verdict(
         decision,
         (
             *((WriteStatus(first), *rebalancing_event(subject, seen, now)) if first is not None else ()),
+            *told,
             *effects,
             *((WriteStatus(last),) if last is not None else ()),
         ),
@@ -315,15 +355,18 @@ def judge(
 
 
 def _state(
-    subject: Subject, seen: policy.Observation, memory: AutomationStatus, now: datetime.datetime
+    subject: Subject,
+    seen: policy.Observation,
+    memory: AutomationStatus,
+    now: datetime.datetime,
+    moved: rollouts.Step,
 ) -> tuple[policy.State, list[Baseline], dict[str, str]]:
-    """The policy's state: the spec, the ImageServer's revisions and annotations, and what the
+    """The policy's state: the spec, the rollout, the ImageServer's annotations, and what the
     SLO loop remembers (updated with this observation: the baselines and healthy clocks)."""
     drained = subject.drained
     healthy = _healthy_clocks(subject, seen, memory, now)
-    revisions = subject.status.get("revisions") or {}
-    current = str(revisions.get("current") or subject.spec.version)
-    previous = str(revisions.get("previous") or "")
+    current, previous, since = _revisions(moved.rollout)
+    verdict = moved.verdict
     baselines = _baselines(memory.baselines, current, previous, seen)
     baseline = next((b for b in baselines if b.revision == previous), None) if previous else None
     recorded = incidents.last_action(subject.annotations)
@@ -341,7 +384,7 @@ def _state(
         ),
         current_revision=current,
         previous_revision=previous,
-        current_since=parse_time(str(revisions.get("since") or "")),
+        current_since=parse_time(since),
         # A dropped action was never taken: it starts no cooldown.
         last_action_at=recorded.at if recorded is not None and not recorded.dropped else None,
         paused=subject.paused,
@@ -349,8 +392,19 @@ def _state(
         unknown_since=parse_time(memory.unknown_since),
         rolling_out=subject.condition("Progressing").get("status") == "True",
         previous_baseline=baseline.as_burn() if baseline is not None else None,
+        serving=rollouts.serving(subject.spec, moved.rollout),
+        canary_failed=verdict.message() if verdict is not None and verdict.outcome == "fail" else "",
     )
     return state, baselines, healthy
+
+
+def _revisions(state: RolloutStatus) -> tuple[str, str, str]:
+    """The revision users get now, the one a rollback returns to (none after an abort: the
+    stable one runs everywhere), and since when the current one rolls out."""
+    if state.phase == "Aborted":
+        return state.stable, "", ""
+    previous = state.stable if state.stable != state.target else ""
+    return state.target, previous, state.started_at
 
 
 def _dump(memory: AutomationStatus) -> dict[str, Any]:
@@ -432,8 +486,8 @@ def _count(
     return incidents.add(tally, seen, seconds, now.isoformat())
 
 
-SLO_CONDITIONS = ("SLOHealthy", "Rebalancing", "RemediationFailing")
-SLO_FIELDS = ("errorBudgetRemaining", "rebalanceRemaining", "automation")
+SLO_CONDITIONS = ("SLOHealthy", "Rollout", RELEASES_FROZEN, "Rebalancing", "RemediationFailing")
+SLO_FIELDS = ("errorBudgetRemaining", "rebalanceRemaining", "automation", "rollout")
 
 
 def owned(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -449,11 +503,14 @@ def _status_slice(
     decision: policy.Decision,
     memory: AutomationStatus,
     now: datetime.datetime,
+    *,
+    moved: rollouts.Step,
 ) -> dict[str, Any] | None:
     """The SLO loop's part of the status to apply, or None when it would change nothing."""
     status = subject.status
     before = owned(status)
     after = dict(before)
+    after["rollout"] = _dump_rollout(moved.rollout)
     if seen.budget_spent is not None:
         after["errorBudgetRemaining"] = f"{(1 - seen.budget_spent) * 100:.0f}%"  # whole percent: few writes
     reason = {"True": "WithinBudget", "False": "BurningBudget", "Unknown": "CannotJudge"}[
@@ -472,6 +529,8 @@ def _status_slice(
                 now=now,
                 by_reason=True,
             ),
+            _rollout_condition(subject, moved.rollout, now),
+            _freeze_condition(subject, seen, now),
             rebalancing(subject, seen, now)[0],
             _condition(
                 status, "RemediationFailing", "False", "Judged", "", generation=subject.generation, now=now
@@ -575,33 +634,60 @@ def _record(
 
 
 def _act(
-    subject: Subject, incident: str, action: policy.Action, now: datetime.datetime, drained: frozenset[str]
-) -> tuple[list[Effect], frozenset[str]]:
-    """The write-ahead record; the action with its record marked done, in one write; who was
-    told; the record marked told. `drained` is the set before this action (an earlier action
-    of the same verdict may have changed it); returned as it is after."""
+    subject: Subject,
+    incident: str,
+    action: policy.Action,
+    now: datetime.datetime,
+    *,
+    drained: frozenset[str],
+    written: Mapping[str, Any],
+) -> tuple[list[Effect], frozenset[str], Mapping[str, Any]]:
+    """The write-ahead record; the action with its record marked done; who was told; the
+    record marked told. `drained` and `written` (the SLO loop's status slice) are as they stand
+    before this action (an earlier one of the same verdict may have changed them); returned
+    as they are after."""
     pending = _record(action, incident, now, done=False)
     done = dataclasses.replace(pending, done=True, told=False)
-    taken, after = _carry_out(done, drained)
+    taken, after, status = _carry_out(subject, done, drained, written, now)
     headline = f"{KINDS[action.kind].past} {action.target}"
-    return [
-        Record({incidents.LAST_ACTION_ANNOTATION: pending.annotation()}),
-        taken,
-        *_tell(subject, {}, incident, action, headline=headline, now=now),
-        _mark_told(done),
-    ], after
+    return (
+        [
+            Record({incidents.LAST_ACTION_ANNOTATION: pending.annotation()}),
+            taken,
+            *_tell(subject, {}, incident, action, headline=headline, now=now),
+            _mark_told(done),
+        ],
+        after,
+        status,
+    )
 
 
 def _mark_told(record: incidents.Recorded) -> Effect:
-    return Annotate({incidents.LAST_ACTION_ANNOTATION: dataclasses.replace(record, told=True).annotation()})
+    told = dataclasses.replace(record, told=True).annotation()
+    return MarkTold({incidents.LAST_ACTION_ANNOTATION: told}, expected=record.annotation())
 
 
-def _carry_out(record: incidents.Recorded, drained: frozenset[str]) -> tuple[Effect, frozenset[str]]:
+def _carry_out(
+    subject: Subject,
+    record: incidents.Recorded,
+    drained: frozenset[str],
+    written: Mapping[str, Any],
+    now: datetime.datetime,
+) -> tuple[Effect, frozenset[str], Mapping[str, Any]]:
     done = {incidents.LAST_ACTION_ANNOTATION: record.annotation()}
     if record.kind == "rollback":
-        return RollBack(record.target, {**done, ROLLBACK_REASON_ANNOTATION: record.reason}), drained
+        aborted = rollouts.rolled_back(
+            rollouts.of(written.get("rollout")), subject.spec, record.target, f"rolled back: {record.reason}"
+        )
+        status = {**written, "rollout": _dump_rollout(aborted)}
+        condition = _rollout_condition(subject, aborted, now)
+        if condition is not None:
+            status["conditions"] = _with(list(written.get("conditions") or []), [condition])
+        reason: dict[str, str | None] = {ROLLBACK_REASON_ANNOTATION: record.reason}
+        return RollBack(record.target, status, {**done, **reason}), drained, status
     after = drained | {record.target} if record.kind == "drain" else drained - {record.target}
-    return Drain(record.target, after, {**done, DRAINED_ANNOTATION: ",".join(sorted(after)) or None}), after
+    annotations = {**done, DRAINED_ANNOTATION: ",".join(sorted(after)) or None}
+    return Drain(record.target, after, annotations), after, written
 
 
 def _tell_late(
@@ -801,7 +887,7 @@ def _resume(
             ),
         )
     headline = f"{KINDS[action.kind].past} {record.target}, completed after an operator restart"
-    taken, _ = _carry_out(done, subject.drained)
+    taken, _, _ = _carry_out(subject, done, subject.drained, owned(subject.status), now)
     return (
         taken,
         *_tell(subject, seen, record.incident, action, headline=headline, now=now),
@@ -812,7 +898,8 @@ def _resume(
 def _already(subject: Subject, record: incidents.Recorded) -> bool:
     """The world already is what the action would make it (it was taken, not yet marked)."""
     if record.kind == "rollback":
-        return subject.spec.version == record.target
+        served = rollouts.serving(subject.spec, subject.rollout)
+        return bool(served) and all(revision == record.target for revision in served.values())
     if record.kind == "drain":
         return record.target in subject.drained
     return record.target not in subject.drained
@@ -835,9 +922,9 @@ def _no_longer(
         minutes = int(age.total_seconds() // 60)
         return f"it was recorded {minutes} min ago, too long ago to act on without judging again"
     names = [dc.name for dc in subject.spec.datacenters]
-    revisions = subject.status.get("revisions") or {}
     if record.kind == "rollback":
-        if record.target != revisions.get("previous") or subject.spec.version != revisions.get("current"):
+        held = subject.rollout or rollouts.seeded(subject.spec, subject.status.get("revisions") or {}, now)
+        if held.target != subject.spec.version or held.stable != record.target:
             return f"the spec has moved on: it asks for {subject.spec.version}"
     elif record.target not in names:
         return f"{record.target} is no longer one of the datacenters ({', '.join(names)})"
@@ -853,3 +940,136 @@ def _no_longer(
     if (record.kind, record.target) not in {(a.kind, a.target) for a in policy.planned(seen, state, now)}:
         return "the policy, judging what Prometheus says now, no longer calls for it"
     return ""
+
+
+# -- progressive delivery --------------------------------------------------------------------
+
+
+def _dump_rollout(state: RolloutStatus) -> dict[str, Any]:
+    return state.model_dump(by_alias=True, mode="json")
+
+
+def _rollout_condition(
+    subject: Subject, state: RolloutStatus, now: datetime.datetime
+) -> dict[str, Any] | None:
+    """Rollout: True while a version is on its way (Progressing, Paused), False once it is
+    settled (Complete, Aborted), with the numbers of the last verdict."""
+    waves = len(rollouts.waves(subject.spec))
+    if state.phase == "Complete":
+        status, reason, message = "False", "Complete", f"{state.target} runs in every datacenter"
+    elif state.phase == "Aborted":
+        status, reason = "False", "Aborted"
+        message = f"{state.target} aborted, every datacenter runs {state.stable}: {state.verdict}"
+    else:
+        status, reason = "True", state.phase
+        where = f"{state.promoted} of {waves} waves, the rest on {state.stable}"
+        message = f"{state.target} in {where}: {state.verdict}"
+    return _condition(
+        subject.status,
+        "Rollout",
+        status,
+        reason,
+        message[:1000],
+        generation=subject.generation,
+        now=now,
+        by_reason=True,
+    )
+
+
+def commanded(subject: Subject, after: RolloutStatus, now: datetime.datetime) -> dict[str, Any]:
+    """The SLO loop's status slice with a rollout a person moved (the CLI): the same field,
+    under the same field manager, as the loop's own steps."""
+    status = {**owned(subject.status), "rollout": _dump_rollout(after)}
+    condition = _rollout_condition(subject, after, now)
+    if condition is not None:
+        status["conditions"] = _with(list(status["conditions"]), [condition])
+    return status
+
+
+def _rollout_notes(subject: Subject, moved: rollouts.Step) -> list[Effect]:
+    """An Event for each step of a rollout; a Slack message too when on-call must look (a
+    paused rollout). A failed wave is an incident: its rollback is told in the incident's
+    thread and Postmortem, with the verdict's numbers."""
+    effects: list[Effect] = []
+    for note in moved.notes:
+        effects.append(PostEvent("Warning" if note.warning else "Normal", note.reason, note.message))
+        if not note.page:
+            continue
+        effects.append(
+            Notify(
+                IncidentMessage(
+                    f"{subject.name}-rollout-{moved.rollout.target}",
+                    "rollout",
+                    subject.where,
+                    note.message,
+                    revision=moved.rollout.target,
+                    runbook=ROLLOUT_RUNBOOK,
+                )
+            )
+        )
+    return effects
+
+
+# -- the error budget policy -----------------------------------------------------------------
+
+
+def _frozen(subject: Subject, seen: policy.Observation) -> str:
+    """Why new versions are frozen now (spec.budgetPolicy), empty when they are not. Without
+    data the freeze stays as it was: no decision is drawn from missing data."""
+    rule = subject.spec.budget_policy
+    was = subject.condition(RELEASES_FROZEN)
+    if not rule.freeze:
+        return ""
+    if seen.budget_spent is None:
+        return str(was.get("message") or "") if was.get("status") == "True" else ""
+    left = (1 - seen.budget_spent) * 100
+    if left >= rule.freeze_below_percent:
+        return ""
+    window = subject.spec.slo.window
+    floor = f"{rule.freeze_below_percent:g}%"
+    return f"{left:.0f}% of the {window} error budget left, below the {floor} of spec.budgetPolicy"
+
+
+def _freeze_condition(
+    subject: Subject, seen: policy.Observation, now: datetime.datetime
+) -> dict[str, Any] | None:
+    why = _frozen(subject, seen)
+    if why:
+        return _condition(
+            subject.status,
+            RELEASES_FROZEN,
+            "True",
+            "BudgetSpent",
+            why,
+            generation=subject.generation,
+            now=now,
+        )
+    if not subject.spec.budget_policy.freeze and not subject.condition(RELEASES_FROZEN):
+        return None  # no policy, never frozen: nothing to say
+    reason = "WithinBudget" if subject.spec.budget_policy.freeze else "NoFreezePolicy"
+    message = "new versions are rolled out" + (
+        "" if subject.spec.budget_policy.freeze else ": no freeze policy"
+    )
+    return _condition(
+        subject.status, RELEASES_FROZEN, "False", reason, message, generation=subject.generation, now=now
+    )
+
+
+def _freeze_notes(subject: Subject, seen: policy.Observation) -> list[Effect]:
+    """An Event and a Slack message when releases freeze, and when the freeze is lifted."""
+    was = subject.condition(RELEASES_FROZEN).get("status") == "True"
+    why = _frozen(subject, seen)
+    if bool(why) == was:
+        return []
+    if why:
+        text = f"releases frozen: {why}; a new spec.version is refused until the budget recovers"
+        reason, kind = "ReleasesFrozen", "Warning"
+    else:
+        text = "releases unfrozen: the error budget has recovered"
+        reason, kind = "ReleasesUnfrozen", "Normal"
+    return [
+        PostEvent(kind, reason, text),  # type: ignore[arg-type]
+        Notify(
+            IncidentMessage(f"{subject.name}-budget", "rollout", subject.where, text, runbook=ROLLOUT_RUNBOOK)
+        ),
+    ]

@@ -40,6 +40,12 @@ TRAFFIC_QUERY = " or ".join(
     + [
         f"label_replace(sum by (namespace, imageserver) ({slo.REBALANCE_REMAINING}), "
         '"kind", "rebalance_remaining", "", "")',
+        # What each revision serves and fails, for the canary verdicts of a rollout.
+        *(
+            f"label_replace(sum by (namespace, imageserver, revision) (imageserver:{kind}:rate{slo.SHORT}), "
+            f'"kind", "revision_{kind}", "", "")'
+            for kind in ("requests", "errors", "slow")
+        ),
         # Which datacenters' frontends are heard from at all (a quiet one is not a silent one).
         f"label_replace(sum by (namespace, imageserver, datacenter) ({slo.FRONTENDS}), "
         '"kind", "frontends", "", "")',
@@ -96,14 +102,20 @@ def observations(
         target[window] = max(target.get(window, 0.0), burn)  # the worse SLI decides
     rates: defaultdict[Key, dict[str, float]] = defaultdict(dict)
     heard: defaultdict[Key, dict[str, float]] = defaultdict(dict)
+    per_revision: defaultdict[Key, defaultdict[str, dict[str, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
     for sample in traffic:
         metric = sample.get("metric", {})
         value = _value(sample)
         key = (metric.get("namespace", ""), metric.get("imageserver", ""))
+        kind = metric.get("kind", "")
         if value is None:
             continue
-        if metric.get("kind") == "frontends":
+        if kind == "frontends":
             heard[key][metric.get("datacenter", "")] = value
+        elif kind.startswith("revision_"):
+            per_revision[key][metric.get("revision", "")][kind.removeprefix("revision_")] = value
         else:
             rates[key][metric.get("kind", "")] = value
     return {
@@ -119,6 +131,7 @@ def observations(
             by_datacenter={dc: dict(b) for dc, b in by_dc.get(key, {}).items()},
             by_revision={rev: dict(b) for rev, b in by_rev.get(key, {}).items()},
             by_datacenter_revision={scope: dict(b) for scope, b in serving.get(key, {}).items()},
+            rates_by_revision={rev: dict(r) for rev, r in per_revision.get(key, {}).items()},
         )
         for key in budgets
     }

@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Stage = Literal["opened", "action", "resolved", "unknown"]
+Stage = Literal["opened", "action", "resolved", "unknown", "rollout"]
 ICONS = {
     "opened": ":rotating_light:",
     "action": ":robot_face:",
     "resolved": ":white_check_mark:",
     "unknown": ":grey_question:",
+    "rollout": ":ship:",
 }
 
 

@@ -15,6 +15,7 @@ window). "Page level" is the SRE Workbook's fast burn: over 14.4 on both 1h and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class Observation:
     rebalance_remaining: float | None = None
     # Frontends scraped per datacenter, traffic or not; None: not reported.
     frontends_by_datacenter: Mapping[str, float] | None = None
+    # Requests, errors and slow requests a second, per revision (short window): the canary counts.
+    rates_by_revision: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class State:
     rolling_out: bool = False  # workloads are still moving to the spec (Progressing=True)
     previous_baseline: Burn | None = None  # the previous revision's burn while it was current
     min_requests_per_second: float = 0.1  # the low-traffic guard
+    serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision; absent: current
+    canary_failed: str = ""  # a rollout wave's verdict was fail: why, with its numbers
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class Action:
     reason: str
     target: str = ""  # revision for rollback, datacenter for (un)drain
     execute: bool = True  # False in dryRun, off or paused: report only
+    # A canary abort only returns to the version that ran before and cannot flap (the rejected
+    # version is not retried by itself): no cooldown holds it back.
+    cooldown: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,9 +147,9 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
     )
     final = []
     for action in actions:
-        if action.kind in ("rollback", "drain", "undrain") and in_cooldown:
+        if action.kind in ("rollback", "drain", "undrain") and in_cooldown and action.cooldown:
             continue  # never twice inside the cooldown
-        final.append(Action(action.kind, action.reason, action.target, execute=act or action.kind == "page"))
+        final.append(dataclasses.replace(action, execute=act or action.kind == "page"))
     if quiet and not burning and _unknown(state, summary, now).actions:
         final.append(Action("notify_unknown", f"no action: {summary}"))
     return Decision(
@@ -174,8 +182,9 @@ def silent(observed: Observation, state: State) -> list[str]:
 
 
 def _serving(observed: Observation, state: State, dc: Datacenter) -> Burn:
-    """The burn of what a datacenter serves now: the current revision there."""
-    return observed.by_datacenter_revision.get(f"{dc.name}/{state.current_revision}", {})
+    """The burn of what a datacenter serves now: its revision (a rollout's waves differ)."""
+    revision = state.serving.get(dc.name, state.current_revision)
+    return observed.by_datacenter_revision.get(f"{dc.name}/{revision}", {})
 
 
 def users_hurt(observed: Observation, state: State) -> bool:
@@ -210,6 +219,17 @@ def planned(observed: Observation, state: State, now: datetime.datetime) -> list
 
 
 def _planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
+    if state.canary_failed and state.previous_revision and state.remediation.rollback.enabled:
+        # A wave failed against its control: back to stable before it reaches more users.
+        return [
+            Action(
+                "rollback",
+                f"the rollout of {state.current_revision} failed its canary verdict ({state.canary_failed}): "
+                f"rolling back to {state.previous_revision} in every datacenter",
+                target=state.previous_revision,
+                cooldown=False,
+            )
+        ]
     rollback = _rollback(observed, state, now)
     drains = _drains(observed, state)
     if rollback and not (drains and _rollout_complete(observed, state)):

@@ -10,6 +10,7 @@ Every object is owned by the ImageServer, so deleting it deletes them all.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ class Environment:
     gateway_api: bool = False  # HTTPRoute CRD installed
     service_monitor: bool = False  # monitoring.coreos.com ServiceMonitor CRD installed
     prometheus_rule: bool = False  # monitoring.coreos.com PrometheusRule CRD installed
+    # The revision each datacenter runs (status.rollout); absent: spec.version.
+    revisions: Mapping[str, str] = field(default_factory=dict)
+
+    def revision(self, spec: ImageServerSpec, dc: str) -> str:
+        return self.revisions.get(dc) or spec.version
 
 
 def _labels(owner: Owner, component: str, **extra: str) -> dict[str, str]:
@@ -172,11 +178,11 @@ def _region_affinity(dc: DatacenterSpec, anti: dict[str, str], required: bool) -
 
 
 def _container(
-    owner: Owner, spec: ImageServerSpec, dc: str, args: list[str], resources: Resources
+    owner: Owner, spec: ImageServerSpec, dc: str, args: list[str], resources: Resources, *, revision: str
 ) -> dict[str, Any]:
     env = {
         "IMAGESERVER_DATACENTER": dc,
-        "IMAGESERVER_REVISION": spec.version,
+        "IMAGESERVER_REVISION": revision,
         "IMAGESERVER_HOST": "0.0.0.0",
         "IMAGESERVER_PORT": str(PORT),
         "IMAGESERVER_DRAIN_DELAY": str(DRAIN_DELAY_SECONDS),
@@ -185,7 +191,7 @@ def _container(
     }
     return {
         "name": "imageserver",
-        "image": f"{spec.image}:{spec.version}",
+        "image": f"{spec.image}:{revision}",
         "args": args,
         "env": [
             *({"name": k, "value": v} for k, v in env.items()),
@@ -210,7 +216,9 @@ def _scrape_annotations() -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
 
 
-def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, shard: int) -> list[Manifest]:
+def storage_objects(
+    owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, shard: int, revision: str
+) -> list[Manifest]:
     name = storage_name(owner, dc.name, shard)
     selector = _selector(owner, "storage", datacenter=dc.name, shard=f"s{shard}")
     labels = _labels(owner, "storage", datacenter=dc.name, shard=f"s{shard}")
@@ -234,7 +242,7 @@ def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, sha
         "--shard",
         f"s{shard}",
     ]
-    container = _container(owner, spec, dc.name, args, spec.resources.storage)
+    container = _container(owner, spec, dc.name, args, spec.resources.storage, revision=revision)
     if spec.storage.accept_unauthenticated_writes:
         container["env"].append({"name": "IMAGESERVER_ACCEPT_UNAUTHENTICATED_WRITES", "value": "true"})
     container["volumeMounts"] = [
@@ -290,7 +298,9 @@ def storage_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, sha
     return [statefulset, service, budget]
 
 
-def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) -> list[Manifest]:
+def frontend_objects(
+    owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec, revision: str
+) -> list[Manifest]:
     name = frontend_name(owner, dc.name)
     selector = _selector(owner, "frontend", datacenter=dc.name)
     labels = _labels(owner, "frontend", datacenter=dc.name)
@@ -301,7 +311,7 @@ def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) ->
         "--variants",
         ",".join(spec.variants),
     ]
-    container = _container(owner, spec, dc.name, args, spec.resources.frontend)
+    container = _container(owner, spec, dc.name, args, spec.resources.frontend, revision=revision)
     if spec.trusted_proxies:
         proxies = ",".join(spec.trusted_proxies)
         container["env"].append({"name": "IMAGESERVER_TRUSTED_PROXIES", "value": proxies})
@@ -318,7 +328,7 @@ def frontend_objects(owner: Owner, spec: ImageServerSpec, dc: DatacenterSpec) ->
             "revisionHistoryLimit": 5,
             "template": {
                 "metadata": {
-                    "labels": {**labels, f"{LABEL_PREFIX}/revision": spec.version},
+                    "labels": {**labels, f"{LABEL_PREFIX}/revision": revision},
                     "annotations": _scrape_annotations(),
                 },
                 "spec": {
@@ -505,9 +515,9 @@ def render(owner: Owner, spec: ImageServerSpec, env: Environment) -> list[Manife
     objects = shared_objects(owner, spec, env)
     for dc in spec.datacenters:
         for shard in range(spec.shards):
-            objects += storage_objects(owner, spec, dc, shard)
+            objects += storage_objects(owner, spec, dc, shard, env.revision(spec, dc.name))
     for dc in spec.datacenters:
-        objects += frontend_objects(owner, spec, dc)
+        objects += frontend_objects(owner, spec, dc, env.revision(spec, dc.name))
     # Plain JSON trees that share nothing: callers may change one object without touching another.
     return list(json.loads(json.dumps(objects)))
 

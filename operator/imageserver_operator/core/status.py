@@ -9,7 +9,7 @@ when its status does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imageserver_operator.api.models import ImageServerSpec
@@ -28,6 +28,17 @@ class Observation:
     drained: frozenset[str]
     paused: bool
     problems: tuple[str, ...] = ()  # why the spec cannot be run (InvalidSpec)
+    serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision it runs
+
+
+def running(spec: ImageServerSpec, serving: Mapping[str, str]) -> str:
+    """What runs where, in one phrase: "1.1.0 in every datacenter", "1.1.0 in a; 1.0.0 in b, c"."""
+    by_revision: dict[str, list[str]] = {}
+    for dc in spec.datacenters:
+        by_revision.setdefault(serving.get(dc.name) or spec.version, []).append(dc.name)
+    if len(by_revision) == 1:
+        return f"{next(iter(by_revision))} runs in every datacenter"
+    return "; ".join(f"{revision} in {', '.join(names)}" for revision, names in by_revision.items())
 
 
 def rollout_pending(obj: Manifest) -> str | None:
@@ -94,12 +105,17 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
         if pending:
             conditions = [
                 cond("Ready", "False", "RollingOut", "; ".join(pending[:5])),
-                cond("Progressing", "True", "RollingOut", f"rolling out {spec.version}"),
+                cond("Progressing", "True", "RollingOut", f"rolling out: {running(spec, observed.serving)}"),
             ]
         else:
             conditions = [
-                cond("Ready", "True", "AllWorkloadsReady", f"{spec.version} runs in every datacenter"),
-                cond("Progressing", "False", "RolloutComplete", f"{spec.version} rolled out"),
+                cond("Ready", "True", "AllWorkloadsReady", running(spec, observed.serving)),
+                cond(
+                    "Progressing",
+                    "False",
+                    "RolloutComplete",
+                    f"rolled out: {running(spec, observed.serving)}",
+                ),
             ]
         conditions.append(cond("Degraded", "False", "AsExpected", ""))
     conditions.append(

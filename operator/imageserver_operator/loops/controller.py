@@ -22,7 +22,7 @@ from imageserver_operator.adapters.kube import FIELD_MANAGER, Kube
 from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import ObjectKey, Store, status_of
 from imageserver_operator.api.models import ImageServerSpec
-from imageserver_operator.core import reconcile, status
+from imageserver_operator.core import reconcile, rollout, status
 from imageserver_operator.core.annotations import drained_of, paused_of
 from imageserver_operator.core.render import Environment, Owner, render, storage_token
 
@@ -121,6 +121,8 @@ class Controller:
         if spec is not None:
             problems = reconcile.semantic_problems(spec)
         drained = drained_of(body)
+        # Each datacenter at the revision the rollout gives it (the SLO loop's status.rollout).
+        serving = rollout.serving(spec, rollout.of(status_of(body).get("rollout"))) if spec else {}
         children = self.store.children(owner.uid)
         applied: list[str] = []
         pruned: list[str] = []
@@ -129,7 +131,7 @@ class Controller:
                 token = storage_token(owner, secrets.token_urlsafe(32))
                 await asyncio.to_thread(self.kube.create_secret_once, token)
                 self._tokens_made.add(owner.uid)
-            desired = render(owner, spec, Environment(drained=drained, **self.apis))
+            desired = render(owner, spec, Environment(drained=drained, revisions=serving, **self.apis))
             for obj in reconcile.plan(desired, children):
                 await asyncio.to_thread(self.kube.apply, obj)
                 applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
@@ -144,6 +146,7 @@ class Controller:
             drained=drained,
             paused=paused_of(body),
             problems=tuple(problems),
+            serving=serving,
         )
         old = status_of(body)
         new = status.compute(observed, old, rfc3339(self.clock()))

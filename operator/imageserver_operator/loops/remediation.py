@@ -23,7 +23,7 @@ from imageserver_operator.adapters import failpoints
 from imageserver_operator.adapters.kube import SLO_FIELD_MANAGER, Kube
 from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import Store
-from imageserver_operator.core import engine, policy, postmortems
+from imageserver_operator.core import engine, incidents, policy, postmortems
 from imageserver_operator.core.evaluation import Budgets, Key
 from imageserver_operator.core.messages import IncidentMessage
 from imageserver_operator.core.slo import budget
@@ -177,13 +177,33 @@ class Remediator:
                 if written is not None:
                     failpoints.reach(failpoints.AFTER_RECORD)
                 return written
+            case engine.MarkTold(annotations, expected):
+                written = await asyncio.to_thread(
+                    self.kube.annotate, namespace, name, dict(annotations), version
+                )
+                if written is not None:
+                    return written
+                fresh = await asyncio.to_thread(self.kube.get_imageserver, namespace, name)
+                meta = fresh["metadata"]
+                if (meta.get("annotations") or {}).get(incidents.LAST_ACTION_ANNOTATION) != expected:
+                    return None  # another action, or already marked: judged again
+                return await asyncio.to_thread(
+                    self.kube.annotate, namespace, name, dict(annotations), meta.get("resourceVersion")
+                )
             case engine.Annotate(annotations) | engine.Drain(_, _, annotations):
                 return await asyncio.to_thread(
                     self.kube.annotate, namespace, name, dict(annotations), version
                 )
-            case engine.RollBack(revision, annotations):
+            case engine.RollBack(_, status, annotations):
+                # The rollout aborted in status (the spec stays the user's), then its record
+                # marked done: a crash in between leaves a record the next cycle finds taken.
+                version = await asyncio.to_thread(
+                    self.kube.apply_status, namespace, name, dict(status), SLO_FIELD_MANAGER, version
+                )
+                if version is None:
+                    return None
                 return await asyncio.to_thread(
-                    self.kube.set_version, namespace, name, revision, dict(annotations), version
+                    self.kube.annotate, namespace, name, dict(annotations), version
                 )
         raise TypeError(f"not a write: {effect!r}")
 

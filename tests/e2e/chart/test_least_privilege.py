@@ -129,7 +129,7 @@ def test_enough_to_roll_back(mission: Callable[..., Mission], operator_kubeconfi
         "a healthy service watched first", lambda: "imageserver.dev/incident" not in one.annotations(), 10
     )
     one.apply(version="1.1.0")
-    one.until("rolled back", lambda: one.imageserver()["spec"]["version"] == "1.0.0", 120)
+    one.until("rolled back", lambda: one.rolled_back("1.0.0"), 120)
     one.until("told in Slack", lambda: bool(one.messages("Rolled back 1.0.0")), 30)  # read the token
     assert len(one.postmortems()) == 1
     assert "RolledBack" in one.reasons()

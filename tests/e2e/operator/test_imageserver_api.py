@@ -42,13 +42,27 @@ def test_a_minimal_imageserver_is_accepted_with_defaults(
     assert stored["slo"]["window"] == "30d"
     assert stored["remediation"]["mode"] == "auto"
     assert stored["variants"] == ["300x300", "1200x1200"]
+    assert stored["rollout"] == {
+        "waves": [],
+        "bake": "5m",
+        "maxBake": "30m",
+        "minRequests": 200,
+        "errorMarginPercent": 1.0,
+        "slowMarginPercent": 2.0,
+    }
+    waves = {"waves": [["dc-a"], ["dc-b", "dc-c"]]}
+    three = [{"name": n} for n in ("dc-a", "dc-b", "dc-c")]
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=imageserver("waves", datacenters=three, rollout=waves)
+    )
     table = cluster.kubectl("get", "imgs", "-n", namespace)
     assert table.split("\n")[0].split() == [
         "NAME",
         "READY",
         "DATACENTERS",
         "SHARDS",
-        "REVISION",
+        "VERSION",
+        "ROLLOUT",
         "BUDGET",
         "AGE",
     ]
@@ -109,6 +123,25 @@ def test_kubectl_explain_teaches_the_fields(cluster: Cluster, imageserver_crd: s
         ),
         ({"trustedProxies": ["::::"]}, "trustedProxies must be IP addresses or CIDRs"),
         ({"version": "1.0."}, "spec.version in body should match"),
+        (
+            {"datacenters": [{"name": "dc-a"}, {"name": "dc-b"}], "rollout": {"waves": [["dc-a"], ["dc-x"]]}},
+            "spec.rollout.waves: Invalid value: every datacenter a rollout wave names must be one of "
+            "spec.datacenters",
+        ),
+        (
+            {"datacenters": [{"name": "dc-a"}, {"name": "dc-b"}], "rollout": {"waves": [["dc-a"], ["dc-a"]]}},
+            "spec.rollout.waves: Invalid value: each datacenter must be in exactly one rollout wave",
+        ),
+        (
+            {"datacenters": [{"name": "dc-a"}, {"name": "dc-b"}], "rollout": {"waves": [["dc-a"]]}},
+            "each datacenter must be in exactly one rollout wave",
+        ),
+        ({"rollout": {"waves": [[]]}}, "spec.rollout.waves[0] in body should have at least 1 items"),
+        ({"rollout": {"bake": "2d"}}, "bake must be at most 1d (24h); got a longer duration"),
+        (
+            {"rollout": {"minRequests": 1}},
+            "spec.rollout.minRequests in body should be greater than or equal to 10",
+        ),
     ],
 )
 def test_bad_specs_are_refused_with_a_clear_message(
@@ -217,3 +250,42 @@ def test_durations_at_their_maximum_are_accepted(
     assert stored["remediation"]["cooldown"] == cooldown
     assert stored["remediation"]["rollback"]["window"] == rollback
     assert stored["remediation"]["drain"]["healthyPeriod"] == healthy
+
+
+def test_a_new_version_is_refused_while_releases_are_frozen(
+    cluster: Cluster, imageserver_crd: str, namespace: str
+) -> None:
+    """The budget policy's freeze is the API server's (a ValidatingAdmissionPolicy reading the
+    status the SLO loop writes): a new version is refused with the budget left and how to make
+    an exception; the same spec, other fields, and an exception with its reason are accepted."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=imageserver("frozen"))
+    frozen = {
+        "type": "ReleasesFrozen",
+        "status": "True",
+        "reason": "BudgetSpent",
+        "message": "-12% of the 30d error budget left, below the 0% of spec.budgetPolicy",
+        "lastTransitionTime": "2026-11-28T12:00:00Z",
+    }
+    status = json.dumps({"status": {"conditions": [frozen]}})
+    cluster.kubectl(
+        "patch", "imgs", "frozen", "-n", namespace, "--subresource=status", "--type=merge", "-p", status
+    )
+
+    def apply(**spec: Any) -> str:
+        return cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input=imageserver("frozen", **spec), check=False
+        )
+
+    refused = apply(version="1.1.0")
+    assert "releases of frozen are frozen: -12% of the 30d error budget left" in refused, refused
+    assert "imageserver.dev/release-exception" in refused, refused
+    assert "configured" in apply(variants=["300x300"])  # not a release: accepted
+    body = json.loads(imageserver("frozen", version="1.1.0"))
+    body["metadata"]["annotations"] = {
+        "imageserver.dev/release-exception": "P0: CVE-2026-0001 in the decoder"
+    }
+    accepted = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+    assert "configured" in accepted, accepted
+    assert (
+        cluster.kubectl("get", "imgs", "frozen", "-n", namespace, "-o", "jsonpath={.spec.version}") == "1.1.0"
+    )

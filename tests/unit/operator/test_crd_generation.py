@@ -45,7 +45,8 @@ def test_schema_is_structural_and_explains_every_spec_field() -> None:
         "Ready",
         "Datacenters",
         "Shards",
-        "Revision",
+        "Version",
+        "Rollout",
         "Budget",
         "Age",
     ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from imageserver_operator.adapters.kube import Kube
 from imageserver_operator.adapters.store import Store
 from imageserver_operator.core.evaluation import Budgets, Key
+from imageserver_operator.core.incidents import LAST_ACTION_ANNOTATION
 from imageserver_operator.core.policy import Observation
 from imageserver_operator.loops.remediation import Remediator
 
@@ -51,19 +53,15 @@ class FakeKube:
         return imageserver(name)
 
     def apply_status(
-        self, _ns: str, name: str, _status: dict[str, Any], _manager: str, version: str | None
+        self, _ns: str, name: str, status: dict[str, Any], _manager: str, version: str | None
     ) -> str | None:
-        return self._write("status", name, version)
+        aborted = (status.get("rollout") or {}).get("phase") == "Aborted"  # a rollback, in status
+        return self._write("rollback" if aborted else "status", name, version)
 
     def annotate(
         self, _ns: str, name: str, _annotations: dict[str, Any], version: str | None = None
     ) -> str | None:
         return self._write("annotate", name, version)
-
-    def set_version(
-        self, _ns: str, name: str, _version: str, _annotations: dict[str, Any], version: str | None = None
-    ) -> str | None:
-        return self._write("rollback", name, version)
 
     def event(self, body: Mapping[str, Any], _type: str, reason: str, _message: str) -> None:
         self.calls.append((f"event {reason}", body["metadata"]["name"]))
@@ -118,3 +116,40 @@ def test_a_replica_that_stops_leading_stops_acting() -> None:
     remediator.is_leader = lambda: next(leading, False)
     asyncio.run(remediator.cycle())
     assert ("rollback", "first") not in kube.calls
+
+
+class ChangedAfterTheRollback(FakeKube):
+    """The reconcile loop writes its status right after the rollback: the next write onto the
+    version the SLO loop holds is refused once. The object keeps the annotations written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.annotations: dict[str, Any] = {}
+        self.refused = False
+
+    def annotate(
+        self, _ns: str, name: str, annotations: dict[str, Any], version: str | None = None
+    ) -> str | None:
+        raw = str(annotations.get(LAST_ACTION_ANNOTATION) or "")
+        told = bool(raw) and '"told"' not in raw  # a told record leaves the flag out
+        if told and ("rollback", name) in self.calls and not self.refused:
+            self.refused = True
+            return None  # 409
+        self.annotations.update(annotations)
+        return self._write("annotate", name, version)
+
+    def get_imageserver(self, _ns: str, name: str) -> dict[str, Any]:
+        body = imageserver(name)
+        body["metadata"]["annotations"] = dict(self.annotations)
+        body["metadata"]["resourceVersion"] = "99"
+        return body
+
+
+def test_marking_an_action_told_survives_an_unrelated_write() -> None:
+    """A conflict on the told mark is written onto the new version when the record there is
+    still the same: people are not told twice."""
+    kube = ChangedAfterTheRollback()
+    asyncio.run(loop(kube, "first").cycle())
+    assert kube.refused
+    recorded = json.loads(kube.annotations[LAST_ACTION_ANNOTATION])
+    assert "told" not in recorded and recorded["kind"] == "rollback" and recorded["done"] is True

@@ -34,6 +34,8 @@ def test_every_alert_links_an_existing_runbook() -> None:
         "slo-burn-ticket",
         "slo-unknown",
         "rollback",
+        "rollout",
+        "releases-frozen",
         "drain",
         "undrain",
         "storage-full",
