@@ -61,7 +61,6 @@ demo: dev prometheus tools  ## the whole mission on one machine: chart, traffic,
 generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), the chart's values table
 	$(VENV)/bin/imageserver-operator crds --write crds
 	cp crds/*.yaml charts/imageserver-operator/crds/
-	cp crds/policies/release-freeze.yaml charts/imageserver-operator/templates/release-freeze.yaml
 	$(VENV)/bin/python hack/chart_docs.py
 
 bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not a test)

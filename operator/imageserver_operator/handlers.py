@@ -87,17 +87,18 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     port = int(os.environ.get("IMAGESERVER_OPERATOR_METRICS_PORT", "0"))
     if port:
         start_http_server(port, registry=REGISTRY)
+    prometheus_url = os.environ.get("IMAGESERVER_OPERATOR_PROMETHEUS_URL", "")
     controller = Controller(
         STORE,
         kube,
         metrics=metrics,
+        progressive=bool(prometheus_url),
         is_leader=(lambda: True) if standalone else (lambda: election.is_leader),
         resync_seconds=float(os.environ.get("IMAGESERVER_OPERATOR_RESYNC_SECONDS", "60")),
     )
     # A new leader reconciles and judges everything at once: it skipped all while a follower.
     election.on_elected.append(controller.enqueue_all)
     Runtime.controller = controller
-    prometheus_url = os.environ.get("IMAGESERVER_OPERATOR_PROMETHEUS_URL", "")
     if prometheus_url:
         router = SlackRouter(
             STORE, kube, base_url=os.environ.get("IMAGESERVER_OPERATOR_SLACK_BASE_URL") or None

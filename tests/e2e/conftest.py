@@ -19,7 +19,7 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 @pytest.fixture(scope="session")
 def imageserver_crd(cluster: Cluster) -> str:
-    for path in [*sorted(CRDS.glob("*.yaml")), *sorted(CRDS.glob("policies/*.yaml"))]:
+    for path in sorted(CRDS.glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=30s", "crd/imageservers.imageserver.dev"

@@ -91,6 +91,15 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A default as the API server takes it: models (alone or in a list) as their JSON."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _factory_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
     """pydantic leaves out defaults made by default_factory; the API server needs them to
     default nested objects, so they are written in from the model."""
@@ -100,9 +109,7 @@ def _factory_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
             continue
         if field.default_factory is not None:
             value = field.default_factory()  # type: ignore[call-arg]
-            child["default"] = (
-                value.model_dump(by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
-            )
+            child["default"] = _plain(value)
         annotation = field.annotation
         nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if nested is None:
@@ -274,8 +281,10 @@ def release_freeze_policy() -> list[dict[str, Any]]:
             ],
             "validations": [
                 {
+                    # Back to the stable version is a retreat, not a release.
                     "expression": "object.spec.version == oldObject.spec.version || !variables.frozen "
-                    "|| variables.exception",
+                    "|| variables.exception || (has(oldObject.status.rollout) "
+                    "&& object.spec.version == oldObject.status.rollout.stable)",
                     "messageExpression": f"'releases of ' + object.metadata.name + ' are frozen: ' + "
                     f"{frozen}[0].message + '. spec.version stays ' + oldObject.spec.version + "
                     f'\'. For a P0 or security fix, apply it with the annotation {annotation}="<reason>" '
@@ -294,16 +303,17 @@ def release_freeze_policy() -> list[dict[str, Any]]:
     return [policy, binding]
 
 
-def policies() -> dict[str, str]:
-    """File name in crds/policies/ (and the chart's templates/) → its YAML."""
-    return {"release-freeze.yaml": "---\n".join(to_yaml(obj) for obj in release_freeze_policy())}
-
-
 def all_crds() -> dict[str, dict[str, Any]]:
-    """File name in crds/ → CRD."""
+    """File name in crds/ → object: the CRDs, and the admission policy that goes with them.
+    Installed like CRDs (Helm's crds/: created once per cluster, skipped when present, never
+    deleted by an uninstall), so several releases in one cluster share one; one object per
+    file, so a present policy does not keep a missing binding from being created."""
+    policy, binding = release_freeze_policy()
     return {
         f"{GROUP}_imageservers.yaml": imageserver_crd(),
         f"{GROUP}_postmortems.yaml": postmortem_crd(),
+        f"{GROUP}_release-freeze-policy.yaml": policy,
+        f"{GROUP}_release-freeze-binding.yaml": binding,
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -289,6 +289,13 @@ class BudgetPolicy(Model):
         description="Freeze while less than this share of the SLO window's error budget remains: 0 freezes "
         "once it is all spent, 10 keeps a tenth in reserve.",
     )
+    postmortem_p0_above_percent: float = Field(
+        20,
+        ge=0,
+        le=100,
+        description="An incident that spent more than this share of the budget gets a P0 action item in its "
+        "Postmortem, for people to name and own.",
+    )
 
 
 class SecretKeyRef(Model):
@@ -507,6 +514,12 @@ class AutomationStatus(Model):
         description="An incident being opened (its Postmortem name), until its annotation is written.",
         max_length=253,
     )
+    exceptions: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Versions released through a budget freeze (when, and the reason given), until the "
+        "next incident's Postmortem records them.",
+    )
 
 
 class RequestCounts(Model):
@@ -537,6 +550,14 @@ class RolloutStatus(Model):
         "datacenter runs the target; Aborted: every datacenter runs the stable version again."
     )
     promoted: int = Field(0, ge=0, le=8, description="Waves running the target.")
+    datacenters: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Datacenters running the target, by name: a wave edited mid-rollout moves nothing.",
+    )
+    wave: list[str] = Field(
+        default_factory=list, max_length=8, description="The datacenters of the wave being judged."
+    )
     started_at: str = Field("", description="When the first wave took the target (RFC 3339).")
     wave_since: str = Field("", description="When the last wave took the target (RFC 3339).")
     canary: RequestCounts = Field(
@@ -616,6 +637,57 @@ class Links(Model):
     slack_thread: str = Field("", description="Permalink of the incident's Slack thread.")
 
 
+class ActionItem(Model):
+    description: str = Field(description="What is to be done.", max_length=1000)
+    owner: str = Field("", description="Who does it.", max_length=253)
+    priority: Literal["P0", "P1", "P2", "P3"] = Field(
+        "P2",
+        description="P0: before the next release (the error budget policy's requirement when an "
+        "incident spent more than spec.budgetPolicy.postmortemP0AbovePercent of the budget); P3: some day.",
+    )
+    ticket: str = Field("", description="Link to the ticket or bug.", max_length=2000)
+
+
+class Review(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.status == oldSelf.status "
+                    "|| (oldSelf.status == 'Draft' && self.status == 'InReview') "
+                    "|| (oldSelf.status == 'InReview' && self.status in ['Draft', 'Published'])",
+                    "review.status moves Draft → InReview → Published (or back from InReview to Draft)",
+                    fieldPath=".status",
+                ),
+                cel(
+                    "self.status != 'Published' || self.owner != ''",
+                    "a Postmortem is published with an owner: set review.owner",
+                    fieldPath=".owner",
+                ),
+            ]
+        }
+    )
+    status: Literal["Draft", "InReview", "Published"] = Field(
+        "Draft",
+        description="Draft (the operator's, then people's), InReview, Published; people move it with "
+        "kubectl patch or imageserver-operator postmortem review|publish NAME.",
+    )
+    owner: str = Field("", description="Who finishes it and leads the review.", max_length=253)
+    due: str = Field("", description="When the review is due (RFC 3339): a week after the resolution.")
+
+
+class Timing(Model):
+    detect_seconds: int = Field(0, ge=0, description="Time to detect: from the first burn to detection.")
+    mitigate_seconds: int = Field(
+        0,
+        ge=0,
+        description="Time to mitigate: from the first burn to the first action that changed the world.",
+    )
+    resolve_seconds: int = Field(
+        0, ge=0, description="Time to resolve: from the first burn to the resolution."
+    )
+
+
 class PostmortemSpec(Model):
     image_server: str = Field(description="The ImageServer this incident hit.", max_length=253)
     title: str = Field(description="One line.", max_length=200)
@@ -633,10 +705,33 @@ class PostmortemSpec(Model):
         description="Why it happened.",
     )
     timeline: list[TimelineEntry] = Field(default_factory=list, max_length=500, description="Oldest first.")
-    action_items: list[str] = Field(
-        default_factory=lambda: ["TODO: prevent recurrence", "TODO: improve detection or mitigation"],
+    action_items: list[ActionItem] = Field(
+        default_factory=lambda: [
+            ActionItem(description="TODO: prevent recurrence"),
+            ActionItem(description="TODO: improve detection or mitigation"),
+        ],
         max_length=50,
-        description="Follow-ups for people.",
+        description="Follow-ups for people, each with its owner, priority and ticket.",
     )
+    severity: Literal["", "SEV1", "SEV2", "SEV3"] = Field(
+        "",
+        description="From the error budget the incident spent, set at resolution: SEV1 from 20 %, SEV2 from "
+        "5 %, SEV3 below.",
+    )
+    review: Review = Field(default_factory=Review, description="Where the write-up stands.")
+    timing: Timing = Field(default_factory=Timing, description="Computed from the timeline at resolution.")
+    revision: str = Field(
+        "", description="The revision (or revisions) running when it started.", max_length=200
+    )
+    datacenter: str = Field("", description="The datacenter involved, when one was.", max_length=12)
+
+    @field_validator("action_items", mode="before")
+    @classmethod
+    def _items_as_objects(cls, value: Any) -> Any:
+        """Postmortems written before action items had owners hold plain strings."""
+        if isinstance(value, list):
+            return [{"description": item} if isinstance(item, str) else item for item in value]
+        return value
+
     lessons_learned: LessonsLearned = Field(default_factory=LessonsLearned, description="For people to fill.")
     links: Links = Field(default_factory=Links, description="Runbooks and the Slack thread.")

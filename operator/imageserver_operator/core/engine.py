@@ -70,6 +70,7 @@ class Kind:
 
 
 ROLLOUT_RUNBOOK = "runbooks/rollout.md"
+MAX_EXCEPTIONS = 8
 FREEZE_RUNBOOK = "runbooks/releases-frozen.md"
 KINDS: Mapping[policy.ActionKind, Kind] = {
     "rollback": Kind("runbooks/rollback.md", "Rolled back", "RolledBack", "Warning", True),
@@ -78,6 +79,10 @@ KINDS: Mapping[policy.ActionKind, Kind] = {
     "page": Kind("runbooks/slo-burn-page.md", "Paged", "Paging", "Warning", False),
     "notify_unknown": Kind("runbooks/slo-unknown.md", "Told", "SLOUnknown", "Warning", False),
 }
+
+# How a timeline entry of an action that changed the world begins ("Rolled back 1.0.0: …"):
+# the first one is when the incident was mitigated.
+MITIGATIONS = tuple(kind.past for kind in KINDS.values() if kind.changes_world and kind.past != "Undrained")
 
 
 # -- effects: what the executor does, in order ------------------------------------------------
@@ -162,6 +167,7 @@ class ResolvePostmortem:
     incident: str
     resolved_at: datetime.datetime
     impact: Impact
+    p0_above_percent: float = 100.0  # spent more: the error budget policy asks for a P0 item
 
 
 Effect = (
@@ -226,6 +232,13 @@ class Subject:
         return rollouts.of(self.status.get("rollout"))
 
     @property
+    def running(self) -> str:
+        """The revision (or revisions, mid-rollout) the datacenters run: not always
+        spec.version, which still names an aborted one."""
+        served = rollouts.serving(self.spec, self.rollout)
+        return ", ".join(sorted(set(served.values()))) or self.spec.version
+
+    @property
     def memory(self) -> AutomationStatus:
         try:
             return AutomationStatus.model_validate(self.status.get("automation") or {})
@@ -265,7 +278,7 @@ def judge(
     moved = rollouts.step(
         subject.spec,
         subject.rollout,
-        seen.rates_by_revision if seen.reachable else None,
+        seen.rates_by_datacenter_revision if seen.reachable else None,
         now,
         gated=subject.spec.remediation.mode == "auto",
         hold=subject.paused,
@@ -306,11 +319,19 @@ def judge(
         unknown_since=(memory.unknown_since or stamp(now)) if decision.slo_healthy == "Unknown" else "",
         notified=notified,
         opening=step.open_incident or reopening,
+        # Releases let through a freeze, until the next incident's Postmortem records them.
+        exceptions=[
+            *memory.exceptions,
+            *(f"{stamp(now)} {n.message}" for n in moved.notes if n.reason == "ReleaseException"),
+        ][-MAX_EXCEPTIONS:],
     )
     after = before  # what is remembered once every effect is done
     effects: list[Effect] = []
     if step.open_incident or reopening:
-        effects += _open(subject, seen, step.open_incident or reopening, decision, now)
+        effects += _open(
+            subject, seen, step.open_incident or reopening, decision, now, exceptions=before.exceptions
+        )
+        after = _replace(after, exceptions=[])
     drained = subject.drained
     first = _status_slice(subject, seen, decision, before, now, moved=moved)
     written: Mapping[str, Any] = first if first is not None else owned(subject.status)
@@ -404,7 +425,8 @@ def _revisions(state: RolloutStatus) -> tuple[str, str, str]:
     if state.phase == "Aborted":
         return state.stable, "", ""
     previous = state.stable if state.stable != state.target else ""
-    return state.target, previous, state.started_at
+    # The rollback window counts from when the target reached every datacenter.
+    return state.target, previous, state.wave_since if state.phase == "Complete" else state.started_at
 
 
 def _dump(memory: AutomationStatus) -> dict[str, Any]:
@@ -730,7 +752,7 @@ def _tell(
                 reason=action.reason,
                 action=f"{action.kind} {action.target}".strip(),
                 datacenter=action.target if action.kind in ("drain", "undrain") else "",
-                revision=action.target if action.kind == "rollback" else subject.spec.version,
+                revision=action.target if action.kind == "rollback" else subject.running,
                 burn=dict(scope),
                 runbook=kind.runbook,
                 postmortem=incident,
@@ -770,21 +792,38 @@ def _told(
 
 
 def _open(
-    subject: Subject, seen: policy.Observation, name: str, decision: policy.Decision, now: datetime.datetime
+    subject: Subject,
+    seen: policy.Observation,
+    name: str,
+    decision: policy.Decision,
+    now: datetime.datetime,
+    *,
+    exceptions: Sequence[str] = (),
 ) -> list[Effect]:
     at = stamp(now)
+    excepted = [
+        TimelineEntry(
+            time=line.split(" ", 1)[0], event=f"release exception: {line.split(' ', 1)[-1]}", actor="human"
+        )
+        for line in exceptions
+    ]
     postmortem = PostmortemSpec(
         image_server=subject.name,
         title=f"{subject.name} burned its error budget ({decision.summary})"[:200],
         started_at=at,
         summary=f"{subject.name} burned its error budget: {decision.summary}.",
-        trigger=f"revision {subject.spec.version} was running; the timeline shows what the operator saw.",
+        trigger=f"revision {subject.running} was running; the timeline shows what the operator saw.",
+        revision=subject.running,
+        datacenter=next((a.target for a in decision.actions if a.kind == "drain"), ""),
         detection=Detection(
             alert="imageserver-operator SLO evaluation",
             detected_at=at,
             burn_rates=[BurnRate(window=w, burn_rate=round(v, 2)) for w, v in list(seen.service.items())[:8]],
         ),
-        timeline=[TimelineEntry(time=at, event=f"incident opened: {decision.summary}", actor="operator")],
+        timeline=[
+            *excepted,
+            TimelineEntry(time=at, event=f"incident opened: {decision.summary}", actor="operator"),
+        ],
         links=Links(runbooks=[KINDS["page"].runbook]),
     )
     return [
@@ -798,7 +837,7 @@ def _open(
                 subject.where,
                 f"{subject.name} is burning its error budget",
                 reason=decision.summary,
-                revision=subject.spec.version,
+                revision=subject.running,
                 burn=dict(seen.service),
                 runbook=KINDS["page"].runbook,
                 postmortem=name,
@@ -814,7 +853,7 @@ def _resolve(subject: Subject, incident: str, tally: Tally | None, now: datetime
         tally or Tally(), budget(slo.availability.objective), policy.duration(slo.window), short
     )
     return [
-        ResolvePostmortem(incident, now, impact),
+        ResolvePostmortem(incident, now, impact, subject.spec.budget_policy.postmortem_p0_above_percent),
         Annotate({incidents.INCIDENT_ANNOTATION: None}),
         PostEvent("Normal", "IncidentResolved", f"incident {incident} resolved: burn back under budget"),
         Notify(
@@ -972,7 +1011,6 @@ def _rollout_condition(
         message[:1000],
         generation=subject.generation,
         now=now,
-        by_reason=True,
     )
 
 

@@ -40,10 +40,10 @@ TRAFFIC_QUERY = " or ".join(
     + [
         f"label_replace(sum by (namespace, imageserver) ({slo.REBALANCE_REMAINING}), "
         '"kind", "rebalance_remaining", "", "")',
-        # What each revision serves and fails, for the canary verdicts of a rollout.
+        # What each revision serves and fails in each datacenter: a rollout's wave and control.
         *(
-            f"label_replace(sum by (namespace, imageserver, revision) (imageserver:{kind}:rate{slo.SHORT}), "
-            f'"kind", "revision_{kind}", "", "")'
+            f"label_replace(sum by (namespace, imageserver, datacenter, revision) "
+            f'(imageserver:{kind}:rate{slo.SHORT}), "kind", "revision_{kind}", "", "")'
             for kind in ("requests", "errors", "slow")
         ),
         # Which datacenters' frontends are heard from at all (a quiet one is not a silent one).
@@ -115,7 +115,8 @@ def observations(
         if kind == "frontends":
             heard[key][metric.get("datacenter", "")] = value
         elif kind.startswith("revision_"):
-            per_revision[key][metric.get("revision", "")][kind.removeprefix("revision_")] = value
+            scope = f"{metric.get('datacenter', '')}/{metric.get('revision', '')}"
+            per_revision[key][scope][kind.removeprefix("revision_")] = value
         else:
             rates[key][metric.get("kind", "")] = value
     return {
@@ -131,7 +132,7 @@ def observations(
             by_datacenter={dc: dict(b) for dc, b in by_dc.get(key, {}).items()},
             by_revision={rev: dict(b) for rev, b in by_rev.get(key, {}).items()},
             by_datacenter_revision={scope: dict(b) for scope, b in serving.get(key, {}).items()},
-            rates_by_revision={rev: dict(r) for rev, r in per_revision.get(key, {}).items()},
+            rates_by_datacenter_revision={scope: dict(r) for scope, r in per_revision.get(key, {}).items()},
         )
         for key in budgets
     }

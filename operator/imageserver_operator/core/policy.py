@@ -75,8 +75,9 @@ class Observation:
     rebalance_remaining: float | None = None
     # Frontends scraped per datacenter, traffic or not; None: not reported.
     frontends_by_datacenter: Mapping[str, float] | None = None
-    # Requests, errors and slow requests a second, per revision (short window): the canary counts.
-    rates_by_revision: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Requests, errors and slow requests a second by "datacenter/revision" (short window): what
+    # a rollout's wave and its control served.
+    rates_by_datacenter_revision: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,16 +142,9 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
     quiet = silent(observed, state)
     if quiet:
         summary += f"; no data from {', '.join(quiet)}, which should serve traffic"
-    act = state.remediation.mode == "auto" and not state.paused
-    in_cooldown = state.last_action_at is not None and now - state.last_action_at < duration(
-        state.remediation.cooldown
-    )
-    final = []
-    for action in actions:
-        if action.kind in ("rollback", "drain", "undrain") and in_cooldown and action.cooldown:
-            continue  # never twice inside the cooldown
-        final.append(dataclasses.replace(action, execute=act or action.kind == "page"))
-    if quiet and not burning and _unknown(state, summary, now).actions:
+    final = _final(state, actions, now)
+    told = any(a.kind == "notify_unknown" for a in _unknown(state, summary, now).actions)
+    if quiet and not burning and told:
         final.append(Action("notify_unknown", f"no action: {summary}"))
     return Decision(
         "False" if burning else "Unknown" if quiet else "True",
@@ -159,6 +153,19 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
         paging=page_level(observed.service) and users_hurt(observed, state),
         recovered=users_fine(observed, state) and not quiet,
     )
+
+
+def _final(state: State, actions: list[Action], now: datetime.datetime) -> list[Action]:
+    """The actions after the cooldown, the mode and the pause (reported, not executed)."""
+    act = state.remediation.mode == "auto" and not state.paused
+    in_cooldown = state.last_action_at is not None and now - state.last_action_at < duration(
+        state.remediation.cooldown
+    )
+    return [
+        dataclasses.replace(action, execute=act or action.kind == "page")
+        for action in actions
+        if not (action.kind in ("rollback", "drain", "undrain") and in_cooldown and action.cooldown)
+    ]
 
 
 def silent(observed: Observation, state: State) -> list[str]:
@@ -210,7 +217,11 @@ def users_fine(observed: Observation, state: State) -> bool:
 def _unknown(state: State, why: str, now: datetime.datetime) -> Decision:
     lasting = state.unknown_since is not None and now - state.unknown_since >= UNKNOWN_GRACE
     tell = lasting and not state.unknown_notified
-    return Decision("Unknown", why, (Action("notify_unknown", f"no action: {why}"),) if tell else ())
+    told = (Action("notify_unknown", f"no action: {why}"),) if tell else ()
+    # A failed wave is judged on its own counts against its control: evidence even when the
+    # service as a whole is too quiet (or unscraped) to judge.
+    aborted = tuple(_final(state, _canary_abort(state), now))
+    return Decision("Unknown", why, (*aborted, *told))
 
 
 def planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
@@ -218,18 +229,25 @@ def planned(observed: Observation, state: State, now: datetime.datetime) -> list
     return _planned(observed, state, now)
 
 
+def _canary_abort(state: State) -> list[Action]:
+    if not (state.canary_failed and state.previous_revision and state.remediation.rollback.enabled):
+        return []
+    # A wave failed against its control: back to stable before it reaches more users.
+    return [
+        Action(
+            "rollback",
+            f"the rollout of {state.current_revision} failed its canary verdict ({state.canary_failed}): "
+            f"rolling back to {state.previous_revision} in every datacenter",
+            target=state.previous_revision,
+            cooldown=False,
+        )
+    ]
+
+
 def _planned(observed: Observation, state: State, now: datetime.datetime) -> list[Action]:
-    if state.canary_failed and state.previous_revision and state.remediation.rollback.enabled:
-        # A wave failed against its control: back to stable before it reaches more users.
-        return [
-            Action(
-                "rollback",
-                f"the rollout of {state.current_revision} failed its canary verdict ({state.canary_failed}): "
-                f"rolling back to {state.previous_revision} in every datacenter",
-                target=state.previous_revision,
-                cooldown=False,
-            )
-        ]
+    aborted = _canary_abort(state)
+    if aborted:
+        return aborted
     rollback = _rollback(observed, state, now)
     drains = _drains(observed, state)
     if rollback and not (drains and _rollout_complete(observed, state)):
@@ -298,6 +316,10 @@ def _drains(observed: Observation, state: State) -> list[Action]:
     others = [dc for dc in active if dc not in sick]
     if not sick or not others:
         return []  # nothing concentrated, or it burns everywhere
+    if len(set(state.serving.values())) > 1 and any(
+        state.serving.get(dc.name) == state.current_revision for dc in sick
+    ):
+        return []  # mid-rollout, burning where the new version runs: the version, not the place
     if not all(recovered(_serving(observed, state, dc)) for dc in others):
         return []  # the others are not healthy: not concentrated in one place
     already = sum(dc.drained for dc in state.datacenters)

@@ -8,10 +8,44 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from imageserver_operator.api.models import Impact, PostmortemSpec, TimelineEntry
+from imageserver_operator.api.models import ActionItem, Impact, PostmortemSpec, TimelineEntry, Timing
 
 MAX_TIMELINE = 500  # the schema's maxItems: past it, later steps are in Events and Slack only
 MAX_TEXT = 4000  # the schema's maxLength of resolution
+REVIEW_WITHIN = datetime.timedelta(days=7)
+SEVERITIES = ((20.0, "SEV1"), (5.0, "SEV2"), (0.0, "SEV3"))  # share of the budget spent, from
+
+
+def _time(text: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def severity(spent_percent: float) -> str:
+    return next(level for floor, level in SEVERITIES if spent_percent >= floor)
+
+
+def timing(current: PostmortemSpec, at: datetime.datetime, mitigations: tuple[str, ...]) -> Timing:
+    """Time to detect, mitigate and resolve, from the first burn, read off the timeline: the
+    first entry that says one of `mitigations` (an action that changed the world) mitigated it."""
+    started = _time(current.started_at)
+    if started is None:
+        return Timing()
+
+    def since(moment: datetime.datetime | None) -> int:
+        return max(int((moment - started).total_seconds()), 0) if moment is not None else 0
+
+    acted = next(
+        (_time(e.time) for e in current.timeline if e.actor != "alert" and e.event.startswith(mitigations)),
+        None,
+    )
+    return Timing(
+        detect_seconds=since(_time(current.detection.detected_at)),
+        mitigate_seconds=since(acted) if acted is not None else since(at),
+        resolve_seconds=since(at),
+    )
 
 
 def appended(spec: Mapping[str, Any], entry: TimelineEntry, resolution: str = "") -> dict[str, Any]:
@@ -25,8 +59,17 @@ def appended(spec: Mapping[str, Any], entry: TimelineEntry, resolution: str = ""
     return patch
 
 
-def resolved(spec: Mapping[str, Any], at: datetime.datetime, impact: Impact) -> dict[str, Any]:
-    """The patch that resolves the incident: when, the closing timeline entry, its cost."""
+def resolved(
+    spec: Mapping[str, Any],
+    at: datetime.datetime,
+    impact: Impact,
+    *,
+    mitigations: tuple[str, ...] = (),
+    p0_above_percent: float = 100.0,
+) -> dict[str, Any]:
+    """The patch that resolves the incident: when, the closing timeline entry, its cost, its
+    severity and timing, when its review is due; and, when it spent more than
+    `p0_above_percent` of the budget, the P0 action item the error budget policy asks for."""
     current = PostmortemSpec.model_validate(spec)
     stamp = at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
@@ -36,12 +79,37 @@ def resolved(spec: Mapping[str, Any], at: datetime.datetime, impact: Impact) -> 
         seconds = 0
     closing = TimelineEntry(time=stamp, event="incident resolved: burn back under budget", actor="operator")
     timeline = [*current.timeline, closing][-MAX_TIMELINE:] if current.timeline else [closing]
+    spent = impact.error_budget_consumed_percent
+    items = list(current.action_items)
+    if spent > p0_above_percent and not any(item.priority == "P0" for item in items):
+        items.insert(
+            0,
+            ActionItem(
+                description=f"TODO: this incident spent {spent:.1f} % of the error budget (more than "
+                f"{p0_above_percent:g} %): the error budget policy asks for a P0 action item before the next "
+                "release; name it, its owner and its ticket",
+                priority="P0",
+            ),
+        )
+    due = current.review.due or (at + REVIEW_WITHIN).astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "state": "Resolved",
         "resolvedAt": stamp,
         "timeline": [e.model_dump(by_alias=True) for e in timeline],
         "impact": impact.model_copy(update={"duration_seconds": seconds}).model_dump(by_alias=True),
+        "severity": severity(spent),
+        "timing": timing(current, at, mitigations).model_dump(by_alias=True),
+        "review": current.review.model_copy(update={"due": due}).model_dump(by_alias=True),
+        "actionItems": [item.model_dump(by_alias=True) for item in items[:50]],
     }
+
+
+def reviewed(spec: Mapping[str, Any], status: str, owner: str = "") -> dict[str, Any]:
+    """The patch that moves the review (people, through the CLI); the schema refuses a move
+    out of order and a publication without an owner, with a message."""
+    current = PostmortemSpec.model_validate(spec)
+    review = current.review.model_copy(update={"status": status, "owner": owner or current.review.owner})
+    return {"review": review.model_dump(by_alias=True)}
 
 
 def _items(values: list[str], empty: str = "TODO") -> str:
@@ -55,7 +123,18 @@ def markdown(name: str, spec: PostmortemSpec) -> str:
     burn = (
         ", ".join(f"{b.burn_rate:.1f}x over {b.window}" for b in spec.detection.burn_rates) or "not recorded"
     )
-    actions = "\n".join(f"| {item} | TODO | TODO |" for item in spec.action_items) or "| TODO | TODO | TODO |"
+    actions = (
+        "\n".join(
+            f"| {item.priority} | {item.description} | {item.owner or 'TODO'} | {item.ticket or 'TODO'} |"
+            for item in spec.action_items
+        )
+        or "| | TODO | TODO | TODO |"
+    )
+    timed, resolve = spec.timing, spec.timing.resolve_seconds
+    review = f"{spec.review.status}, owner {spec.review.owner or 'TODO'}, due {spec.review.due or '—'}"
+    involved = f"revision {spec.revision or 'unknown'}" + (
+        f", datacenter {spec.datacenter}" if spec.datacenter else ""
+    )
     timeline = "\n".join(f"| {e.time} | {e.actor} | {e.event} |" for e in spec.timeline) or "| | | |"
     lessons = spec.lessons_learned
     return f"""# Postmortem: {spec.title}
@@ -64,7 +143,9 @@ def markdown(name: str, spec: PostmortemSpec) -> str:
 |---|---|
 | Postmortem | `{name}` |
 | ImageServer | `{spec.image_server}` |
-| Status | {spec.state} |
+| Status | {spec.state}; review: {review} |
+| Severity | {spec.severity or "not yet (set at resolution)"} |
+| Involved | {involved} |
 | Started | {spec.started_at or "unknown"} |
 | Resolved | {spec.resolved_at or "not yet"} |
 | Authors | imageserver-operator (draft); TODO: the people who finish it |
@@ -80,6 +161,7 @@ This is a blameless postmortem: it is about systems and processes, not people.
 - Duration: {duration}
 - Error budget consumed: {impact.error_budget_consumed_percent:.1f} % of the SLO window's budget
 - Failed requests (estimated): {impact.failed_requests_estimate}
+- Time to detect {timed.detect_seconds} s, to mitigate {timed.mitigate_seconds} s, to resolve {resolve} s
 
 ## Root causes
 
@@ -99,8 +181,8 @@ This is a blameless postmortem: it is about systems and processes, not people.
 
 ## Action items
 
-| Action item | Owner | Bug |
-|---|---|---|
+| Priority | Action item | Owner | Ticket |
+|---|---|---|---|
 {actions}
 
 ## Lessons learned

@@ -36,7 +36,7 @@ from imageserver_operator.core import canary, slo
 MAX_REJECTED = 16
 COUNT_GAP = 60.0  # at most this many seconds of rate are counted at once (a long pause is not known)
 PAGE_FACTOR = 14.4  # the page-level burn: what fails a canary whatever the control does
-Rates = Mapping[str, Mapping[str, float]]  # revision → requests/errors/slow per second
+Rates = Mapping[str, Mapping[str, float]]  # "datacenter/revision" → requests/errors/slow per second
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,15 @@ def serving(spec: ImageServerSpec, rollout: RolloutStatus | None) -> dict[str, s
         return dict.fromkeys(names, rollout.target)
     if rollout.phase == "Aborted":
         return dict.fromkeys(names, rollout.stable)
-    promoted = {n for wave in waves(spec)[: rollout.promoted] for n in wave}
+    promoted = set(rollout.datacenters) or {n for wave in waves(spec)[: rollout.promoted] for n in wave}
     return {n: rollout.target if n in promoted else rollout.stable for n in names}
+
+
+def _next_wave(spec: ImageServerSpec, running: Sequence[str]) -> list[str]:
+    """The first wave (as the spec says now) with a datacenter not yet on the target."""
+    return next(
+        ([n for n in wave if n not in running] for wave in waves(spec) if set(wave) - set(running)), []
+    )
 
 
 def analysis(spec: ImageServerSpec) -> canary.Analysis:
@@ -119,6 +126,14 @@ def analysis(spec: ImageServerSpec) -> canary.Analysis:
 
 def _counts(counts: RequestCounts) -> canary.Counts:
     return canary.Counts(counts.requests, counts.errors, counts.slow)
+
+
+def _summed(rates: Rates, datacenters: Sequence[str], revision: str) -> dict[str, float] | None:
+    """One side's rates: `revision` in `datacenters` (None when none of them reports it)."""
+    parts = [rates[f"{dc}/{revision}"] for dc in datacenters if f"{dc}/{revision}" in rates]
+    if not parts:
+        return None
+    return {k: sum(p.get(k, 0.0) for p in parts) for k in ("requests", "errors", "slow")}
 
 
 def _added(counts: RequestCounts, rates: Mapping[str, float] | None, seconds: float) -> RequestCounts:
@@ -142,7 +157,10 @@ def _started(previous: RolloutStatus | None, spec: ImageServerSpec, now: datetim
         stable = previous.target if previous.phase == "Complete" else previous.stable
     rejected = list(previous.rejected) if previous is not None else []
     at = stamp(now)
-    if stable == spec.version or len(waves(spec)) == 1:
+    # Nothing new; back to the version that ran before (known good: no waves for a retreat);
+    # or nothing to compare a single wave with: every datacenter at once.
+    back = previous is not None and spec.version == previous.stable
+    if stable == spec.version or back or len(waves(spec)) == 1:
         # Nothing new, or nothing to compare a single wave with: every datacenter at once.
         return RolloutStatus(
             target=spec.version,
@@ -153,11 +171,14 @@ def _started(previous: RolloutStatus | None, spec: ImageServerSpec, now: datetim
             wave_since=at,
             rejected=rejected,
         )
+    first = waves(spec)[0]
     return RolloutStatus(
         target=spec.version,
         stable=stable,
         phase="Progressing",
         promoted=1,
+        datacenters=first,
+        wave=first,
         started_at=at,
         wave_since=at,
         counted_at=at,
@@ -231,7 +252,7 @@ def step(
                 notes=(Note("RolloutFrozen", text, warning=True),),
             )
         excepted: tuple[Note, ...] = ()
-        if frozen:
+        if frozen and exception and spec.version != rollout.stable:
             text = f"{spec.version} rolled out while releases are frozen ({frozen}), as an exception: "
             excepted = (Note("ReleaseException", (text + exception)[:1000], warning=True, page=True),)
         started = _started(rollout, spec, now)
@@ -256,10 +277,15 @@ def _judged(
     seconds = min(max((now - since).total_seconds(), 0.0), COUNT_GAP)
     counted = rollout
     if rates is not None:
+        running = set(serving(spec, rollout).items())
+        wave = rollout.wave or [dc for dc, revision in running if revision == rollout.target]
+        control = [dc for dc, revision in running if revision == rollout.stable]
         counted = rollout.model_copy(
             update={
-                "canary": _added(rollout.canary, rates.get(rollout.target), seconds),
-                "control": _added(rollout.control, rates.get(rollout.stable), seconds),
+                # The wave being judged against what has not taken the target yet: earlier
+                # waves' traffic says nothing new about this one.
+                "canary": _added(rollout.canary, _summed(rates, wave, rollout.target), seconds),
+                "control": _added(rollout.control, _summed(rates, control, rollout.stable), seconds),
                 "counted_at": stamp(now),
             }
         )
@@ -278,7 +304,9 @@ def _judged(
         )
         return Step(paused, verdict, (Note("RolloutPaused", text, warning=True, page=True),))
     baked = now - (_parse(rollout.wave_since) or now)
-    if not gated or (verdict.outcome == "pass" and baked >= durations.parse(spec.rollout.bake)):
+    if not gated:
+        return Step(counted, verdict)  # remediation switched off mid-rollout: it holds where it is
+    if verdict.outcome == "pass" and baked >= durations.parse(spec.rollout.bake):
         return Step(*_promoted(spec, counted, all_waves, verdict, now))
     if baked >= max(durations.parse(spec.rollout.max_bake), durations.parse(spec.rollout.bake)):
         minutes = int(baked.total_seconds() // 60)
@@ -300,11 +328,17 @@ def _promoted(
     *,
     by: str = "",
 ) -> tuple[RolloutStatus, canary.Verdict | None, tuple[Note, ...]]:
+    running = list(serving(spec, rollout))
+    already = [dc for dc in running if serving(spec, rollout)[dc] == rollout.target]
+    wave = _next_wave(spec, already)
+    datacenters = [*already, *wave]
+    complete = not _next_wave(spec, datacenters)
     promoted = min(rollout.promoted + 1, len(all_waves))
-    complete = promoted >= len(all_waves)
     after = rollout.model_copy(
         update={
-            "promoted": promoted,
+            "promoted": len(all_waves) if complete else promoted,
+            "datacenters": datacenters,
+            "wave": wave,
             "phase": "Complete" if complete else "Progressing",
             "wave_since": stamp(now),
             "canary": RequestCounts(),
@@ -313,11 +347,11 @@ def _promoted(
         }
     )
     why = by or (verdict.message() if verdict is not None else "not judged (remediation is not auto)")
-    wave = ", ".join(all_waves[promoted - 1])
+    named = ", ".join(wave)
     if complete:
-        text = f"{rollout.target} runs in every datacenter (wave {promoted}: {wave}); {why}"
+        text = f"{rollout.target} runs in every datacenter (wave {promoted}: {named}); {why}"
         return after, verdict, (Note("RolloutSucceeded", text),)
-    text = f"{rollout.target} promoted to wave {promoted} ({wave}); {why}"
+    text = f"{rollout.target} promoted to wave {promoted} ({named}); {why}"
     return after, verdict, (Note("RolloutPromoted", text),)
 
 
@@ -336,8 +370,9 @@ def aborted(rollout: RolloutStatus, why: str) -> RolloutStatus:
 
 
 def rolled_back(rollout: RolloutStatus | None, spec: ImageServerSpec, target: str, why: str) -> RolloutStatus:
-    """The rollback the incident engine decided: to `target` (the stable version)."""
-    if rollout is None or rollout.target != spec.version:
+    """The rollback the incident engine decided: to `target` (the stable version), of the
+    rollout as it stands (a newer spec.version held by a freeze is not what burns)."""
+    if rollout is None:
         rollout = RolloutStatus(target=spec.version, stable=target, phase="Complete")
     if rollout.stable != target:
         rollout = rollout.model_copy(update={"stable": target})
@@ -356,7 +391,7 @@ def command(
 ) -> tuple[RolloutStatus, Note]:
     """promote: the next wave now (an aborted or rejected version: roll it out again);
     abort / rollback: every datacenter back to the stable version."""
-    if rollout is None or rollout.target != spec.version:
+    if rollout is None or (verb == "promote" and rollout.target != spec.version):
         raise Refused(f"the operator has not started rolling out {spec.version} yet: try again in a moment")
     if verb == "promote":
         if rollout.phase == "Complete":

@@ -47,8 +47,11 @@ class Controller:
         workers: int = 4,
         clock: Clock = lambda: datetime.datetime.now(datetime.UTC),
         metrics: OperatorMetrics | None = None,
+        progressive: bool = True,
     ) -> None:
         self.metrics = metrics or OperatorMetrics()
+        # Without an SLO loop nothing would move a rollout: every datacenter runs spec.version.
+        self.progressive = progressive
         self.store = store
         self.kube = kube
         self.is_leader = is_leader
@@ -122,7 +125,8 @@ class Controller:
             problems = reconcile.semantic_problems(spec)
         drained = drained_of(body)
         # Each datacenter at the revision the rollout gives it (the SLO loop's status.rollout).
-        serving = rollout.serving(spec, rollout.of(status_of(body).get("rollout"))) if spec else {}
+        held = rollout.of(status_of(body).get("rollout")) if self.progressive else None
+        serving = rollout.serving(spec, held) if spec else {}
         children = self.store.children(owner.uid)
         applied: list[str] = []
         pruned: list[str] = []

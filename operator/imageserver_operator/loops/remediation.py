@@ -137,8 +137,18 @@ class Remediator:
         for effect in effects:
             if not self.is_leader():
                 return False
-            if isinstance(effect, engine.WRITES_WITH_PRECONDITION):
+            if isinstance(effect, engine.MarkTold):
+                version, moved = await self._mark_told(
+                    str(meta["namespace"]), str(meta["name"]), effect, version
+                )
+                if moved and version is not None:
+                    # Marked onto a version someone else wrote since: what follows was judged
+                    # on the old one, so it waits for the next cycle.
+                    await self._refresh(body)
+                    return False
+            elif isinstance(effect, engine.WRITES_WITH_PRECONDITION):
                 version = await self._write(str(meta["namespace"]), str(meta["name"]), effect, version)
+            if isinstance(effect, engine.WRITES_WITH_PRECONDITION):
                 if version is None:
                     log.info(
                         "%s/%s changed while it was judged; judged again next cycle",
@@ -177,19 +187,6 @@ class Remediator:
                 if written is not None:
                     failpoints.reach(failpoints.AFTER_RECORD)
                 return written
-            case engine.MarkTold(annotations, expected):
-                written = await asyncio.to_thread(
-                    self.kube.annotate, namespace, name, dict(annotations), version
-                )
-                if written is not None:
-                    return written
-                fresh = await asyncio.to_thread(self.kube.get_imageserver, namespace, name)
-                meta = fresh["metadata"]
-                if (meta.get("annotations") or {}).get(incidents.LAST_ACTION_ANNOTATION) != expected:
-                    return None  # another action, or already marked: judged again
-                return await asyncio.to_thread(
-                    self.kube.annotate, namespace, name, dict(annotations), meta.get("resourceVersion")
-                )
             case engine.Annotate(annotations) | engine.Drain(_, _, annotations):
                 return await asyncio.to_thread(
                     self.kube.annotate, namespace, name, dict(annotations), version
@@ -206,6 +203,24 @@ class Remediator:
                     self.kube.annotate, namespace, name, dict(annotations), version
                 )
         raise TypeError(f"not a write: {effect!r}")
+
+    async def _mark_told(
+        self, namespace: str, name: str, effect: engine.MarkTold, version: str | None
+    ) -> tuple[str | None, bool]:
+        """The record marked told onto `version`; on a conflict, onto the object as it is now
+        while its record is still the one told (True: it was written onto a newer version)."""
+        annotations = dict(effect.annotations)
+        written = await asyncio.to_thread(self.kube.annotate, namespace, name, annotations, version)
+        if written is not None:
+            return written, False
+        fresh = await asyncio.to_thread(self.kube.get_imageserver, namespace, name)
+        meta = fresh["metadata"]
+        if (meta.get("annotations") or {}).get(incidents.LAST_ACTION_ANNOTATION) != effect.expected:
+            return None, False  # another action, or already marked: judged again
+        again = await asyncio.to_thread(
+            self.kube.annotate, namespace, name, annotations, meta.get("resourceVersion")
+        )
+        return again, True
 
     async def _carry_out(self, body: dict[str, Any], effect: engine.Effect) -> None:
         """An effect that changes no ImageServer: an Event, a message, the Postmortem."""
@@ -231,13 +246,15 @@ class Remediator:
                     incident,
                     functools.partial(postmortems.appended, entry=entry, resolution=resolution),
                 )
-            case engine.ResolvePostmortem(incident, resolved_at, impact):
-                await asyncio.to_thread(
-                    self.kube.update_postmortem,
-                    namespace,
-                    incident,
-                    functools.partial(postmortems.resolved, at=resolved_at, impact=impact),
+            case engine.ResolvePostmortem(incident, resolved_at, impact, p0_above):
+                resolve = functools.partial(
+                    postmortems.resolved,
+                    at=resolved_at,
+                    impact=impact,
+                    mitigations=engine.MITIGATIONS,
+                    p0_above_percent=p0_above,
                 )
+                await asyncio.to_thread(self.kube.update_postmortem, namespace, incident, resolve)
 
     async def _failed(self, body: dict[str, Any], subject: engine.Subject, error: Exception) -> None:
         """The error as a condition and an Event on this ImageServer (best effort), written

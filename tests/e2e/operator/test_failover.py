@@ -105,4 +105,6 @@ def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incide
         f"failover: {counted} failed requests in the Postmortem; the Gateway saw {answered} failed "
         f"answers and {users.unanswered} requests unanswered"
     )
-    assert answered > 0 and abs(counted - answered) <= 0.1 * answered
+    # Counted from rates cycle by cycle: within 10 %, or within half a second of the 20 req/s
+    # (one scrape) when a wave keeps the incident small.
+    assert answered > 0 and abs(counted - answered) <= max(0.1 * answered, 10)

@@ -23,7 +23,8 @@ SPEC: dict[str, Any] = {
         {"name": "dc-b", "frontendReplicas": 1},
         {"name": "dc-c", "frontendReplicas": 1},
     ],
-    "storage": {"replicas": 1, "writeQuorum": 1},
+    # Two replicas: a wave's storage restarts one replica at a time, and reads find the other.
+    "storage": {"replicas": 2, "writeQuorum": 1},
     "notifications": {"slack": {"channel": "#oncall", "tokenSecretRef": {"name": "slack"}}},
     "slo": {"window": "3d"},  # "5m" covers 30 s: the bring-up's errors are soon forgotten
     # A pass needs evidence: at 99.9 % the wave's upper bound must come within the margin,
@@ -110,8 +111,14 @@ def test_a_bad_build_never_leaves_the_first_wave(mission: Callable[..., Mission]
     assert len({m["thread_ts"] for m in replies}) == 1
 
 
+# Noise: both versions fail 0.5 % of requests, under a 99 % objective (0.5x its budget).
+NOISY = {**SPEC, "slo": {"window": "3d", "availability": {"objective": 99.0}}}
+
+
 def test_a_good_build_is_promoted_through_every_wave(mission: Callable[..., Mission]) -> None:
-    one = mission(SPEC)
+    """On a service whose stable version already fails 0.5 % of requests, a new version that
+    does the same is promoted, never aborted."""
+    one = mission(NOISY, faults={"1.0.0": 0.005, "1.2.0": 0.005})
     healthy_first(one)
     gateway = one.gateway
     assert gateway is not None
@@ -130,3 +137,20 @@ def test_a_good_build_is_promoted_through_every_wave(mission: Callable[..., Miss
     assert reasons.count("RolloutStarted") == 1 and reasons.count("RolloutSucceeded") == 1
     assert "RolledBack" not in reasons and not one.postmortems()
     assert one.imageserver()["spec"]["version"] == "1.2.0"
+
+
+def test_a_wave_without_enough_requests_pauses_and_pages(mission: Callable[..., Mission]) -> None:
+    """Below minRequests the verdict stays inconclusive; past maxBake the rollout pauses and
+    pages, and the wave is never promoted without evidence."""
+    rollout = {**SPEC["rollout"], "minRequests": 1_000_000, "bake": "10s", "maxBake": "40s"}
+    one = mission({**SPEC, "rollout": rollout})
+    healthy_first(one)
+    one.apply(version="1.2.0")
+    paused = one.until("the rollout pauses", lambda: one.rollout().get("phase") == "Paused", 120, 0.5)
+    print(f"low traffic: paused {paused:.0f}s after the apply: {one.rollout()['verdict']}")
+    assert "too few requests" in one.rollout()["verdict"]
+    one.until("on-call is paged", lambda: bool(one.messages("paused in wave 1")), 30)
+    one.holds(
+        "never promoted", lambda: one.serving() == {"dc-a": "1.2.0", "dc-b": "1.0.0", "dc-c": "1.0.0"}, 15
+    )
+    assert "RolloutPaused" in one.reasons() and "RolloutSucceeded" not in one.reasons()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
-from imageserver_operator.api.models import Impact, PostmortemSpec, TimelineEntry
+import pytest
+
+from imageserver_operator.api.models import Detection, Impact, PostmortemSpec, TimelineEntry
+from imageserver_operator.core import postmortems
 from imageserver_operator.core.postmortems import MAX_TIMELINE, appended, markdown, resolved
 
 SPEC = PostmortemSpec.model_validate(
@@ -92,3 +96,60 @@ def test_the_operators_changes_are_built_through_the_model_and_stay_within_its_b
         "failedRequestsEstimate": 7,
     }
     assert done["timeline"][-1]["event"].startswith("incident resolved")
+
+
+def _opened() -> dict[str, Any]:
+    return PostmortemSpec(
+        image_server="photos",
+        title="a bad build",
+        started_at="2026-11-21T12:00:00Z",
+        detection=Detection(detected_at="2026-11-21T12:00:04Z"),
+        timeline=[
+            TimelineEntry(time="2026-11-21T12:00:04Z", event="incident opened: burn 50x"),
+            TimelineEntry(time="2026-11-21T12:00:09Z", event="Rolled back 1.0.0: revision 1.1.0 burns"),
+        ],
+    ).model_dump(by_alias=True)
+
+
+@pytest.mark.parametrize(
+    ("spent", "severity", "p0"),
+    [(0.5, "SEV3", False), (5.0, "SEV2", False), (20.0, "SEV1", False), (20.5, "SEV1", True)],
+)
+def test_resolution_sets_severity_timing_review_and_the_p0_item(
+    spent: float, severity: str, p0: bool
+) -> None:
+    at = datetime.datetime(2026, 11, 21, 12, 1, tzinfo=datetime.UTC)
+    impact = Impact(error_budget_consumed_percent=spent)
+    patch = postmortems.resolved(
+        _opened(), at, impact, mitigations=("Rolled back", "Drained"), p0_above_percent=20
+    )
+    done = PostmortemSpec.model_validate({**_opened(), **patch})
+    assert done.severity == severity
+    assert (done.timing.detect_seconds, done.timing.mitigate_seconds, done.timing.resolve_seconds) == (
+        4,
+        9,
+        60,
+    )
+    assert done.review.due == "2026-11-28T12:01:00Z" and done.review.status == "Draft"
+    assert any(item.priority == "P0" for item in done.action_items) is p0
+    again = postmortems.resolved({**_opened(), **patch}, at, impact, p0_above_percent=20)
+    assert (
+        sum(
+            item.priority == "P0"
+            for item in PostmortemSpec.model_validate({**_opened(), **again}).action_items
+        )
+        == p0
+    )
+
+
+def test_action_items_written_as_text_are_read_as_items() -> None:
+    """Postmortems stored before action items had owners and priorities."""
+    spec = PostmortemSpec.model_validate({**_opened(), "actionItems": ["add a canary"]})
+    assert [(i.description, i.priority, i.owner) for i in spec.action_items] == [("add a canary", "P2", "")]
+
+
+def test_a_review_moves_with_its_owner() -> None:
+    patch = postmortems.reviewed(_opened(), "InReview", "ana")
+    assert patch == {"review": {"status": "InReview", "owner": "ana", "due": ""}}
+    kept = postmortems.reviewed({**_opened(), **patch}, "Published")
+    assert kept["review"]["owner"] == "ana"

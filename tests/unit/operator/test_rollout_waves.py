@@ -30,6 +30,7 @@ from imageserver_operator.core.rollout import (
     Step,
     aborted,
     command,
+    rolled_back,
     serving,
     stamp,
     step,
@@ -84,10 +85,16 @@ def per_second(rps: float, error_ratio: float, slow_ratio: float = 0.01) -> dict
     return {"requests": rps, "errors": rps * error_ratio, "slow": rps * slow_ratio}
 
 
-# The canary's share of traffic is smaller than the control's: 20 req/s against 40.
-GOOD: Rates = {"1.1.0": per_second(20, 0.005), "1.0.0": per_second(40, 0.005)}
-BAD: Rates = {"1.1.0": per_second(20, 0.30), "1.0.0": per_second(40, 0.005)}
-QUIET: Rates = {"1.1.0": per_second(0.1, 0.005), "1.0.0": per_second(40, 0.005)}
+def spread(by_revision: dict[str, dict[str, float]], dcs: Sequence[str] = DCS) -> Rates:
+    """Rates by "datacenter/revision": each datacenter reports each revision at these rates
+    (only the ones a datacenter runs are counted, on the side it is on)."""
+    return {f"{dc}/{revision}": rates for dc in dcs for revision, rates in by_revision.items()}
+
+
+# Per datacenter: the canary's wave is one datacenter at 20 req/s, the control two at 20 each.
+GOOD: Rates = spread({"1.1.0": per_second(20, 0.005), "1.0.0": per_second(20, 0.005)})
+BAD: Rates = spread({"1.1.0": per_second(20, 0.30), "1.0.0": per_second(20, 0.005)})
+QUIET: Rates = spread({"1.1.0": per_second(0.1, 0.005), "1.0.0": per_second(20, 0.005)})
 
 
 def on_target(spec: ImageServerSpec, rollout: RolloutStatus) -> int:
@@ -320,10 +327,12 @@ def test_a_good_revision_is_promoted_wave_by_wave_after_each_bake() -> None:
     early = [moved for t, _, moved in cycles if t < bake]
     assert any(m.verdict is not None and m.verdict.outcome == "pass" for m in early)
     assert all(m.rollout.promoted == 1 for m in early)
-    # Every cycle counted its ten seconds at 20 (canary) and 40 (control) requests a second.
+    # Every cycle counted its ten seconds: in wave 2, dc-b (the wave alone, not dc-a that has
+    # run it since wave 1) against dc-c (what has not taken it yet), 20 requests a second each.
     counted = next(moved.rollout for t, _, moved in cycles if t == second + 5 * EVERY)
+    assert counted.wave == ["dc-b"] and counted.datacenters == ["dc-a", "dc-b"]
     assert counted.canary.requests == pytest.approx(20 * 50)
-    assert counted.control.requests == pytest.approx(40 * 50)
+    assert counted.control.requests == pytest.approx(20 * 50)
     # Complete: nothing more to judge, nothing more moves.
     assert all(moved.rollout == done.rollout for t, _, moved in cycles if t > last)
 
@@ -476,6 +485,14 @@ def test_abort_and_rollback_return_everywhere_to_stable(verb: str, rollout: Roll
     assert note.reason == "RolloutAborted" and note.warning and "bob" in note.message
 
 
+def test_abort_acts_on_the_rollout_as_it_stands() -> None:
+    """spec.version names a newer version not started yet (held by a freeze, say): an abort
+    stops what runs, the 1.1.0 rollout, and rejects 1.1.0, not the version held."""
+    after, _ = command(make_spec("1.2.0"), progressing(), "abort", at(30), "dave")
+    assert (after.target, after.phase, after.rejected) == ("1.1.0", "Aborted", ["1.1.0"])
+    assert set(serving(make_spec("1.2.0"), after).values()) == {"1.0.0"}
+
+
 @pytest.mark.parametrize(
     ("version", "rollout", "verb", "says"),
     [
@@ -489,7 +506,6 @@ def test_abort_and_rollback_return_everywhere_to_stable(verb: str, rollout: Roll
             "1.1.0 already runs in every datacenter",
         ),
         ("1.2.0", progressing(), "promote", "has not started rolling out 1.2.0 yet"),
-        ("1.2.0", progressing(), "abort", "has not started rolling out 1.2.0 yet"),
         ("1.1.0", None, "abort", "has not started rolling out 1.1.0 yet"),
         ("1.1.0", settled("1.1.0"), "rollback", "no earlier version to return to than 1.1.0"),
     ],
@@ -499,7 +515,6 @@ def test_abort_and_rollback_return_everywhere_to_stable(verb: str, rollout: Roll
         "rollback-aborted",
         "promote-complete",
         "promote-not-started",
-        "abort-not-started",
         "no-rollout",
         "nothing-to-return-to",
     ],
@@ -604,7 +619,7 @@ def observed(rates: Rates) -> Observation:
         {r: CALM for r in revisions},
         errors_per_second=0.5,
         by_datacenter_revision={f"{n}/{r}": CALM for n in DCS for r in revisions},
-        rates_by_revision=rates,
+        rates_by_datacenter_revision=rates,
     )
 
 
@@ -763,6 +778,24 @@ def test_a_spent_budget_freezes_releases_and_an_exception_is_recorded() -> None:
     world.cycle(spent(0.5), at(7 * EVERY))
     assert frozen_condition(world)["status"] == "False"
     assert world.events.count("ReleasesUnfrozen") == 1
+    # The next incident's Postmortem records the exception, once.
+    assert len(world.subject().memory.exceptions) == 1
+    fire = {w: 50.0 for w in CALM}
+    burning = Observation(
+        True,
+        60.0,
+        fire,
+        {n: fire for n in DCS},
+        {"1.0.0": fire, "1.1.0": fire},
+        errors_per_second=30.0,
+        by_datacenter_revision={f"{n}/{r}": fire for n in DCS for r in ("1.0.0", "1.1.0")},
+        budget_spent=0.6,
+    )
+    world.cycle(burning, at(8 * EVERY))
+    (postmortem,) = world.postmortems.values()
+    entries = [e for e in postmortem["timeline"] if e["event"].startswith("release exception: ")]
+    assert len(entries) == 1 and "P0: CVE fix" in entries[0]["event"] and entries[0]["actor"] == "human"
+    assert world.subject().memory.exceptions == []
 
 
 def test_without_a_budget_policy_nothing_is_frozen() -> None:
@@ -772,3 +805,76 @@ def test_without_a_budget_policy_nothing_is_frozen() -> None:
     world.cycle(spent(3.0), at(EVERY))
     assert world.serving()["dc-a"] == "1.1.0"
     assert not any(c["type"] == "ReleasesFrozen" for c in world.body["status"]["conditions"])
+
+
+# -- found in review: what happens when people change things mid-rollout ----------------------
+
+
+def test_remediation_switched_off_mid_rollout_holds_the_waves_where_they_are() -> None:
+    spec = make_spec(wave_list=[["dc-a"], ["dc-b"], ["dc-c"]])
+    moved = step(spec, progressing(), GOOD, at(3600), gated=False)
+    assert (moved.rollout.phase, moved.rollout.promoted, moved.notes) == ("Progressing", 1, ())
+    assert serving(spec, moved.rollout) == {"dc-a": "1.1.0", "dc-b": "1.0.0", "dc-c": "1.0.0"}
+
+
+def test_waves_edited_mid_rollout_move_no_datacenter() -> None:
+    """The datacenters on the target are kept by name: reordering the waves, or adding a
+    datacenter in front, neither moves the canary nor promotes on the old wave's evidence."""
+    before = step(make_spec(wave_list=[["dc-a"], ["dc-b"], ["dc-c"]]), settled("1.0.0"), GOOD, NOW).rollout
+    reordered = make_spec(wave_list=[["dc-c"], ["dc-b"], ["dc-a"]])
+    assert serving(reordered, before) == {"dc-a": "1.1.0", "dc-b": "1.0.0", "dc-c": "1.0.0"}
+    grown = make_spec(dcs=("dc-z", *DCS))
+    assert serving(grown, before)["dc-z"] == "1.0.0"
+    cycles = drive(reordered, before, GOOD, EVERY, 320)
+    promoted = next(moved.rollout for _, old, moved in cycles if moved.rollout.promoted > old.promoted)
+    assert promoted.wave == ["dc-c"] and promoted.datacenters == ["dc-a", "dc-c"]
+
+
+def test_back_to_the_stable_version_goes_everywhere_at_once_and_is_no_exception() -> None:
+    done = RolloutStatus(target="1.1.0", stable="1.0.0", phase="Complete", promoted=2)
+    moved = step(make_spec("1.0.0"), done, GOOD, NOW, frozen="budget spent")
+    assert moved.rollout.phase == "Complete" and set(serving(make_spec("1.0.0"), moved.rollout).values()) == {
+        "1.0.0"
+    }
+    assert [n.reason for n in moved.notes] == ["RolloutSucceeded"]
+
+
+def test_a_rollback_while_a_newer_version_is_held_rejects_the_one_that_runs() -> None:
+    done = RolloutStatus(target="1.1.0", stable="1.0.0", phase="Complete", promoted=2, rejected=["0.9.0"])
+    after = rolled_back(done, make_spec("1.2.0"), "1.0.0", "1.1.0 burns")
+    assert (after.target, after.phase, after.rejected) == ("1.1.0", "Aborted", ["0.9.0", "1.1.0"])
+
+
+def test_a_failed_wave_is_rolled_back_even_when_the_service_is_too_quiet_to_judge() -> None:
+    world = World()
+    world.cycle(observed(GOOD), NOW)
+    world.body["spec"]["version"] = "1.1.0"
+    quiet = dataclasses.replace(observed(BAD), requests_per_second=0.01)
+    for cycle in range(1, 5):
+        world.cycle(quiet, at(cycle * EVERY))
+    assert len(world.rollbacks()) == 1 and set(world.serving().values()) == {"1.0.0"}
+
+
+def test_a_burning_wave_is_never_drained() -> None:
+    """Mid-rollout, burn concentrated where the new version runs looks like a sick datacenter;
+    it is the version: never drained (its rollback comes from the revision's burn or the
+    verdict, even when the datacenter's series are the first to show it)."""
+    world = World()
+    world.cycle(observed(GOOD), NOW)
+    world.body["spec"]["version"] = "1.1.0"
+    world.cycle(observed(QUIET), at(EVERY))  # wave 1 takes it, too little traffic for a verdict
+    fire = {w: 80.0 for w in CALM}
+    burning = Observation(
+        True,
+        60.0,
+        {w: 30.0 for w in CALM},
+        {"dc-a": fire, "dc-b": CALM, "dc-c": CALM},
+        {"1.1.0": CALM, "1.0.0": CALM},  # the revision's own series not burning yet
+        errors_per_second=6.0,
+        by_datacenter_revision={"dc-a/1.1.0": fire, "dc-b/1.0.0": CALM, "dc-c/1.0.0": CALM},
+        rates_by_datacenter_revision=QUIET,
+    )
+    world.cycle(burning, at(2 * EVERY))
+    assert not any(isinstance(e, engine.Drain) for e in world.effects)
+    world.cycle(dataclasses.replace(burning, by_revision={"1.1.0": fire, "1.0.0": CALM}), at(3 * EVERY))
+    assert len(world.rollbacks()) == 1 and set(world.serving().values()) == {"1.0.0"}
