@@ -120,3 +120,17 @@ def cel_rule(
     else:
         message = f"{name} must be at most {text(maximum, units)}; got a longer duration"
     return {"rule": f"!self.matches('{pattern}') || ({check})", "message": message}
+
+
+def stamp(moment: datetime.datetime) -> str:
+    """A moment as the API server writes one (RFC 3339, UTC, whole seconds)."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime.datetime | None:
+    """A stamp read back; None for an empty or unreadable one (a hand-edited status must not
+    stop the automation)."""
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None

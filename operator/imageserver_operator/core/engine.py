@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from imageserver_operator.api import durations
+from imageserver_operator.api.durations import parse_time, stamp
 from imageserver_operator.api.models import (
     GROUP,
     RELEASE_EXCEPTION_ANNOTATION,
@@ -119,6 +120,14 @@ class MarkTold(Annotate):
 
 
 @dataclass(frozen=True)
+class Fence(Annotate):
+    """A write that changes nothing, onto the version judged: it fails when the copy judged
+    is stale (a watch that has not caught up), so nothing is told twice from an old copy."""
+
+    annotations: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RollBack:
     """Every datacenter back to `version`: the SLO loop's status with the rollout aborted, then
     the record marked done. The spec is never rewritten (a GitOps tool owns it)."""
@@ -175,6 +184,7 @@ Effect = (
     | Annotate
     | Record
     | MarkTold
+    | Fence
     | RollBack
     | Drain
     | PostEvent
@@ -183,7 +193,20 @@ Effect = (
     | AppendTimeline
     | ResolvePostmortem
 )
-WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, Record, MarkTold, RollBack, Drain)
+WRITES_WITH_PRECONDITION = (WriteStatus, Annotate, Record, MarkTold, Fence, RollBack, Drain)
+TELLS = (PostEvent, Notify, OpenPostmortem, AppendTimeline, ResolvePostmortem)
+
+
+def fenced(effects: Sequence[Effect]) -> tuple[Effect, ...]:
+    """Effects that tell people (Events, Slack, the Postmortem) cannot be taken back: the first
+    one comes after a write with a precondition, a Fence when no other write comes before it.
+    A replica judging a stale copy is then refused before it tells anyone anything twice."""
+    for index, effect in enumerate(effects):
+        if isinstance(effect, WRITES_WITH_PRECONDITION):
+            break
+        if isinstance(effect, TELLS):
+            return (*effects[:index], Fence(), *effects[index:])
+    return tuple(effects)
 
 
 # -- the input, parsed once at the edge --------------------------------------------------------
@@ -257,22 +280,18 @@ class Verdict:
     memory: AutomationStatus
 
 
-def stamp(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
-
-
 # -- the engine --------------------------------------------------------------------------------
 
 
 def judge(
     subject: Subject, seen: policy.Observation, now: datetime.datetime, *, interval_seconds: float = 15.0
+) -> Verdict:
+    verdict = _judge(subject, seen, now, interval_seconds)
+    return dataclasses.replace(verdict, effects=fenced(verdict.effects))
+
+
+def _judge(
+    subject: Subject, seen: policy.Observation, now: datetime.datetime, interval_seconds: float
 ) -> Verdict:
     memory = subject.memory
     moved = rollouts.step(

@@ -8,19 +8,13 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from imageserver_operator.api.durations import parse_time, stamp
 from imageserver_operator.api.models import ActionItem, Impact, PostmortemSpec, TimelineEntry, Timing
 
 MAX_TIMELINE = 500  # the schema's maxItems: past it, later steps are in Events and Slack only
 MAX_TEXT = 4000  # the schema's maxLength of resolution
 REVIEW_WITHIN = datetime.timedelta(days=7)
 SEVERITIES = ((20.0, "SEV1"), (5.0, "SEV2"), (0.0, "SEV3"))  # share of the budget spent, from
-
-
-def _time(text: str) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
 
 
 def severity(spent_percent: float) -> str:
@@ -30,7 +24,7 @@ def severity(spent_percent: float) -> str:
 def timing(current: PostmortemSpec, at: datetime.datetime, mitigations: tuple[str, ...]) -> Timing:
     """Time to detect, mitigate and resolve, from the first burn, read off the timeline: the
     first entry that says one of `mitigations` (an action that changed the world) mitigated it."""
-    started = _time(current.started_at)
+    started = parse_time(current.started_at)
     if started is None:
         return Timing()
 
@@ -38,11 +32,15 @@ def timing(current: PostmortemSpec, at: datetime.datetime, mitigations: tuple[st
         return max(int((moment - started).total_seconds()), 0) if moment is not None else 0
 
     acted = next(
-        (_time(e.time) for e in current.timeline if e.actor != "alert" and e.event.startswith(mitigations)),
+        (
+            parse_time(e.time)
+            for e in current.timeline
+            if e.actor != "alert" and e.event.startswith(mitigations)
+        ),
         None,
     )
     return Timing(
-        detect_seconds=since(_time(current.detection.detected_at)),
+        detect_seconds=since(parse_time(current.detection.detected_at)),
         mitigate_seconds=since(acted) if acted is not None else since(at),
         resolve_seconds=since(at),
     )
@@ -71,13 +69,11 @@ def resolved(
     severity and timing, when its review is due; and, when it spent more than
     `p0_above_percent` of the budget, the P0 action item the error budget policy asks for."""
     current = PostmortemSpec.model_validate(spec)
-    stamp = at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    try:
-        started = datetime.datetime.fromisoformat(current.started_at.replace("Z", "+00:00"))
-        seconds = max(int((at - started).total_seconds()), 0)
-    except ValueError:
-        seconds = 0
-    closing = TimelineEntry(time=stamp, event="incident resolved: burn back under budget", actor="operator")
+    started = parse_time(current.started_at)
+    seconds = max(int((at - started).total_seconds()), 0) if started is not None else 0
+    closing = TimelineEntry(
+        time=stamp(at), event="incident resolved: burn back under budget", actor="operator"
+    )
     timeline = [*current.timeline, closing][-MAX_TIMELINE:] if current.timeline else [closing]
     spent = impact.error_budget_consumed_percent
     items = list(current.action_items)
@@ -91,10 +87,10 @@ def resolved(
                 priority="P0",
             ),
         )
-    due = current.review.due or (at + REVIEW_WITHIN).astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    due = current.review.due or stamp(at + REVIEW_WITHIN)
     return {
         "state": "Resolved",
-        "resolvedAt": stamp,
+        "resolvedAt": stamp(at),
         "timeline": [e.model_dump(by_alias=True) for e in timeline],
         "impact": impact.model_copy(update={"duration_seconds": seconds}).model_dump(by_alias=True),
         "severity": severity(spent),

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from imageserver_operator.api import durations
+from imageserver_operator.api.durations import parse_time, stamp
 from imageserver_operator.api.models import (
     RELEASE_EXCEPTION_ANNOTATION,
     ImageServerSpec,
@@ -54,17 +55,6 @@ class Step:
     rollout: RolloutStatus
     verdict: canary.Verdict | None = None  # this cycle's, while a wave is judged
     notes: tuple[Note, ...] = ()
-
-
-def stamp(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
 
 
 def waves(spec: ImageServerSpec) -> list[list[str]]:
@@ -273,7 +263,7 @@ def _judged(
     spec: ImageServerSpec, rollout: RolloutStatus, rates: Rates | None, now: datetime.datetime, *, gated: bool
 ) -> Step:
     all_waves = waves(spec)
-    since = _parse(rollout.counted_at) or now
+    since = parse_time(rollout.counted_at) or now
     seconds = min(max((now - since).total_seconds(), 0.0), COUNT_GAP)
     counted = rollout
     if rates is not None:
@@ -303,7 +293,7 @@ def _judged(
             "automatic rollback is disabled: abort or promote it: imageserver-operator abort|promote NAME"
         )
         return Step(paused, verdict, (Note("RolloutPaused", text, warning=True, page=True),))
-    baked = now - (_parse(rollout.wave_since) or now)
+    baked = now - (parse_time(rollout.wave_since) or now)
     if not gated:
         return Step(counted, verdict)  # remediation switched off mid-rollout: it holds where it is
     if verdict.outcome == "pass" and baked >= durations.parse(spec.rollout.bake):
@@ -328,8 +318,7 @@ def _promoted(
     *,
     by: str = "",
 ) -> tuple[RolloutStatus, canary.Verdict | None, tuple[Note, ...]]:
-    running = list(serving(spec, rollout))
-    already = [dc for dc in running if serving(spec, rollout)[dc] == rollout.target]
+    already = [dc for dc, revision in serving(spec, rollout).items() if revision == rollout.target]
     wave = _next_wave(spec, already)
     datacenters = [*already, *wave]
     complete = not _next_wave(spec, datacenters)

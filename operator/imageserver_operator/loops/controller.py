@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from imageserver_operator.adapters.kube import FIELD_MANAGER, Kube
 from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import ObjectKey, Store, status_of
+from imageserver_operator.api.durations import stamp
 from imageserver_operator.api.models import ImageServerSpec
 from imageserver_operator.core import reconcile, rollout, status
 from imageserver_operator.core.annotations import drained_of, paused_of
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 
 Clock = Callable[[], datetime.datetime]
-
-
-def rfc3339(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Controller:
@@ -153,7 +150,7 @@ class Controller:
             serving=serving,
         )
         old = status_of(body)
-        new = status.compute(observed, old, rfc3339(self.clock()))
+        new = status.compute(observed, old, stamp(self.clock()))
         if applied:
             await self._event(body, "Normal", "Applied", f"applied {len(applied)}: {', '.join(applied[:12])}")
         if pruned:

@@ -30,6 +30,8 @@ from imageserver_operator.core.slo import budget
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime.datetime]
+# Reads and writes of the told mark after a conflict, before the next cycle tells again.
+MARK_TOLD_ATTEMPTS = 5
 Observe = Callable[[Mapping[Key, Budgets]], Mapping[Key, policy.Observation]]
 
 
@@ -208,19 +210,24 @@ class Remediator:
         self, namespace: str, name: str, effect: engine.MarkTold, version: str | None
     ) -> tuple[str | None, bool]:
         """The record marked told onto `version`; on a conflict, onto the object as it is now
-        while its record is still the one told (True: it was written onto a newer version)."""
+        while its record is still the one told (True: it was written onto a newer version).
+        People were just told: a mark left unwritten would have them told again, so a busy
+        object (the reconcile loop answering the action) is read and tried a few times."""
         annotations = dict(effect.annotations)
         written = await asyncio.to_thread(self.kube.annotate, namespace, name, annotations, version)
         if written is not None:
             return written, False
-        fresh = await asyncio.to_thread(self.kube.get_imageserver, namespace, name)
-        meta = fresh["metadata"]
-        if (meta.get("annotations") or {}).get(incidents.LAST_ACTION_ANNOTATION) != effect.expected:
-            return None, False  # another action, or already marked: judged again
-        again = await asyncio.to_thread(
-            self.kube.annotate, namespace, name, annotations, meta.get("resourceVersion")
-        )
-        return again, True
+        for _ in range(MARK_TOLD_ATTEMPTS):
+            fresh = await asyncio.to_thread(self.kube.get_imageserver, namespace, name)
+            meta = fresh["metadata"]
+            if (meta.get("annotations") or {}).get(incidents.LAST_ACTION_ANNOTATION) != effect.expected:
+                return None, False  # another action, or already marked: judged again
+            again = await asyncio.to_thread(
+                self.kube.annotate, namespace, name, annotations, meta.get("resourceVersion")
+            )
+            if again is not None:
+                return again, True
+        return None, True
 
     async def _carry_out(self, body: dict[str, Any], effect: engine.Effect) -> None:
         """An effect that changes no ImageServer: an Event, a message, the Postmortem."""

@@ -379,6 +379,10 @@ def test_whatever_happens_the_automation_stays_within_its_brakes(
         again = judge(world.subject(), OBSERVATIONS[name], now)
         assert not any(isinstance(e, engine.RollBack | engine.Drain) for e in again.effects)
         assert verdict.memory.notified == world.subject().memory.notified
+        # Nobody is told before a write that proves the copy judged is current: a replica
+        # whose watch lags tells nothing twice.
+        for effects in (verdict.effects, again.effects):
+            assert not any(isinstance(e, engine.TELLS) for e in unfenced(effects))
     drained = world.annotations.get("imageserver.dev/drained", "")
     assert len([d for d in drained.split(",") if d]) < len(DCS)  # never the last one
     if mode == "dryRun":
@@ -393,7 +397,28 @@ def test_whatever_happens_the_automation_stays_within_its_brakes(
     assert len(told) == len(set(told))
 
 
+def unfenced(effects: Sequence[engine.Effect]) -> Sequence[engine.Effect]:
+    """The effects carried out before the first write with a precondition."""
+    writes = [i for i, e in enumerate(effects) if isinstance(e, engine.WRITES_WITH_PRECONDITION)]
+    return effects[: writes[0]] if writes else effects
+
+
 # -- what a review found: each a table of one ------------------------------------------------
+
+
+def test_an_action_told_late_is_told_once_even_from_a_stale_copy() -> None:
+    """A rollback taken, its telling cut short: told once. A replica whose watch has not yet
+    brought the told mark judges the old copy: its first effect is a write onto that copy's
+    version, which the API server refuses, before anyone is told again."""
+    taken = Recorded("rollback", "1.0.0", NOW, "", "it burned", done=True, told=False)
+    world = World(annotations={LAST_ACTION_ANNOTATION: taken.annotation()})
+    stale = world.subject()
+    world.cycle(seen(serving="1.0.0", rev={"1.0.0": CALM}), NOW)
+    assert world.events.count("RolledBack") == 1
+    assert "told" not in json.loads(world.annotations[LAST_ACTION_ANNOTATION])
+    late = judge(stale, seen(serving="1.0.0", rev={"1.0.0": CALM}), minutes(0.25))
+    assert isinstance(late.effects[0], engine.Fence)
+    assert not any(isinstance(e, engine.TELLS) for e in unfenced(late.effects))
 
 
 def test_two_drains_in_one_verdict_leave_both_drained() -> None:

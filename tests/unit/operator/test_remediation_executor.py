@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import pytest
+
 from imageserver_operator.adapters.kube import Kube
 from imageserver_operator.adapters.store import Store
 from imageserver_operator.core.evaluation import Budgets, Key
@@ -119,12 +121,14 @@ def test_a_replica_that_stops_leading_stops_acting() -> None:
 
 
 class ChangedAfterTheRollback(FakeKube):
-    """The reconcile loop writes its status right after the rollback: the next write onto the
-    version the SLO loop holds is refused once. The object keeps the annotations written."""
+    """The reconcile loop writes its status right after the rollback: the told mark is refused
+    `refusals` times (each time onto the version last read). The object keeps the annotations
+    written."""
 
-    def __init__(self) -> None:
+    def __init__(self, refusals: int = 1) -> None:
         super().__init__()
         self.annotations: dict[str, Any] = {}
+        self.refusals = refusals
         self.refused = False
 
     def annotate(
@@ -132,7 +136,8 @@ class ChangedAfterTheRollback(FakeKube):
     ) -> str | None:
         raw = str(annotations.get(LAST_ACTION_ANNOTATION) or "")
         told = bool(raw) and '"told"' not in raw  # a told record leaves the flag out
-        if told and ("rollback", name) in self.calls and not self.refused:
+        if told and ("rollback", name) in self.calls and self.refusals > 0:
+            self.refusals -= 1
             self.refused = True
             return None  # 409
         self.annotations.update(annotations)
@@ -145,11 +150,12 @@ class ChangedAfterTheRollback(FakeKube):
         return body
 
 
-def test_marking_an_action_told_survives_an_unrelated_write() -> None:
+@pytest.mark.parametrize("refusals", [1, 3])
+def test_marking_an_action_told_survives_unrelated_writes(refusals: int) -> None:
     """A conflict on the told mark is written onto the new version when the record there is
-    still the same: people are not told twice."""
-    kube = ChangedAfterTheRollback()
+    still the same, however busy the object is for a moment: people are not told twice."""
+    kube = ChangedAfterTheRollback(refusals)
     asyncio.run(loop(kube, "first").cycle())
-    assert kube.refused
+    assert kube.refused and kube.refusals == 0
     recorded = json.loads(kube.annotations[LAST_ACTION_ANNOTATION])
     assert "told" not in recorded and recorded["kind"] == "rollback" and recorded["done"] is True

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imageserver_operator.api.durations import stamp
 from imageserver_operator.api.models import ImageServerSpec, RequestCounts, RolloutStatus
 from imageserver_operator.core import engine
 from imageserver_operator.core.annotations import PAUSED_ANNOTATION
@@ -32,7 +33,6 @@ from imageserver_operator.core.rollout import (
     command,
     rolled_back,
     serving,
-    stamp,
     step,
     waves,
 )
