@@ -5,8 +5,8 @@ revision in the other datacenters) over the same interval, on two proportions: t
 ratio (5xx) and the slow ratio (slower than the latency SLO's threshold). Both come as counts
 from Prometheus `increase()`, so they may be fractional, and slightly off after a counter
 reset: they are clamped, never trusted to be integers. Missing data (no answer, NaN) is never
-a pass nor a fail, nor is a canary without a control to compare with: even one burning at
-page level is then left to the SLO loop, whose page alerts by revision see it.
+a pass nor a fail, nor is a canary without a control to compare with, unless the SLO's own
+page rule sees its revision burning (`burned`).
 
 Why Newcombe's hybrid score interval (method 10, built from two Wilson score intervals) for
 the difference of the two ratios. Canary traffic is small and good revisions fail rarely, so
@@ -47,6 +47,7 @@ revision at a 0.5 % baseline 8 % of the time. Because that bound is already a co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -104,6 +105,8 @@ class Verdict:
     error_bounds: tuple[float, float]  # bounds of canary - control error ratio, one-sided each
     slow_bounds: tuple[float, float]
     analysis: Analysis  # what it was judged against, for the message
+    # The canary's own burn rates, when the SLO loop saw them at page level (burned()).
+    burn: str = ""
 
     def message(self) -> str:
         """One line for an Event, Slack or a postmortem."""
@@ -113,6 +116,11 @@ class Verdict:
             return head + "no canary data"
         if self.reason == "NoControl":
             return head + f"no control to compare with; canary {_share(c.errors, c.requests, 'errors')}"
+        if self.reason == "PageLevelBurn" and self.burn:
+            return head + (
+                f"canary burns the error budget at page level ({self.burn}); canary "
+                f"{_share(c.errors, c.requests, 'errors')}, control {_share(k.errors, k.requests)}"
+            )
         if self.reason == "PageLevelBurn":
             low = wilson(c.errors, c.requests, z_of(a.confidence))[0]
             return head + (
@@ -132,6 +140,16 @@ class Verdict:
         if self.reason == "SlowRatioAboveControl":
             return head + slow
         return head + f"{errors}; {slow}"
+
+
+def burned(verdict: Verdict, burn: str) -> Verdict:
+    """The verdict once the canary revision's own burn rates (the SLO's multiwindow rule, on
+    every request it served) are at page level: fail, whatever the counts or the control say.
+    The same rule pages on-call for any revision; the counts only catch up with it a cycle
+    or two later (they accumulate a short-window rate), and a wave must not outlast a page."""
+    if not burn or verdict.outcome == "fail":
+        return verdict
+    return dataclasses.replace(verdict, outcome="fail", reason="PageLevelBurn", burn=burn)
 
 
 def z_of(confidence: float) -> float:

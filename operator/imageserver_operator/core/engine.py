@@ -304,6 +304,7 @@ def _judge(
         revisions=subject.status.get("revisions") or {},
         frozen=_frozen(subject, seen),
         exception=subject.annotations.get(RELEASE_EXCEPTION_ANNOTATION, "").strip(),
+        burning=policy.burning_revisions(seen),
     )
     state, baselines, healthy = _state(subject, seen, memory, now, moved)
     told = [*_rollout_notes(subject, moved), *_freeze_notes(subject, seen)]

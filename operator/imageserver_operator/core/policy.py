@@ -55,7 +55,11 @@ def recovered(burn: Burn) -> bool:
     return SHORT in burn and burn[SHORT] <= HEALTHY_BURN
 
 
-def _describe(burn: Burn) -> str:
+# The low-traffic guard: below it, a ratio of a handful of requests judges nothing.
+MIN_REQUESTS_PER_SECOND = 0.1
+
+
+def describe(burn: Burn) -> str:
     return ", ".join(f"{burn[w]:.1f}x over {w}" for w in ("5m", "1h", "6h") if w in burn)
 
 
@@ -104,7 +108,7 @@ class State:
     unknown_since: datetime.datetime | None = None  # judged Unknown continuously since
     rolling_out: bool = False  # workloads are still moving to the spec (Progressing=True)
     previous_baseline: Burn | None = None  # the previous revision's burn while it was current
-    min_requests_per_second: float = 0.1  # the low-traffic guard
+    min_requests_per_second: float = MIN_REQUESTS_PER_SECOND
     serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision; absent: current
     canary_failed: str = ""  # a rollout wave's verdict was fail: why, with its numbers
 
@@ -129,6 +133,14 @@ class Decision:
     recovered: bool = False  # what serves users now is within budget: an incident can end
 
 
+def burning_revisions(observed: Observation) -> dict[str, str]:
+    """The revisions burning the budget at page level, with their burn rates: none from no
+    data, nor when the service is too quiet for a ratio to mean anything."""
+    if not observed.reachable or observed.requests_per_second < MIN_REQUESTS_PER_SECOND:
+        return {}
+    return {revision: describe(burn) for revision, burn in observed.by_revision.items() if page_level(burn)}
+
+
 def decide(observed: Observation, state: State, now: datetime.datetime) -> Decision:
     if not observed.reachable or not observed.service:
         why = "Prometheus is unreachable" if not observed.reachable else "Prometheus has no SLO data yet"
@@ -138,7 +150,7 @@ def decide(observed: Observation, state: State, now: datetime.datetime) -> Decis
 
     actions = _planned(observed, state, now)
     burning = page_level(observed.service) or ticket_level(observed.service)
-    summary = f"burn {_describe(observed.service)}" if observed.service else "no burn"
+    summary = f"burn {describe(observed.service)}" if observed.service else "no burn"
     quiet = silent(observed, state)
     if quiet:
         summary += f"; no data from {', '.join(quiet)}, which should serve traffic"
@@ -260,7 +272,7 @@ def _planned(observed: Observation, state: State, now: datetime.datetime) -> lis
             *undrains,
             Action(
                 "page",
-                f"the service burns ({_describe(observed.service)}) and no single revision or "
+                f"the service burns ({describe(observed.service)}) and no single revision or "
                 "datacenter explains it: paging, no automatic action",
             ),
         ]
@@ -285,7 +297,7 @@ def _rollback(observed: Observation, state: State, now: datetime.datetime) -> Ac
     age = int((now - state.current_since).total_seconds() // 60)
     return Action(
         "rollback",
-        f"revision {state.current_revision}, rolled out {age} min ago, burns {_describe(current)} the error "
+        f"revision {state.current_revision}, rolled out {age} min ago, burns {describe(current)} the error "
         f"budget (page level) while {state.previous_revision} did not: rolling back to "
         f"{state.previous_revision}",
         target=state.previous_revision,
@@ -335,7 +347,7 @@ def _drains(observed: Observation, state: State) -> list[Action]:
     return [
         Action(
             "drain",
-            f"{dc.name} burns {_describe(observed.by_datacenter[dc.name])} the error budget (page level) "
+            f"{dc.name} burns {describe(observed.by_datacenter[dc.name])} the error budget (page level) "
             f"while {names} are healthy; they absorb its traffic at {load:.0%} of their capacity "
             f"(limit {limit:.0%} with {policy.headroom_percent}% headroom)",
             target=dc.name,

@@ -204,6 +204,7 @@ def step(
     revisions: Mapping[str, object] | None = None,
     frozen: str = "",
     exception: str = "",
+    burning: Mapping[str, str] | None = None,
 ) -> Step:
     """The rollout after one cycle. `rates` None: Prometheus said nothing (no verdict is
     drawn from missing data). `gated` False (remediation not auto): a new version goes
@@ -211,7 +212,9 @@ def step(
     moves. `revisions` (status.revisions) seeds the first rollout of an ImageServer that ran
     before rollouts were kept: its previous revision stays the one a rollback returns to.
     `frozen` (why releases are frozen, empty when not) stops a new version from starting
-    unless `exception` gives the reason for one (a P0 or security fix)."""
+    unless `exception` gives the reason for one (a P0 or security fix). `burning`: the
+    revisions the SLO loop sees burning the budget at page level, with their burn rates; a
+    wave whose revision is one fails at once."""
     if rollout is None:
         return Step(seeded(spec, revisions or {}, now))
     if hold:
@@ -256,11 +259,18 @@ def step(
         return Step(started, notes=(*excepted, Note("RolloutStarted", text)))
     if rollout.phase != "Progressing":
         return Step(rollout)
-    return _judged(spec, rollout, rates, now, gated=gated)
+    burn = (burning or {}).get(rollout.target, "") if rates is not None else ""
+    return _judged(spec, rollout, rates, now, gated=gated, burn=burn)
 
 
 def _judged(
-    spec: ImageServerSpec, rollout: RolloutStatus, rates: Rates | None, now: datetime.datetime, *, gated: bool
+    spec: ImageServerSpec,
+    rollout: RolloutStatus,
+    rates: Rates | None,
+    now: datetime.datetime,
+    *,
+    gated: bool,
+    burn: str = "",
 ) -> Step:
     all_waves = waves(spec)
     since = parse_time(rollout.counted_at) or now
@@ -279,8 +289,11 @@ def _judged(
                 "counted_at": stamp(now),
             }
         )
-    verdict = canary.judge(
-        _counts(counted.canary) if rates is not None else None, _counts(counted.control), analysis(spec)
+    verdict = canary.burned(
+        canary.judge(
+            _counts(counted.canary) if rates is not None else None, _counts(counted.control), analysis(spec)
+        ),
+        burn,
     )
     counted = counted.model_copy(update={"verdict": verdict.message()})
     if verdict.outcome == "fail":

@@ -98,10 +98,11 @@ def test_a_bad_build_never_leaves_the_first_wave(mission: Callable[..., Mission]
     assert datacenters_that_ran(one, "1.1.0") == {"dc-a"}
     assert one.reasons().count("RolledBack") == 1
     assert len(one.postmortems()) == 1
-    # Whichever saw it first, the wave's verdict against its control or the revision's own
-    # page-level burn, the numbers behind the decision are in the Postmortem.
+    # Aborted by the wave's fail verdict, with the numbers behind it in the Postmortem.
+    reason = one.annotations()["imageserver.dev/rollback-reason"]
+    assert "failed its canary verdict (fail: " in reason, reason
     timeline = " ".join(e["event"] for e in one.postmortems()[0]["spec"]["timeline"])
-    assert ("canary verdict" in timeline and "errors" in timeline) or "burns" in timeline, timeline
+    assert "canary verdict (fail: " in timeline and "errors" in timeline, timeline
 
     # One Slack thread: the incident's first message, everything else a reply to it.
     one.until("the abort is told in Slack", lambda: bool(one.messages("Rolled back 1.0.0")), 30)

@@ -23,7 +23,7 @@ from imageserver_operator.core import engine
 from imageserver_operator.core.annotations import PAUSED_ANNOTATION
 from imageserver_operator.core.engine import Subject, judge
 from imageserver_operator.core.messages import IncidentMessage
-from imageserver_operator.core.policy import Observation
+from imageserver_operator.core.policy import Observation, burning_revisions
 from imageserver_operator.core.rollout import (
     COUNT_GAP,
     Rates,
@@ -878,3 +878,36 @@ def test_a_burning_wave_is_never_drained() -> None:
     assert not any(isinstance(e, engine.Drain) for e in world.effects)
     world.cycle(dataclasses.replace(burning, by_revision={"1.1.0": fire, "1.0.0": CALM}), at(3 * EVERY))
     assert len(world.rollbacks()) == 1 and set(world.serving().values()) == {"1.0.0"}
+    # Aborted by the wave's verdict, which the revision's page-level burn fails at once.
+    reason = world.body["metadata"]["annotations"][engine.ROLLBACK_REASON_ANNOTATION]
+    assert "canary verdict" in reason and "page level (80.0x over 5m" in reason, reason
+
+
+def test_a_wave_whose_revision_burns_at_page_level_fails_at_once() -> None:
+    """The SLO's page rule on the revision (every request it served) fails the wave before its
+    counts, which add up a short-window rate, have caught up; another revision's burn, or a
+    burn without canary data, does not."""
+    spec = make_spec()
+    started = step(spec, settled("1.0.0"), QUIET, NOW).rollout
+    burning = {"1.1.0": "80.0x over 5m, 20.0x over 1h"}
+    moved = step(spec, started, QUIET, at(EVERY), burning=burning)
+    assert moved.verdict is not None and (moved.verdict.outcome, moved.verdict.reason) == (
+        "fail",
+        "PageLevelBurn",
+    )
+    assert moved.rollout.verdict.startswith(
+        "fail: canary burns the error budget at page level (80.0x over 5m"
+    )
+    for other in (
+        step(spec, started, QUIET, at(EVERY), burning={"1.0.0": "80.0x over 5m"}),
+        step(spec, started, None, at(EVERY), burning=burning),
+    ):
+        assert other.verdict is not None and other.verdict.outcome == "inconclusive"
+
+
+def test_a_page_level_burn_is_no_verdict_when_the_service_is_too_quiet() -> None:
+    fire = {w: 80.0 for w in CALM}
+    loud = dataclasses.replace(observed(QUIET), by_revision={"1.1.0": fire, "1.0.0": CALM})
+    assert burning_revisions(loud) == {"1.1.0": "80.0x over 5m, 80.0x over 1h, 80.0x over 6h"}
+    assert burning_revisions(dataclasses.replace(loud, requests_per_second=0.01)) == {}
+    assert burning_revisions(dataclasses.replace(loud, reachable=False)) == {}
