@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,6 +107,12 @@ def parser() -> argparse.ArgumentParser:
         "frontends and storage nodes send it. None: storage nodes take writes from anyone",
     )
     _number(common, "--fault-error-ratio", float, 0.0, "fail this share of data requests (game days)")
+    common.add_argument(
+        "--fault-seed",
+        default=_env("FAULT_SEED", socket.gethostname()),
+        help="seeds which requests the faults fail (or IMAGESERVER_FAULT_SEED; default: the host name, "
+        "so replicas fail apart)",
+    )
     _number(
         common,
         "--fault-latency",
@@ -267,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _faults(args: argparse.Namespace) -> Faults:
-    faults = Faults(args.fault_error_ratio, args.fault_latency)
+    faults = Faults(args.fault_error_ratio, args.fault_latency, seed=args.fault_seed)
     faults.validate()
     return faults
 

@@ -8,7 +8,11 @@ that ratio, and a test of what the ratio causes (a burn rate, a rollback) should
 on how the dice fell over a few dozen requests. Nor are they periodic: at 0.5, strictly every
 other request failing would fail every upload that makes three storage writes in a row.
 Dithered error diffusion gives both: any n consecutive requests of a route fail n * ratio
-within 3, in an order that varies (reproducibly: the dither is seeded by the route).
+within 3, in an order that varies (reproducibly: the dither is seeded by the route and
+`seed`). Each process starts at its own phase, drawn from its dither: a process that starts
+mid game day fails its share from its first requests (not after 1/ratio of them), and the
+replicas of a shard, seeded apart (by default with the host name: the pod's), do not fail
+the same write together.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Faults:
     error_ratio: float = 0.0
     latency_seconds: float = 0.0
     draining: bool = False
+    seed: str = ""
     _routes: dict[str, _Diffusion] = field(default_factory=dict, repr=False)
 
     def validate(self) -> None:
@@ -38,7 +43,8 @@ class Faults:
             return True
         diffusion = self._routes.get(route)
         if diffusion is None:
-            diffusion = self._routes[route] = _Diffusion(random.Random(zlib.crc32(route.encode())))
+            dither = random.Random(zlib.crc32(f"{self.seed}/{route}".encode()))
+            diffusion = self._routes[route] = _Diffusion(dither, owed=dither.random())
         return diffusion.next(self.error_ratio)
 
     def describe(self) -> dict[str, object]:

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from imageserver.blobstore import BlobStore
     from imageserver.handoff import Hints
 
+# The routes users' requests and the SLOs are about, by role, and the answers primed at 0.
+ROUTES = {"frontend": ("upload", "original", "variant"), "storage": ("blob_get", "blob_put")}
+PRIMED_CODES = (200, 500, 503)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -159,6 +162,12 @@ class Metrics:
             registry=reg,
         )
         info.labels(role=role, **self.labels).set(1)
+        # Series that exist from the start, at 0: Prometheus' rate() sees nothing of a counter
+        # before its second sample, so a new process's first errors (a canary's, which is all
+        # new processes) would go unseen by the SLO rules and the canary verdict.
+        for route in ROUTES.get(role, ()):
+            for code in PRIMED_CODES:
+                self.observe(route, code, None)
 
     def watch_store(self, store: BlobStore) -> None:
         """Report the store's counts at every scrape."""
@@ -179,7 +188,8 @@ class Metrics:
     def count_abandoned(self, gate: Gate) -> None:
         self.abandoned.labels(gate=gate.name).inc()
 
-    def observe(self, route: str, code: int, seconds: float) -> None:
+    def observe(self, route: str, code: int, seconds: float | None) -> None:
+        """One answer (`seconds` None: none, the series created at 0)."""
         # Label lookups cost more than the increments on the hot path: keep the children.
         children = self._children.get((route, code))
         if children is None:
@@ -188,8 +198,9 @@ class Metrics:
                 self.duration.labels(route=route, **self.labels),
             )
             self._children[(route, code)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        if seconds is not None:
+            children[0].inc()
+            children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -94,3 +95,10 @@ class Processes:
     def stop_all(self) -> None:
         for managed in self.state.processes.values():
             stop(managed, grace=5)
+
+
+def server_errors(url: str) -> float:
+    """5xx answers a server counted (its series exist from the start, at 0)."""
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    pattern = r'^imageserver_http_requests_total\{[^}]*code="5\d\d"[^}]*\} (\S+)$'
+    return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))

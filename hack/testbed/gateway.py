@@ -34,6 +34,14 @@ class Tally:
     unanswered: int = 0  # of those, no answer (no server saw them: none of its metrics count them)
 
 
+@dataclass(frozen=True)
+class Failure:
+    at: float  # Unix time
+    datacenter: str
+    frontend: str  # its pod, or "" when there was none to send to
+    what: str  # "GET 503", "PUT no answer: ConnectionRefusedError", ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -64,6 +72,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._count = itertools.count()
+        self.failures: list[Failure] = []  # each failed request: when, where, what
 
     def start(self) -> Gateway:
         self.refresh()
@@ -123,15 +132,17 @@ class Gateway:
     def _request(self, dc: str, probe: bool = False) -> None:
         frontends = self.runner.frontends(dc)
         if not frontends:  # nowhere to send it: what a user routed here gets is an error
-            self._record(dc, failed=True, unanswered=True)
+            self._record(dc, failed=True, unanswered=True, why=Failure(time.time(), dc, "", "no frontend"))
             return
         n = next(self._count)
         frontend = frontends[n % len(frontends)]
         with self._lock:
             known = list(self.uploaded)
         failed = unanswered = False
+        method = "PUT" if not probe and (not known or n % self.upload_every == 0) else "GET"
+        why = ""
         try:
-            if not probe and (not known or n % self.upload_every == 0):
+            if method == "PUT":
                 data = self.image(n)
                 request = urllib.request.Request(
                     f"{frontend.url}/v1/images", data=data, headers={"Content-Type": "image/jpeg"}
@@ -148,14 +159,21 @@ class Gateway:
                 ) as answer:
                     answer.read()
         except urllib.error.HTTPError as error:
-            failed = error.code >= 500
-        except OSError:
+            body = error.read()
+            injected = b"injected fault" in body  # the test bed's faults, told apart
+            said = "" if injected else f" {body[:160].decode(errors='replace')}"
+            failed, why = error.code >= 500, f"{method} {error.code}{' injected' if injected else said}"
+        except OSError as error:
             failed = unanswered = True
-        self._record(dc, failed=failed, unanswered=unanswered)
+            why = f"{method} no answer: {type(getattr(error, 'reason', error)).__name__}"
+        failure = Failure(time.time(), dc, frontend.pod, why) if failed else None
+        self._record(dc, failed=failed, unanswered=unanswered, why=failure)
 
-    def _record(self, dc: str, *, failed: bool, unanswered: bool) -> None:
+    def _record(self, dc: str, *, failed: bool, unanswered: bool, why: Failure | None = None) -> None:
         second = int(time.monotonic() - self.started)
         with self._lock:
+            if why is not None:
+                self.failures.append(why)
             tally = self.tallies[second][dc]
             tally.sent += 1
             tally.failed += failed
@@ -180,6 +198,10 @@ class Gateway:
         return Tally(
             sum(t.sent for t in every), sum(t.failed for t in every), sum(t.unanswered for t in every)
         )
+
+    def failed_between(self, start: float, end: float) -> list[Failure]:
+        with self._lock:
+            return [f for f in self.failures if start <= f.at <= end]
 
     def series(self, bucket: int = 5) -> dict[str, list[tuple[float, float]]]:
         """Per datacenter: (Unix time, error ratio) every `bucket` seconds, as users saw it."""

@@ -203,6 +203,27 @@ class Mission:
         pods = [d["spec"]["template"]["metadata"]["labels"] for d in json.loads(listed)["items"]]
         return {p["imageserver.dev/datacenter"]: p["imageserver.dev/revision"] for p in pods}
 
+    def settled_on(self, revision: str) -> bool:
+        """Every pod of the ImageServer is at `revision` with its process running, and no
+        replaced process is still on its way out: a rollout is over for users too."""
+        mine = f"app.kubernetes.io/instance={self.name}"
+        pods = json.loads(self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", mine, "-o", "json"))
+        names = {p["metadata"]["name"] for p in pods["items"]}
+        revisions = {
+            e.get("value")
+            for p in pods["items"]
+            for e in p["spec"]["containers"][0].get("env", [])
+            if e["name"] == "IMAGESERVER_REVISION"
+        }
+        runner = self.runner
+        return (
+            revisions == {revision}
+            and names <= set(runner.runners)
+            and not runner.leaving
+            and not runner.retiring
+            and len(runner.frontends()) == len(runner.frontends(routable=False))
+        )
+
     def rollout(self) -> dict[str, Any]:
         return dict(self.imageserver().get("status", {}).get("rollout") or {})
 

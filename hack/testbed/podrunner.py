@@ -53,6 +53,12 @@ class Runner:
     topology: Path | None = None
     uid: str = ""  # a StatefulSet's pod comes back under the same name: the uid tells it apart
     routable_at: float | None = None  # monotonic: ready, and scraped by then
+    address: str = ""  # a storage pod's, as the topology names it
+
+    @property
+    def workload(self) -> str:
+        """The StatefulSet (or ReplicaSet) it belongs to: the pod's name without its ordinal."""
+        return self.pod.rsplit("-", 1)[0]
 
     @property
     def url(self) -> str:
@@ -109,6 +115,10 @@ class PodRunner:
         self.state = State(workdir / "processes")
         self.runners: dict[str, Runner] = {}
         self.leaving: list[tuple[Runner, float]] = []  # pods gone: stopped at the monotonic time
+        # Storage pods gone (replaced): their process, and since when (monotonic). See _retire.
+        self.retiring: dict[str, tuple[Runner, float]] = {}
+        # A StatefulSet's pod keeps its DNS name when replaced: its process keeps its port.
+        self.storage_ports: dict[str, int] = {}
         self.targets = workdir / "targets.json"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,8 +184,8 @@ class PodRunner:
                 gone = self.runners.pop(name)
                 if gone.role == "frontend":  # no traffic from now, scraped a little longer
                     self.leaving.append((gone, time.monotonic() + SCRAPE_GRACE))
-                else:  # now: its replacement starts on the same data directory
-                    stop(gone.managed, grace=5)
+                else:  # stopped by _retire; its replacement then starts on the same data
+                    self.retiring[name] = (gone, time.monotonic())
             # Stopped once scraped a last time and its datacenter has a ready frontend again
             # (or, at the latest, READY_WAIT later).
             now = time.monotonic()
@@ -185,15 +195,18 @@ class PodRunner:
                 if at <= now and (self._serves(r.datacenter) or at + READY_WAIT <= now)
             ]
             self.leaving = [(r, at) for r, at in self.leaving if r not in due]
+        self._retire(running)
+        with self._lock:
             for pod in sorted(
                 running.values(), key=lambda p: p["spec"]["containers"][0]["args"][0] != "storage"
             ):
-                if pod["metadata"]["name"] not in self.runners:
+                name = pod["metadata"]["name"]
+                if name not in self.runners and name not in self.retiring:
                     self._start(pod)
             addresses = {
-                storage_address(running[r.pod]): r.url
-                for r in self.runners.values()
-                if r.role == "storage" and r.pod in running
+                r.address: r.url
+                for r in [*self.runners.values(), *(old for old, _ in self.retiring.values())]
+                if r.role == "storage"
             }
         for runner in due:
             stop(runner.managed, grace=5)
@@ -201,17 +214,44 @@ class PodRunner:
         self._write_targets()
         self._admit()
 
+    def _retire(self, running: dict[str, dict[str, Any]]) -> None:
+        """A replaced storage pod's process is stopped once every other pod of its StatefulSet
+        is served: by a process that answers /readyz, or by its old one still running (READY_WAIT
+        at most). KWOK reports a pod Ready as soon as it runs, so the StatefulSet controller
+        replaces the next pod before the last one's process listens; the kubelet's readiness
+        probe would hold it back, so that one replica at a time is down, as on a cluster."""
+        now = time.monotonic()
+        with self._lock:
+            retiring = sorted(self.retiring.items(), key=lambda item: item[1][1])
+            current = dict(self.runners)
+        for name, (old, since) in retiring:
+            siblings = {
+                pod
+                for pod in [*running, *current, *self.retiring]
+                if pod != name and pod.rsplit("-", 1)[0] == old.workload
+            }
+            served = all(
+                pod in self.retiring or (pod in current and self._ready(current[pod])) for pod in siblings
+            )
+            if served or now - since >= READY_WAIT:
+                stop(old.managed, grace=5)
+                with self._lock:
+                    del self.retiring[name]
+
+    @staticmethod
+    def _ready(runner: Runner) -> bool:
+        try:
+            with urllib.request.urlopen(f"{runner.url}/readyz", timeout=0.5) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
     def _admit(self) -> None:
         """Frontends that answer /readyz take traffic once Prometheus has had time to scrape them."""
         with self._lock:
             waiting = [r for r in self.runners.values() if r.role == "frontend" and r.routable_at is None]
         for runner in waiting:
-            try:
-                with urllib.request.urlopen(f"{runner.url}/readyz", timeout=0.5) as answer:
-                    ready = answer.status == 200
-            except OSError:
-                ready = False
-            if ready:
+            if self._ready(runner):
                 runner.routable_at = time.monotonic() + SCRAPE_GRACE
 
     def _start(self, pod: dict[str, Any]) -> None:
@@ -219,7 +259,7 @@ class PodRunner:
         container = pod["spec"]["containers"][0]
         args = list(container["args"])
         role = args[0]
-        port = free_port()
+        port = self.storage_ports.setdefault(meta["name"], free_port()) if role == "storage" else free_port()
         env = _env(container, self._secret) | {
             "IMAGESERVER_PORT": str(port),
             "IMAGESERVER_HOST": "127.0.0.1",
@@ -227,6 +267,7 @@ class PodRunner:
             # Stopped once its pod is gone from the API, when nothing routes to it any more.
             "IMAGESERVER_DRAIN_DELAY": "0",
             "IMAGESERVER_ADMIN_TOKEN": self.admin_token,
+            "IMAGESERVER_FAULT_SEED": meta["name"],  # as the pod's host name would be
         }
         ratio = self.faults.get(env.get("IMAGESERVER_REVISION", ""), 0.0) if role in self.fault_roles else 0.0
         if role == "frontend":
@@ -253,6 +294,7 @@ class PodRunner:
             instance,
             topology,
             meta["uid"],
+            address=storage_address(pod) if role == "storage" else "",
         )
 
     def _secret(self, name: str, key: str) -> str:
@@ -263,7 +305,13 @@ class PodRunner:
 
     def _write_topologies(self, addresses: dict[str, str]) -> None:
         with self._lock:
-            readers = [r for r in self.runners.values() if r.topology is not None and is_running(r.managed)]
+            # Frontends on their way out too: they take traffic until their replacements are
+            # ready, and a storage process that restarted listens on a new port.
+            readers = [
+                r
+                for r in [*self.runners.values(), *(r for r, _ in self.leaving)]
+                if r.topology is not None and is_running(r.managed)
+            ]
         for runner in readers:
             if runner.topology is None:
                 continue
@@ -301,7 +349,11 @@ class PodRunner:
                         "pod": r.pod,
                     },
                 }
-                for r in [*self.runners.values(), *(r for r, _ in self.leaving)]
+                for r in [
+                    *self.runners.values(),
+                    *(r for r, _ in self.leaving),
+                    *(r for r, _ in self.retiring.values()),
+                ]
             ]
         tmp = self.targets.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups))
@@ -329,10 +381,15 @@ class PodRunner:
         if self._thread is not None:
             self._thread.join(10)
         with self._lock:
-            for runner in [*self.runners.values(), *(r for r, _ in self.leaving)]:
+            for runner in [
+                *self.runners.values(),
+                *(r for r, _ in self.leaving),
+                *(r for r, _ in self.retiring.values()),
+            ]:
                 stop(runner.managed, grace=5)
             self.runners.clear()
             self.leaving.clear()
+            self.retiring.clear()
 
     def sicken(self, datacenter: str, error_ratio: float) -> None:
         """Make a datacenter's frontends fail this share of requests (0 heals it), now and for

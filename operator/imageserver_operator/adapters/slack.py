@@ -48,12 +48,15 @@ def retry_after(headers: Mapping[str, Any], default: float) -> float:
 
 
 class ThreadBook(Protocol):
-    """Where an incident's thread is kept beyond this process (its Postmortem), so whichever
-    replica leads next posts into the same thread."""
+    """Where a conversation's thread is kept beyond this process (an incident's in its
+    Postmortem, a rollout's on its ImageServer), so whichever replica leads next posts into
+    the same thread."""
 
-    async def recall(self, message: IncidentMessage) -> str | None: ...
+    async def recall(self, message: IncidentMessage, conversation: str) -> str | None: ...
 
-    async def remember(self, message: IncidentMessage, ts: str, permalink: str) -> None: ...
+    async def remember(
+        self, message: IncidentMessage, conversation: str, ts: str, permalink: str
+    ) -> None: ...
 
 
 class SlackNotifier:
@@ -71,7 +74,7 @@ class SlackNotifier:
         self.max_backoff = max_backoff
         self._sleep = sleep
         self.queue: asyncio.Queue[IncidentMessage] = asyncio.Queue()
-        self.threads: dict[str, str] = {}  # incident → thread ts
+        self.threads: dict[str, str] = {}  # conversation (incident, rollout) → thread ts
         self.permalinks: dict[str, str] = {}
         self.delivered = 0
         self.book = threads
@@ -101,25 +104,43 @@ class SlackNotifier:
                 await self._sleep(min(wait, self.max_backoff))
                 backoff = min(backoff * 2, self.max_backoff)
 
-    async def _send(self, message: IncidentMessage) -> None:
-        thread = self.threads.get(message.incident)
+    async def _thread(self, message: IncidentMessage, conversation: str) -> str | None:
+        thread = self.threads.get(conversation)
         if thread is None and self.book is not None:
-            thread = await self.book.recall(message)  # opened by another replica before a failover
+            thread = await self.book.recall(message, conversation)  # another replica's, before a failover
             if thread:
-                self.threads[message.incident] = thread
+                self.threads[conversation] = thread
+        return thread
+
+    async def _send(self, message: IncidentMessage) -> None:
+        conversation = message.incident
+        thread = await self._thread(message, conversation)
+        adopted = None  # the thread of `within`, which this conversation begins in
+        if thread is None and message.within:
+            adopted = thread = await self._thread(message, message.within)
         response = await self.web.chat_postMessage(
             channel=self.channel,
             text=message.text,
             blocks=blocks(message),
             thread_ts=thread,
+            reply_broadcast=True if thread and message.broadcast else None,
         )
-        if thread is None:
-            ts = str(response["ts"])
-            self.threads[message.incident] = ts
-            try:  # nice to have for the Postmortem; the message itself is already out
-                link = await self.web.chat_getPermalink(channel=str(response["channel"]), message_ts=ts)
-                self.permalinks[message.incident] = str(link["permalink"])
-            except SlackApiError as error:
-                log.warning("no permalink for the incident thread: %s", error.response.get("error"))
-            if self.book is not None:
-                await self.book.remember(message, ts, self.permalinks.get(message.incident, ""))
+        if thread is not None and adopted is None:
+            return
+        ts = thread or str(response["ts"])
+        self.threads[conversation] = ts
+        link = self.permalinks.get(message.within) if adopted else None
+        link = link or await self._permalink(str(response["channel"]), ts)
+        if link:
+            self.permalinks[conversation] = link
+        if self.book is not None:
+            await self.book.remember(message, conversation, ts, link or "")
+
+    async def _permalink(self, channel: str, ts: str) -> str | None:
+        """Nice to have for the Postmortem; the message itself is already out."""
+        try:
+            link = await self.web.chat_getPermalink(channel=channel, message_ts=ts)
+            return str(link["permalink"])
+        except SlackApiError as error:
+            log.warning("no permalink for the thread: %s", error.response.get("error"))
+            return None

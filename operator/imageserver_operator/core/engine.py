@@ -46,7 +46,7 @@ from imageserver_operator.api.models import (
 from imageserver_operator.core import incidents, policy
 from imageserver_operator.core import rollout as rollouts
 from imageserver_operator.core.annotations import DRAINED_ANNOTATION, PAUSED_ANNOTATION
-from imageserver_operator.core.messages import IncidentMessage
+from imageserver_operator.core.messages import IncidentMessage, rollout_thread
 from imageserver_operator.core.slo import SHORT, budget, ranges
 
 ROLLBACK_REASON_ANNOTATION = f"{GROUP}/rollback-reason"
@@ -348,8 +348,16 @@ def _judge(
     after = before  # what is remembered once every effect is done
     effects: list[Effect] = []
     if step.open_incident or reopening:
+        # Opened mid-rollout: in the rollout's thread, where its waves were told.
+        waving = moved.rollout.phase == "Progressing"
         effects += _open(
-            subject, seen, step.open_incident or reopening, decision, now, exceptions=before.exceptions
+            subject,
+            seen,
+            step.open_incident or reopening,
+            decision,
+            now,
+            exceptions=before.exceptions,
+            within=rollout_thread(subject.name, moved.rollout.target) if waving else "",
         )
         after = _replace(after, exceptions=[])
     drained = subject.drained
@@ -819,6 +827,7 @@ def _open(
     now: datetime.datetime,
     *,
     exceptions: Sequence[str] = (),
+    within: str = "",
 ) -> list[Effect]:
     at = stamp(now)
     excepted = [
@@ -861,6 +870,8 @@ def _open(
                 burn=dict(seen.service),
                 runbook=KINDS["page"].runbook,
                 postmortem=name,
+                within=within,
+                broadcast=bool(within),
             )
         ),
     ]
@@ -1045,23 +1056,28 @@ def commanded(subject: Subject, after: RolloutStatus, now: datetime.datetime) ->
 
 
 def _rollout_notes(subject: Subject, moved: rollouts.Step) -> list[Effect]:
-    """An Event for each step of a rollout; a Slack message too when on-call must look (a
-    paused rollout). A failed wave is an incident: its rollback is told in the incident's
-    thread and Postmortem, with the verdict's numbers."""
+    """An Event for each step of a rollout, and a message in the rollout's Slack thread: its
+    start, each promotion with the verdict's numbers, its end; a pause or an exception (on-call
+    must act) is also shown in the channel. A failed wave is an incident, opened in the same
+    thread: its rollback is told there and in its Postmortem, with the verdict's numbers. A
+    version that goes everywhere at once (no waves to judge) is said in Events only."""
     effects: list[Effect] = []
+    waved = subject.spec.remediation.mode == "auto" and len(rollouts.waves(subject.spec)) > 1
     for note in moved.notes:
         effects.append(PostEvent("Warning" if note.warning else "Normal", note.reason, note.message))
-        if not note.page:
+        if not (note.page or waved):
             continue
         effects.append(
             Notify(
                 IncidentMessage(
-                    f"{subject.name}-rollout-{moved.rollout.target}",
+                    rollout_thread(subject.name, moved.rollout.target),
                     "rollout",
                     subject.where,
                     note.message,
                     revision=moved.rollout.target,
                     runbook=ROLLOUT_RUNBOOK,
+                    broadcast=note.page,
+                    rollout=True,
                 )
             )
         )

@@ -16,9 +16,14 @@ ICONS = {
 }
 
 
+def rollout_thread(imageserver: str, version: str) -> str:
+    """The conversation of one rollout: its steps, verdicts and the incident of a failed wave."""
+    return f"{imageserver}-rollout-{version}"
+
+
 @dataclass(frozen=True)
 class IncidentMessage:
-    incident: str  # one Slack thread per incident
+    incident: str  # the conversation: one Slack thread per incident (or rollout)
     stage: Stage
     imageserver: str  # namespace/name
     headline: str
@@ -31,6 +36,11 @@ class IncidentMessage:
     runbook: str = ""
     postmortem: str = ""
     dry_run: bool = False
+    # A conversation without a thread yet begins in this one's (an incident in the thread of
+    # the rollout whose wave it stopped), so on-call reads the whole story in one place.
+    within: str = ""
+    broadcast: bool = False  # a reply someone must act on: also shown in the channel
+    rollout: bool = False  # the conversation is a rollout's (its thread kept on the ImageServer)
 
     @property
     def text(self) -> str:

@@ -87,10 +87,12 @@ def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incide
     assert one.reasons().count("RolledBack") == 1
     assert one.reasons().count("IncidentOpened") == 1
 
-    # One Slack thread: the first leader's opening message, every later one a reply to it.
+    # One Slack thread: the rollout's, which the first leader began and opened the incident
+    # in; every later message, the standby's included, a reply in it.
     one.until("the resolution is told", lambda: bool(one.messages("Resolved")), 30)
     first, *replies = one.messages()
-    assert "is burning its error budget" in first["text"] and "thread_ts" not in first
+    assert "rolling out 1.1.0" in first["text"] and "thread_ts" not in first
+    assert "is burning its error budget" in replies[0]["text"]
     assert {m.get("thread_ts") for m in replies} == {postmortems[0]["metadata"]["annotations"][THREAD]}
     assert len(one.messages("Rolled back 1.0.0")) == 1
 

@@ -104,12 +104,16 @@ def test_a_bad_build_never_leaves_the_first_wave(mission: Callable[..., Mission]
     timeline = " ".join(e["event"] for e in one.postmortems()[0]["spec"]["timeline"])
     assert "canary verdict (fail: " in timeline and "errors" in timeline, timeline
 
-    # One Slack thread: the incident's first message, everything else a reply to it.
+    # One Slack thread: the rollout's, the incident its wave opened in it (shown in the
+    # channel too), the rollback with the verdict's numbers a reply in it.
     one.until("the abort is told in Slack", lambda: bool(one.messages("Rolled back 1.0.0")), 30)
     first, *replies = one.messages()
-    assert "thread_ts" not in first and replies
+    assert "rolling out 1.1.0" in first["text"] and "thread_ts" not in first and replies
     assert all(m.get("thread_ts") for m in replies), [(m["text"], m.get("thread_ts")) for m in one.messages()]
     assert len({m["thread_ts"] for m in replies}) == 1
+    opened = one.messages("is burning its error budget")
+    assert len(opened) == 1 and opened[0].get("reply_broadcast") in (True, "1", "true")
+    assert "canary verdict (fail: " in str(one.messages("Rolled back 1.0.0")[0]["blocks"])
 
 
 # Noise: both versions fail 0.5 % of requests, under a 99 % objective (0.5x its budget).
@@ -118,8 +122,9 @@ NOISY = {**SPEC, "slo": {"window": "3d", "availability": {"objective": 99.0}}}
 
 def test_a_good_build_is_promoted_through_every_wave(mission: Callable[..., Mission]) -> None:
     """On a service whose stable version already fails 0.5 % of requests, a new version that
-    does the same is promoted, never aborted."""
-    one = mission(NOISY, faults={"1.0.0": 0.005, "1.2.0": 0.005})
+    does the same is promoted, never aborted, and the promotion itself fails no request: every
+    failure users saw meanwhile is one of the injected 0.5 % (the frontends', which say so)."""
+    one = mission(NOISY, faults={"1.0.0": 0.005, "1.2.0": 0.005}, fault_roles=("frontend",))
     healthy_first(one)
     gateway = one.gateway
     assert gateway is not None
@@ -130,14 +135,26 @@ def test_a_good_build_is_promoted_through_every_wave(mission: Callable[..., Miss
     promoted = one.until("wave 2 takes 1.2.0", lambda: set(one.serving().values()) == {"1.2.0"}, 180, 0.5)
     took = time.monotonic() - started
     one.until("the rollout is complete", lambda: one.rollout().get("phase") == "Complete", 30)
+    one.until("every process runs 1.2.0", lambda: one.settled_on("1.2.0"), 60, 0.5)
+    time.sleep(2)  # requests under way then are answered
     during = gateway.between(wall, time.time())
     print(f"good build: every wave on 1.2.0 {took:.0f}s after the apply ({promoted:.0f}s in wave 1)")
     print(f"during the promotion: {during.failed} of {during.sent} requests failed")
+    failures = gateway.failed_between(wall, time.time())
+    for failure in failures:
+        print(f"  +{failure.at - wall:.1f}s {failure.datacenter} {failure.frontend or '-'}: {failure.what}")
+    assert [f for f in failures if not f.what.endswith(" injected")] == []
     print(f"last verdict: {one.rollout()['verdict']}")
     reasons = one.reasons()
     assert reasons.count("RolloutStarted") == 1 and reasons.count("RolloutSucceeded") == 1
     assert "RolledBack" not in reasons and not one.postmortems()
     assert one.imageserver()["spec"]["version"] == "1.2.0"
+    # Told in one Slack thread: its start, then its end with the passing verdict's numbers.
+    one.until("the end is told in Slack", lambda: bool(one.messages("runs in every datacenter")), 30)
+    opening, *rest = one.messages("1.2.0")
+    assert "rolling out 1.2.0" in opening["text"] and "thread_ts" not in opening
+    assert [m.get("thread_ts") for m in rest] == [rest[0]["thread_ts"]] * len(rest) and rest
+    assert "pass: canary" in str(one.messages("runs in every datacenter")[0]["blocks"])
 
 
 def test_a_wave_without_enough_requests_pauses_and_pages(mission: Callable[..., Mission]) -> None:

@@ -118,3 +118,46 @@ async def test_after_an_outage_every_message_arrives_in_order(
         "prod/photos: Drained dc-c",
         "prod/photos: Resolved",
     ]
+
+
+class Book:
+    """Where threads outlive a notifier (the ImageServer, the Postmortem), as a dict."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, tuple[str, str]] = {}
+
+    async def recall(self, _message: IncidentMessage, conversation: str) -> str | None:
+        return self.kept.get(conversation, ("", ""))[0] or None
+
+    async def remember(self, _message: IncidentMessage, conversation: str, ts: str, permalink: str) -> None:
+        self.kept[conversation] = (ts, permalink)
+
+
+async def test_an_incident_a_wave_opens_is_told_in_the_rollouts_thread_across_leaders(
+    stub: SlackStub,
+) -> None:
+    """One thread per rollout: its start and promotions, then the incident its failed wave
+    opened (shown in the channel too, on-call must look), its rollback and its end, even
+    when another replica leads by then."""
+    book = Book()
+    first = SlackNotifier(client("xoxb-test", stub.base_url), "#oncall", max_backoff=0.2, threads=book)
+    task = asyncio.create_task(first.run())
+    first.post(message("photos-rollout-1.1.0", "rollout", "rolling out 1.1.0: wave 1", rollout=True))
+    within = {"within": "photos-rollout-1.1.0", "broadcast": True}
+    first.post(message("photos-20261206-1200", "opened", "photos is burning its error budget", **within))
+    await delivered(first, 2)
+    task.cancel()
+    second = SlackNotifier(client("xoxb-test", stub.base_url), "#oncall", max_backoff=0.2, threads=book)
+    task = asyncio.create_task(second.run())
+    second.post(message("photos-20261206-1200", "action", "Rolled back 1.0.0"))
+    second.post(message("photos-20261206-1200", "resolved", "Resolved: burn back under budget"))
+    await delivered(second, 2)
+    task.cancel()
+    started, opened, *rest = stub.messages()
+    assert "thread_ts" not in started
+    thread = book.kept["photos-rollout-1.1.0"][0]
+    assert [m.get("thread_ts") for m in (opened, *rest)] == [thread] * 3
+    assert opened.get("reply_broadcast") in (True, "1", "true") and "reply_broadcast" not in rest[0]
+    # The incident's Postmortem gets the rollout thread and its permalink.
+    assert book.kept["photos-20261206-1200"] == book.kept["photos-rollout-1.1.0"]
+    assert book.kept["photos-20261206-1200"][1].startswith("https://slack.invalid/archives/")

@@ -639,6 +639,10 @@ def test_the_engine_rolls_a_failing_wave_back_once_and_never_restarts_it() -> No
     assert "canary verdict" in world.body["metadata"]["annotations"][engine.ROLLBACK_REASON_ANNOTATION]
     assert world.events.count("IncidentOpened") == 1 and len(world.postmortems) == 1
     assert world.events.count("RolledBack") == 1
+    # One Slack thread: the rollout's start, then the incident its wave opened, in it.
+    started, opened, *_ = world.notices
+    assert started.incident == "photos-rollout-1.1.0" and started.rollout and not started.broadcast
+    assert (opened.stage, opened.within, opened.broadcast) == ("opened", started.incident, True)
     rollout_condition = next(c for c in world.body["status"]["conditions"] if c["type"] == "Rollout")
     assert (rollout_condition["status"], rollout_condition["reason"]) == ("False", "Aborted")
     # The same spec, applied and judged again for a long time: the rollout never starts over.
@@ -911,3 +915,25 @@ def test_a_page_level_burn_is_no_verdict_when_the_service_is_too_quiet() -> None
     assert burning_revisions(loud) == {"1.1.0": "80.0x over 5m, 80.0x over 1h, 80.0x over 6h"}
     assert burning_revisions(dataclasses.replace(loud, requests_per_second=0.01)) == {}
     assert burning_revisions(dataclasses.replace(loud, reachable=False)) == {}
+
+
+def test_a_good_rollout_is_told_step_by_step_in_one_conversation_with_its_numbers() -> None:
+    world = World()
+    world.cycle(observed(GOOD), NOW)
+    world.body["spec"]["version"] = "1.1.0"
+    for cycle in range(1, 80):
+        world.cycle(observed(GOOD), at(cycle * EVERY))
+    assert set(world.serving().values()) == {"1.1.0"}
+    told = [(m.incident, m.stage, m.broadcast) for m in world.notices]
+    assert told == [("photos-rollout-1.1.0", "rollout", False)] * 2  # waves [dc-a], [dc-b, dc-c]
+    started, succeeded = (m.headline for m in world.notices)
+    assert started.startswith("rolling out 1.1.0: wave 1")
+    assert "runs in every datacenter" in succeeded and "pass: canary" in succeeded and "interval" in succeeded
+
+
+def test_a_version_that_goes_everywhere_at_once_is_not_told_in_slack() -> None:
+    world = World(mode="dryRun")
+    world.cycle(observed(GOOD), NOW)
+    world.body["spec"]["version"] = "1.1.0"
+    world.cycle(observed(GOOD), at(EVERY))
+    assert "RolloutSucceeded" in world.events and world.notices == []
