@@ -109,23 +109,29 @@ class ReplicatedStore:
     # -- storage node calls ----------------------------------------------------------------
 
     async def _put_blob(self, base: str, name: str, data: bytes, owed: Sequence[str] = ()) -> bool:
+        return not await self._put_failure(base, name, data, owed)
+
+    async def _put_failure(self, base: str, name: str, data: bytes, owed: Sequence[str] = ()) -> str:
+        """Why one blob was not stored on one replica; empty when it was. (aiohttp sends an
+        idempotent request again, once, when its connection drops without an answer.)"""
         headers = {OWED_HEADER: ",".join(owed)} if owed else None
         try:
             async with self.session.put(f"{base}/v1/blobs/{name}", data=data, headers=headers) as response:
-                return response.status in (200, 201)
+                return "" if response.status in (200, 201) else f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as error:
-            log.debug("put failed", extra={"replica": base, "blob": name, "error": repr(error)})
-            return False
+            return repr(error)[:200]
 
     async def _put_all(
         self, base: str, blobs: Mapping[str, bytes], image_id: str, owed: Sequence[str] = ()
-    ) -> bool:
+    ) -> str:
         """All blobs onto one replica, the original last (its presence implies the rest) and
-        with the datacenters still owed a copy, which the replica then keeps as a hint."""
+        with the datacenters still owed a copy, which the replica then keeps as a hint. Why
+        not, empty when they were."""
         for name in sorted(blobs, key=lambda n: n == image_id):
-            if not await self._put_blob(base, name, blobs[name], owed if name == image_id else ()):
-                return False
-        return True
+            failure = await self._put_failure(base, name, blobs[name], owed if name == image_id else ())
+            if failure:
+                return failure
+        return ""
 
     async def _get_blob(
         self, base: str, name: str, answering: asyncio.Event | None = None
@@ -148,8 +154,15 @@ class ReplicatedStore:
     ) -> int:
         """Write to every replica of the owner shard in `dc`; returns how many hold it all."""
         shard = dc.shards_for(image_id)[0]
-        acks = await asyncio.gather(*(self._put_all(base, blobs, image_id, owed) for base in shard.replicas))
-        return sum(acks)
+        failures = await asyncio.gather(
+            *(self._put_all(base, blobs, image_id, owed) for base in shard.replicas)
+        )
+        missed = {base: why for base, why in zip(shard.replicas, failures, strict=True) if why}
+        if missed:  # the replicas that did not take it, and why: an operator's first question
+            log.warning(
+                "replica writes failed", extra={"image": image_id, "datacenter": dc.name, "failed": missed}
+            )
+        return len(failures) - len(missed)
 
     async def put(self, image_id: str, blobs: Mapping[str, bytes]) -> None:
         topology, local = self._current()

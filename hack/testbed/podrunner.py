@@ -216,22 +216,21 @@ class PodRunner:
 
     def _retire(self, running: dict[str, dict[str, Any]]) -> None:
         """A replaced storage pod's process is stopped once every other pod of its StatefulSet
-        is served: by a process that answers /readyz, or by its old one still running (READY_WAIT
-        at most). KWOK reports a pod Ready as soon as it runs, so the StatefulSet controller
-        replaces the next pod before the last one's process listens; the kubelet's readiness
-        probe would hold it back, so that one replica at a time is down, as on a cluster."""
+        is served: by a process that answers /readyz, or by its old one, still running (at
+        most READY_WAIT). KWOK reports a pod Ready as soon as it runs, so the StatefulSet
+        controller replaces the next pod before the last one's process listens; the kubelet's
+        readiness probe would hold it back, so that one replica at a time is down, as on a
+        cluster. Pods already recreated go first: the controller replaced the next one only
+        after them, so a pass that sees two replaced stops the earlier one alone."""
         now = time.monotonic()
         with self._lock:
-            retiring = sorted(self.retiring.items(), key=lambda item: item[1][1])
+            retiring = sorted(self.retiring.items(), key=lambda item: (item[0] not in running, item[1][1]))
             current = dict(self.runners)
         for name, (old, since) in retiring:
-            siblings = {
-                pod
-                for pod in [*running, *current, *self.retiring]
-                if pod != name and pod.rsplit("-", 1)[0] == old.workload
-            }
+            members = {pod for pod in [*running, *self.retiring] if pod.rsplit("-", 1)[0] == old.workload}
             served = all(
-                pod in self.retiring or (pod in current and self._ready(current[pod])) for pod in siblings
+                pod in self.retiring or (pod in current and self._ready(current[pod]))
+                for pod in members - {name}
             )
             if served or now - since >= READY_WAIT:
                 stop(old.managed, grace=5)
@@ -390,6 +389,17 @@ class PodRunner:
             self.runners.clear()
             self.leaving.clear()
             self.retiring.clear()
+
+    def logged(self, containing: str) -> list[str]:
+        """Lines of every process's log (those gone included) that contain the text."""
+        found = []
+        for log in sorted((self.state.directory / "logs").glob("*.log")):
+            found += [
+                f"{log.stem}: {line}"
+                for line in log.read_text(errors="replace").splitlines()
+                if containing in line
+            ]
+        return found
 
     def sicken(self, datacenter: str, error_ratio: float) -> None:
         """Make a datacenter's frontends fail this share of requests (0 heals it), now and for

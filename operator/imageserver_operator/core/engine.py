@@ -304,7 +304,7 @@ def _judge(
         revisions=subject.status.get("revisions") or {},
         frozen=_frozen(subject, seen),
         exception=subject.annotations.get(RELEASE_EXCEPTION_ANNOTATION, "").strip(),
-        burning=policy.burning_revisions(seen),
+        burning=policy.burning_revisions(seen, _short_seconds(subject)),
     )
     state, baselines, healthy = _state(subject, seen, memory, now, moved)
     told = [*_rollout_notes(subject, moved), *_freeze_notes(subject, seen)]
@@ -443,8 +443,14 @@ def _state(
         previous_baseline=baseline.as_burn() if baseline is not None else None,
         serving=rollouts.serving(subject.spec, moved.rollout),
         canary_failed=verdict.message() if verdict is not None and verdict.outcome == "fail" else "",
+        short_window_seconds=_short_seconds(subject),
     )
     return state, baselines, healthy
+
+
+def _short_seconds(subject: Subject) -> float:
+    """What the SLO's "5m" window covers for this ImageServer (30 s for a 3-day SLO)."""
+    return durations.parse(ranges(subject.spec.slo.window)[SHORT]).total_seconds()
 
 
 def _revisions(state: RolloutStatus) -> tuple[str, str, str]:

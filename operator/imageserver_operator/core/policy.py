@@ -57,6 +57,8 @@ def recovered(burn: Burn) -> bool:
 
 # The low-traffic guard: below it, a ratio of a handful of requests judges nothing.
 MIN_REQUESTS_PER_SECOND = 0.1
+# Failed requests of a revision in the short window before its page-level burn is acted on.
+MIN_PAGE_ERRORS = 10
 
 
 def describe(burn: Burn) -> str:
@@ -111,6 +113,7 @@ class State:
     min_requests_per_second: float = MIN_REQUESTS_PER_SECOND
     serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision; absent: current
     canary_failed: str = ""  # a rollout wave's verdict was fail: why, with its numbers
+    short_window_seconds: float = 300.0  # what the "5m" window covers (30 s for a 3-day SLO)
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,29 @@ class Decision:
     recovered: bool = False  # what serves users now is within budget: an incident can end
 
 
-def burning_revisions(observed: Observation) -> dict[str, str]:
+def burning_revisions(observed: Observation, short_window_seconds: float) -> dict[str, str]:
     """The revisions burning the budget at page level, with their burn rates: none from no
-    data, nor when the service is too quiet for a ratio to mean anything."""
+    data, nor when the service is too quiet for a ratio to mean anything, nor on a handful
+    of failures (evident)."""
     if not observed.reachable or observed.requests_per_second < MIN_REQUESTS_PER_SECOND:
         return {}
-    return {revision: describe(burn) for revision, burn in observed.by_revision.items() if page_level(burn)}
+    return {
+        revision: describe(burn)
+        for revision, burn in observed.by_revision.items()
+        if page_level(burn) and evident(observed, revision, short_window_seconds)
+    }
+
+
+def evident(observed: Observation, revision: str, short_window_seconds: float) -> bool:
+    """A revision's page-level burn rests on at least MIN_PAGE_ERRORS failed requests in the
+    short window. A new revision's first requests are few: one failure in its first five is
+    a 20 % error ratio on every window, far past the page factor, and says nothing (a good
+    build failing 0.5 % would be rolled back one time in forty). Without its rates, the burn
+    alone decides, as it always did."""
+    rates = [r for key, r in observed.rates_by_datacenter_revision.items() if key.endswith(f"/{revision}")]
+    if not rates:
+        return True
+    return sum(r.get("errors", 0.0) for r in rates) * short_window_seconds >= MIN_PAGE_ERRORS
 
 
 def decide(observed: Observation, state: State, now: datetime.datetime) -> Decision:
@@ -284,6 +304,8 @@ def _rollback(observed: Observation, state: State, now: datetime.datetime) -> Ac
     current = observed.by_revision.get(state.current_revision, {})
     if not policy.enabled or not state.previous_revision or not page_level(current):
         return None
+    if not evident(observed, state.current_revision, state.short_window_seconds):
+        return None  # a handful of failures of a new revision: the next cycles will tell
     if state.current_since is None or now - state.current_since > duration(policy.window):
         return None  # not a recent rollout: the revision is not the likely cause
     # How the previous revision did while it was current: during the rollout its pods fail

@@ -95,6 +95,9 @@ def spread(by_revision: dict[str, dict[str, float]], dcs: Sequence[str] = DCS) -
 GOOD: Rates = spread({"1.1.0": per_second(20, 0.005), "1.0.0": per_second(20, 0.005)})
 BAD: Rates = spread({"1.1.0": per_second(20, 0.30), "1.0.0": per_second(20, 0.005)})
 QUIET: Rates = spread({"1.1.0": per_second(0.1, 0.005), "1.0.0": per_second(20, 0.005)})
+# Too few requests for the counts to say anything yet, but failing enough (a quarter of them,
+# 15 in the 5 minutes of the short window) for the revision's page-level burn to be evident.
+SMOLDERING: Rates = spread({"1.1.0": per_second(0.2, 0.25), "1.0.0": per_second(20, 0.005)})
 
 
 def on_target(spec: ImageServerSpec, rollout: RolloutStatus) -> int:
@@ -880,7 +883,11 @@ def test_a_burning_wave_is_never_drained() -> None:
     )
     world.cycle(burning, at(2 * EVERY))
     assert not any(isinstance(e, engine.Drain) for e in world.effects)
-    world.cycle(dataclasses.replace(burning, by_revision={"1.1.0": fire, "1.0.0": CALM}), at(3 * EVERY))
+    # A burn of a handful of failures is not acted on; an evident one is.
+    few = dataclasses.replace(burning, by_revision={"1.1.0": fire, "1.0.0": CALM})
+    world.cycle(few, at(3 * EVERY))
+    assert not world.rollbacks()
+    world.cycle(dataclasses.replace(few, rates_by_datacenter_revision=SMOLDERING), at(4 * EVERY))
     assert len(world.rollbacks()) == 1 and set(world.serving().values()) == {"1.0.0"}
     # Aborted by the wave's verdict, which the revision's page-level burn fails at once.
     reason = world.body["metadata"]["annotations"][engine.ROLLBACK_REASON_ANNOTATION]
@@ -909,12 +916,16 @@ def test_a_wave_whose_revision_burns_at_page_level_fails_at_once() -> None:
         assert other.verdict is not None and other.verdict.outcome == "inconclusive"
 
 
-def test_a_page_level_burn_is_no_verdict_when_the_service_is_too_quiet() -> None:
+def test_a_page_level_burn_is_no_verdict_on_a_handful_of_failures_or_when_the_service_is_quiet() -> None:
+    """One failure in a new revision's first five requests burns 20 % on every window, far past
+    the page factor: it takes MIN_PAGE_ERRORS failures in the short window to count."""
     fire = {w: 80.0 for w in CALM}
-    loud = dataclasses.replace(observed(QUIET), by_revision={"1.1.0": fire, "1.0.0": CALM})
-    assert burning_revisions(loud) == {"1.1.0": "80.0x over 5m, 80.0x over 1h, 80.0x over 6h"}
-    assert burning_revisions(dataclasses.replace(loud, requests_per_second=0.01)) == {}
-    assert burning_revisions(dataclasses.replace(loud, reachable=False)) == {}
+    loud = dataclasses.replace(observed(SMOLDERING), by_revision={"1.1.0": fire, "1.0.0": CALM})
+    assert burning_revisions(loud, 300) == {"1.1.0": "80.0x over 5m, 80.0x over 1h, 80.0x over 6h"}
+    assert burning_revisions(loud, 30) == {}  # 1.5 failures in a 30 s window
+    assert burning_revisions(dataclasses.replace(loud, rates_by_datacenter_revision=QUIET), 300) == {}
+    assert burning_revisions(dataclasses.replace(loud, requests_per_second=0.01), 300) == {}
+    assert burning_revisions(dataclasses.replace(loud, reachable=False), 300) == {}
 
 
 def test_a_good_rollout_is_told_step_by_step_in_one_conversation_with_its_numbers() -> None:
