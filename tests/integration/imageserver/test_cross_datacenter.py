@@ -17,9 +17,9 @@ from servers import Processes
 from imageserver.variants import RENDERER
 
 
-def _p99(seconds: list[float]) -> float:
+def _quantile(seconds: list[float], q: float) -> float:
     ordered = sorted(seconds)
-    return ordered[max(0, round(0.99 * len(ordered)) - 1)]
+    return ordered[max(0, round(q * len(ordered)) - 1)]
 
 
 def test_a_black_holed_datacenter_costs_local_uploads_nothing_and_gets_every_copy_later(
@@ -63,12 +63,17 @@ def test_a_black_holed_datacenter_costs_local_uploads_nothing_and_gets_every_cop
                 assert answer.status_code == 201, answer.text
                 if label == "remote":
                     acknowledged[answer.json()["id"]] = image
-        alone_p99, remote_p99 = _p99(timings["alone"]), _p99(timings["remote"])
+        alone_p90, remote_p90 = _quantile(timings["alone"], 0.9), _quantile(timings["remote"], 0.9)
+        alone_p99, remote_p99 = _quantile(timings["alone"], 0.99), _quantile(timings["remote"], 0.99)
         print(
-            f"upload p99: {alone_p99 * 1000:.1f} ms without dc-b, "
-            f"{remote_p99 * 1000:.1f} ms with dc-b black-holed"
+            f"upload p90/p99: {alone_p90 * 1000:.1f}/{alone_p99 * 1000:.1f} ms without dc-b, "
+            f"{remote_p90 * 1000:.1f}/{remote_p99 * 1000:.1f} ms with dc-b black-holed"
         )
-        assert remote_p99 <= 1.5 * alone_p99, (alone_p99, remote_p99)
+        # The same cost: the bulk of the distribution side by side (the p99 of 100 samples is
+        # its second-worst, one fsync stall on either side), and no upload waits on the black
+        # hole at all (a connection to it takes seconds to give up).
+        assert remote_p90 <= 1.5 * alone_p90, (alone_p90, remote_p90)
+        assert max(timings["remote"]) < 1.0, max(timings["remote"])
 
         # Every frontend dies, and a storage replica with them; the copies are owed on disk.
         pending = [metric(server, "imageserver_replication_pending") for server in local]
