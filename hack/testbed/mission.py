@@ -218,9 +218,7 @@ class Mission:
         runner = self.runner
         return (
             revisions == {revision}
-            and names <= set(runner.runners)
-            and not runner.leaving
-            and not runner.retiring
+            and runner.settled(names)
             and len(runner.frontends()) == len(runner.frontends(routable=False))
         )
 

@@ -92,6 +92,30 @@ def local_topology(document: dict[str, Any], addresses: dict[str, str]) -> dict[
     return dict(copy)
 
 
+def retirements(
+    retiring: dict[str, tuple[str, float]], running: set[str], ready: set[str], now: float
+) -> list[str]:
+    """Which replaced storage pods' processes (pod name -> its StatefulSet, replaced since,
+    monotonic) to stop now, given the pods Running and those whose process answers /readyz.
+
+    One is stopped once every other pod of its StatefulSet is served: by a ready process,
+    or by its old one, still running (at most READY_WAIT). KWOK reports a pod Ready as soon
+    as it runs, so the StatefulSet controller replaces the next pod before the last one's
+    process listens; the kubelet's readiness probe would hold it back, so that one replica
+    at a time is down, as on a cluster. Pods already recreated go first: the controller
+    replaced the next one only after them, so a pass that sees two replaced stops the
+    earlier one alone (its replacement is not ready yet when the second is judged)."""
+    left = dict(retiring)
+    stopped: list[str] = []
+    for name, (workload, since) in sorted(retiring.items(), key=lambda i: (i[0] not in running, i[1][1])):
+        members = {pod for pod in running | set(left) if pod.rsplit("-", 1)[0] == workload}
+        served = all(pod in left or pod in ready for pod in members - {name})
+        if served or now - since >= READY_WAIT:
+            stopped.append(name)
+            del left[name]
+    return stopped
+
+
 class PodRunner:
     def __init__(
         self,
@@ -151,6 +175,11 @@ class PodRunner:
                 and is_running(r.managed)
             ]
             return ready + old
+
+    def settled(self, pods: set[str]) -> bool:
+        """Each of these pods has its process, and no replaced process is on its way out."""
+        with self._lock:  # read apart from the runner's thread, which changes these
+            return pods <= set(self.runners) and not self.leaving and not self.retiring
 
     def _serves(self, datacenter: str) -> bool:
         now = time.monotonic()
@@ -215,27 +244,15 @@ class PodRunner:
         self._admit()
 
     def _retire(self, running: dict[str, dict[str, Any]]) -> None:
-        """A replaced storage pod's process is stopped once every other pod of its StatefulSet
-        is served: by a process that answers /readyz, or by its old one, still running (at
-        most READY_WAIT). KWOK reports a pod Ready as soon as it runs, so the StatefulSet
-        controller replaces the next pod before the last one's process listens; the kubelet's
-        readiness probe would hold it back, so that one replica at a time is down, as on a
-        cluster. Pods already recreated go first: the controller replaced the next one only
-        after them, so a pass that sees two replaced stops the earlier one alone."""
-        now = time.monotonic()
+        """Stops the replaced storage processes that `retirements` lets go (see there)."""
         with self._lock:
-            retiring = sorted(self.retiring.items(), key=lambda item: (item[0] not in running, item[1][1]))
+            retiring = {name: (old.workload, since) for name, (old, since) in self.retiring.items()}
             current = dict(self.runners)
-        for name, (old, since) in retiring:
-            members = {pod for pod in [*running, *self.retiring] if pod.rsplit("-", 1)[0] == old.workload}
-            served = all(
-                pod in self.retiring or (pod in current and self._ready(current[pod]))
-                for pod in members - {name}
-            )
-            if served or now - since >= READY_WAIT:
-                stop(old.managed, grace=5)
-                with self._lock:
-                    del self.retiring[name]
+        ready = {name for name in running if name in current and self._ready(current[name])}
+        for name in retirements(retiring, set(running), ready, time.monotonic()):
+            with self._lock:
+                old, _ = self.retiring.pop(name)
+            stop(old.managed, grace=5)
 
     @staticmethod
     def _ready(runner: Runner) -> bool:
