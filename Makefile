@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
 
-.PHONY: bench bench-operator bench-canary bench-rebalance help dev test lint typecheck imports pytest tools prometheus cluster-up cluster-down cluster-status gateway-api demo clean generate
+.PHONY: bench bench-operator bench-canary bench-rebalance help dev test lint typecheck imports pytest tools prometheus node-packages cluster-up cluster-down cluster-status gateway-api demo clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 prometheus:  ## prometheus and promtool from Debian's package
 	hack/install-prometheus.sh
 
+node-packages:  ## what real nodes take from Debian: runc, CNI plugins, iptables, socat, buildah, debootstrap
+	hack/install-node-packages.sh
+
 tools:  ## build etcd, Kubernetes, KWOK and helm from Go modules (cached outside git)
 	$(TESTBED) build
 
@@ -38,13 +41,13 @@ typecheck: dev
 imports: dev
 	$(VENV)/bin/lint-imports
 
-pytest: dev prometheus tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+pytest: dev prometheus tools $(if $(filter 1,$(REAL_NODES)),node-packages,)
+	REAL_NODES=$(REAL_NODES) $(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest  ## ruff, mypy --strict, import-linter, then every test (unit, integration, e2e)
 
-cluster-up: tools  ## start the local cluster (or reuse the running one); kubeconfig in .cluster/
-	$(TESTBED) up
+cluster-up: tools $(if $(filter 0,$(REAL_NODES)),,node-packages)  ## start the local cluster with a real node per datacenter (REAL_NODES=0: KWOK only); kubeconfig in .cluster/
+	$(TESTBED) up $(if $(filter 0,$(REAL_NODES)),--kwok-only,)
 
 cluster-down:  ## stop the local cluster and remove its state
 	$(TESTBED) down
@@ -69,7 +72,8 @@ bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not 
 bench-rebalance: dev  ## storage nodes moving data (rebalance, handoff) vs a durable local copy of the same files
 	PYTHONPATH=hack:tests $(PY) bench/rebalance_bench.py $(BENCH_ARGS)
 
-bench-operator: dev cluster-up  ## the operator on the local cluster: apply → Ready, 200 ImageServers, idle cost
+bench-operator: dev tools  ## the operator on the local cluster: apply → Ready, 200 ImageServers, idle cost
+	$(TESTBED) up --kwok-only >/dev/null
 	PYTHONPATH=hack:tests $(PY) bench/operator_bench.py $(BENCH_ARGS)
 
 bench-canary: dev  ## canary analysis vs Flagger and Argo Rollouts on a bad revision (computed, not timed)

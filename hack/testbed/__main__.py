@@ -14,7 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="testbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build the cluster's binaries from Go modules (cached)")
-    sub.add_parser("up", help="start the local cluster, or reuse the running one")
+    start = sub.add_parser("up", help="start the local cluster, or reuse the running one")
+    start.add_argument(
+        "--kwok-only",
+        action="store_true",
+        help="no real nodes (kubelet, containerd): KWOK's simulated ones alone",
+    )
     sub.add_parser("down", help="stop the local cluster and remove its state")
     sub.add_parser("status", help="print the running cluster's state")
     sub.add_parser("gateway-api", help="install the Gateway API CRDs into the running cluster")
@@ -24,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             for binary, path in tools.build_all().items():
                 print(f"{binary:<26}{path}")
         elif args.command == "up":
-            print(cluster.describe(cluster.up()))
+            print(cluster.describe(cluster.up(real_nodes=not args.kwok_only)))
         elif args.command == "down":
             cluster.down()
         else:

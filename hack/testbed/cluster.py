@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import pki
+from testbed import nodes, pki
 from testbed.paths import state_dir
 from testbed.processes import (
     Managed,
@@ -182,7 +182,9 @@ def _http_ok(url: str, *, insecure: bool = False) -> bool:
 
 
 def _healthy(state: State) -> bool:
-    if set(state.processes) != set(COMPONENTS):
+    if not set(COMPONENTS) <= set(state.processes):
+        return False
+    if nodes.managed(state) and not nodes.is_up(state):
         return False
     if not all(is_running(proc) for proc in state.processes.values()):
         return False
@@ -206,6 +208,8 @@ def down(directory: Path | None = None, *, quiet: bool = False) -> None:
     """Stop every process of the cluster and remove its state."""
     directory = directory or state_dir()
     state = State.load(directory)
+    if nodes.present(state, directory):
+        nodes.down(state, directory)
     if state is not None:
         for name in reversed(COMPONENTS):
             if name in state.processes:
@@ -271,14 +275,18 @@ def restart(cluster: Cluster, component: str, *, down_for: float = 2.0) -> None:
     wait_until("the simulated nodes Ready again", nodes_ready, None, 60)
 
 
-def up(directory: Path | None = None) -> Cluster:
-    """Bring the cluster up, or reuse the healthy one already running."""
+def up(directory: Path | None = None, *, real_nodes: bool = False) -> Cluster:
+    """Bring the cluster up, or reuse the healthy one already running; with `real_nodes`,
+    with a real node per datacenter too (added to a running cluster that has none)."""
     directory = directory or state_dir()
-    binaries = build_all()
+    binaries = build_all(nodes=real_nodes)
     state = State.load(directory)
     if state is not None and _healthy(state):
         say(f"cluster already running (kubeconfig: {directory.name}/kubeconfig)")
-        return _cluster(state, binaries)
+        running = _cluster(state, binaries)
+        if real_nodes and not nodes.managed(state):
+            add_real_nodes(running)
+        return running
     if state is not None or directory.exists():
         alive = [n for n, p in (state.processes.items() if state else []) if is_running(p)]
         say(
@@ -288,7 +296,10 @@ def up(directory: Path | None = None) -> Cluster:
         )
         down(directory, quiet=True)
     try:
-        return _start(directory, binaries)
+        started = _start(directory, binaries)
+        if real_nodes:
+            add_real_nodes(started)
+        return started
     except BaseException:
         # Leave nothing running; the state and logs stay for a look and are cleaned next time.
         state = State.load(directory)
@@ -356,7 +367,13 @@ def _start(directory: Path, binaries: dict[str, Path]) -> Cluster:
             f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
             f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
             f"--client-ca-file={pki_dir / 'ca.crt'}",
-            "--authorization-mode=RBAC",
+            # Real nodes' kubelets are authorized as nodes, and may touch only their own.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            # logs, exec and port-forward reach a real node's kubelet at its address.
+            f"--kubelet-client-certificate={pki_dir / 'admin.crt'}",
+            f"--kubelet-client-key={pki_dir / 'admin.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki_dir / 'sa.pub'}",
             f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
@@ -441,6 +458,92 @@ def _start(directory: Path, binaries: dict[str, Path]) -> Cluster:
     )
     progress.done(f"{per_region * len(REGIONS)} nodes in {', '.join(REGIONS)} ready")
     return cluster
+
+
+def add_real_nodes(cluster: Cluster) -> list[str]:
+    """A real node per datacenter (kubelet, containerd, runc) in the running cluster, with
+    what in-cluster clients need: the `kubernetes` Service's endpoint, reachable from pods."""
+    missing = nodes.missing_packages()
+    if missing:
+        raise StartError(
+            "real nodes need Debian packages that are not installed: "
+            f"{', '.join(missing)} (`make node-packages` installs them)"
+        )
+    state = State.load(cluster.state)
+    assert state is not None, "no cluster state"
+    binaries = {**cluster.binaries, **build_all(nodes=True)}
+    progress = Progress("real nodes", every=0)
+    if nodes.managed(state):  # already there: bring their images up to date with the sources
+        nodes.load_images(REGIONS, binaries["ctr"])
+        names = sorted(
+            f"node-{n.removeprefix('kubelet-')}" for n in nodes.managed(state) if n.startswith("kubelet-")
+        )
+    else:
+        holder = nodes.owner()
+        if holder is not None and holder != cluster.state.resolve():
+            other = State.load(holder)
+            if other is not None and any(is_running(m) for m in nodes.managed(other).values()):
+                raise StartError(
+                    f"the real nodes belong to the cluster in {holder}: one machine runs one set"
+                )
+        nodes.down(state, cluster.state)  # whatever a killed run left
+        # Node objects of an earlier set would look Ready until their leases ran out.
+        cluster.kubectl("delete", "nodes", "-l", f"{nodes.REAL_LABEL}=real", "--ignore-not-found")
+        try:
+            names = nodes.up(state, REGIONS, binaries, state.ports["kube-apiserver"], binaries["kubectl"])
+        except BaseException:
+            nodes.down(state, cluster.state)
+            raise
+    # What in-cluster clients and storage need (applied again: the same objects, no change),
+    # with the volumes earlier tests released (Retain: their claims are gone) made anew.
+    _recycle_volumes(cluster)
+    objects = [_api_endpoints(state.ports["kube-apiserver"]), nodes.volume_manifests(cluster.state, REGIONS)]
+    for manifest in objects:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(manifest))
+    progress.done(f"{', '.join(names)} ready")
+    return names
+
+
+def _recycle_volumes(cluster: Cluster) -> None:
+    listed = json.loads(cluster.kubectl("get", "pv", "-l", f"{nodes.REAL_LABEL}=real", "-o", "json"))
+    for pv in listed["items"]:
+        if pv.get("status", {}).get("phase") in ("Released", "Failed"):
+            cluster.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=true")
+            path = Path(pv["spec"]["local"]["path"])
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def _api_endpoints(port: int) -> dict[str, Any]:
+    """The `kubernetes` Service's endpoint, where pods reach the API server (the server's
+    own reconciler is off: it would publish 127.0.0.1, which no pod can reach)."""
+    labels = {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "testbed"}
+    address = nodes.HOST_IP
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                # Mirrored into a second EndpointSlice otherwise, as the server's own is not.
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+                },
+                "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port}]}],
+            },
+        ],
+    }
 
 
 def is_ready(obj: dict[str, Any]) -> bool:

@@ -120,3 +120,16 @@ contexts:
     user: admin
 current-context: imageserver-sre
 """
+
+
+def client_credentials(pki: Path, name: str, common_name: str, organization: str = "") -> None:
+    """A client certificate `<name>.crt` (and key) signed by the cluster CA, once."""
+    if (pki / f"{name}.crt").exists():
+        return
+    subject = (f"/O={organization}" if organization else "") + f"/CN={common_name}"
+    _signed(
+        pki,
+        name,
+        subject,
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )

@@ -86,7 +86,11 @@ def is_running(proc: Managed) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie is not running
 
 
-def spawn(state: State, name: str, argv: list[str], env: dict[str, str] | None = None) -> Managed:
+def spawn(
+    state: State, name: str, argv: list[str], env: dict[str, str] | None = None, *, binary: str | None = None
+) -> Managed:
+    """Start a process in its own session. `binary`: the program it becomes when argv[0]
+    only prepares and execs it (nsenter), which is what a later liveness check sees."""
     logs = state.directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
@@ -100,7 +104,7 @@ def spawn(state: State, name: str, argv: list[str], env: dict[str, str] | None =
             cwd=state.directory,
             env={**os.environ, **(env or {})},
         )
-    managed = Managed(pid=proc.pid, binary=argv[0], log=str(log), popen=proc)
+    managed = Managed(pid=proc.pid, binary=binary or argv[0], log=str(log), popen=proc)
     state.processes[name] = managed
     state.save()
     return managed

@@ -7,6 +7,7 @@ marker and those under `tests/integration/` the `integration` marker from their 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +19,10 @@ from testbed import cluster as local_cluster
 from testbed.cluster import Cluster
 from testbed.prometheus import Prometheus
 
+# Real nodes cost a cold build (containerd, kubelet, CoreDNS, the images) that the default
+# run's time budget lacks for now: they run when asked for (`REAL_NODES=1 make test`).
+REAL_NODES = (os.environ.get("REAL_NODES") or os.environ.get("IMAGESERVER_SRE_REAL_NODES")) == "1"
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -25,6 +30,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for marker in ("e2e", "integration"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
+        if "real_nodes" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_nodes)
+            if not REAL_NODES:
+                item.add_marker(
+                    pytest.mark.skip(reason="real nodes are off: `REAL_NODES=1 make test` runs them")
+                )
     # Last: the clients of a restarted control plane (controllers, KWOK) may take minutes to
     # notice a stalled watch, and no other test should wait for them.
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
@@ -43,6 +54,13 @@ def cluster() -> Iterator[Cluster]:
         yield started
     finally:
         local_cluster.down(started.state, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def real_nodes(cluster: Cluster) -> list[str]:
+    """A real node per datacenter (kubelet, containerd, runc) in the cluster: added if it has
+    none; they go with the cluster (see `cluster`)."""
+    return local_cluster.add_real_nodes(cluster)
 
 
 @pytest.fixture

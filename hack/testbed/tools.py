@@ -63,10 +63,13 @@ class GoTool:
     binaries: Mapping[str, str]  # binary -> main package
     ldflags: Callable[[str], list[str]] = lambda _version: []
     root: Path = TOOLS_DIR
+    tags: tuple[str, ...] = ()
+    wrapper: str = ""  # the wrapper module's folder, when another tool's (default: the name)
+    node: bool = False  # a real node's piece: built only when real nodes are asked for
 
     @property
     def module_dir(self) -> Path:
-        return self.root / self.name
+        return self.root / (self.wrapper or self.name)
 
     def version(self) -> str:
         return pinned_version(self.module_dir / "go.mod", self.module)
@@ -86,6 +89,33 @@ TOOLS: tuple[GoTool, ...] = (
             for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
         },
         _k8s_ldflags,
+    ),
+    # A real node's pieces (see testbed.nodes).
+    GoTool(
+        "kubernetes-node",
+        "k8s.io/kubernetes",
+        {name: f"k8s.io/kubernetes/cmd/{name}" for name in ("kubelet", "kube-proxy")},
+        _k8s_ldflags,
+        wrapper="kubernetes",
+        node=True,
+    ),
+    GoTool(
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        {
+            name: f"github.com/containerd/containerd/v2/cmd/{name}"
+            for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+        },
+        lambda v: [f"-X github.com/containerd/containerd/v2/version.Version={v}"],
+        # Storage drivers a node here has no use for (and that want cgo).
+        tags=("no_btrfs", "no_devmapper", "no_zfs", "urfave_cli_no_docs"),
+        node=True,
+    ),
+    GoTool(
+        "coredns",
+        "github.com/coredns/coredns",
+        {"coredns": "imageserver-sre/hack/tools/coredns"},
+        node=True,
     ),
     GoTool(
         "kwok",
@@ -148,7 +178,11 @@ def cache_key(tool: GoTool) -> str:
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum"):
         digest.update((tool.module_dir / name).read_bytes())
+    for source in sorted(tool.module_dir.glob("*.go")):  # a wrapper's own main (CoreDNS)
+        digest.update(source.read_bytes())
     digest.update(json.dumps(tool.ldflags(tool.version())).encode())
+    if tool.tags:
+        digest.update(json.dumps(tool.tags).encode())
     return digest.hexdigest()[:12]
 
 
@@ -182,7 +216,19 @@ def build(tool: GoTool) -> Path:
     ldflags = " ".join(["-s", "-w", *tool.ldflags(tool.version())])
     compiled = 0
     for binary, package in tool.binaries.items():
-        command = [go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", str(partial / binary), package]
+        tags = ["-tags", ",".join(tool.tags)] if tool.tags else []
+        command = [
+            go,
+            "build",
+            "-v",
+            "-trimpath",
+            *tags,
+            "-ldflags",
+            ldflags,
+            "-o",
+            str(partial / binary),
+            package,
+        ]
         compiled = _run_with_progress(command, tool, progress, (compiled, total), env)
     partial.rename(final)
     progress.done(", ".join(tool.binaries))
@@ -191,7 +237,7 @@ def build(tool: GoTool) -> Path:
 
 def _count_packages(go: str, tool: GoTool, packages: list[str], env: dict[str, str]) -> int:
     out = subprocess.run(
-        [go, "list", "-deps", *packages],
+        [go, "list", "-deps", *(["-tags", ",".join(tool.tags)] if tool.tags else []), *packages],
         cwd=tool.module_dir,
         env=env,
         capture_output=True,
@@ -244,16 +290,18 @@ def module_source(tool_name: str, module: str) -> Path:
     return Path(info["Dir"])
 
 
-def build_all() -> dict[str, Path]:
-    """Every binary of the test bed, built if needed: name -> path."""
-    missing = [tool for tool in TOOLS if not is_built(tool)]
+def build_all(*, nodes: bool = False) -> dict[str, Path]:
+    """Every binary of the test bed (with `nodes`, a real node's too), built if needed:
+    name -> path."""
+    wanted = [tool for tool in TOOLS if nodes or not tool.node]
+    missing = [tool for tool in wanted if not is_built(tool)]
     if missing:
         say(
             "building the local cluster from Go modules (once per pin; a cold build takes "
             f"several minutes): {', '.join(t.name for t in missing)}"
         )
     paths: dict[str, Path] = {}
-    for tool in TOOLS:
+    for tool in wanted:
         directory = build(tool)
         paths.update({binary: directory / binary for binary in tool.binaries})
     return paths

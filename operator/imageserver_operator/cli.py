@@ -6,6 +6,7 @@ import argparse
 import getpass
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ def _crds(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Imported here: only `run` should pay for kopf and register the handlers.
     import kopf  # noqa: PLC0415
+    from kopf._core.engines import peering  # noqa: PLC0415 (kopf exports no Identity type)
 
     from imageserver_operator import handlers  # noqa: F401, PLC0415
 
@@ -57,11 +59,21 @@ def _run(args: argparse.Namespace) -> int:
     os.environ["IMAGESERVER_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
     kopf.run(
         standalone=True,  # leadership is a Lease (see leader.py); kopf only watches
+        # kopf would name itself after the user, and the image's UID has no passwd entry.
+        identity=peering.Identity(f"{socket.gethostname()}/{os.getpid()}"),
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def user() -> str:
+    """Who runs the command, for the record: also in a container whose UID has no name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _drain(args: argparse.Namespace) -> int:
@@ -76,7 +88,7 @@ def _drain(args: argparse.Namespace) -> int:
             args.name,
             args.datacenter,
             drain=drain,
-            reason=args.reason or f"by hand ({getpass.getuser()})",
+            reason=args.reason or f"by hand ({user()})",
         )
     except DrainRefused as why:
         print(f"error: {why}", file=sys.stderr)
@@ -91,7 +103,7 @@ def _rollout(args: argparse.Namespace) -> int:
     from imageserver_operator.core.rollout import Refused  # noqa: PLC0415
 
     try:
-        said = command(Kube(api_client()), args.n, args.name, args.command, f"{getpass.getuser()} (CLI)")
+        said = command(Kube(api_client()), args.n, args.name, args.command, f"{user()} (CLI)")
     except Refused as why:
         print(f"error: {why}", file=sys.stderr)
         return 1

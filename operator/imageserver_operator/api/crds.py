@@ -39,6 +39,7 @@ KEPT = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "properties",
     "required",
@@ -81,8 +82,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in _resolved(node, defs).items():
         if key == "properties":
             out[key] = {name: _structural(child, defs) for name, child in value.items()}
-        elif key == "items":
-            out[key] = _structural(value, defs)
+        elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
+            out[key] = _structural(value, defs)  # a list's items, a map's values (not `false`)
         elif key in KEPT:
             out[key] = value
     if "properties" in out:

@@ -314,6 +314,58 @@ class NotificationsSpec(Model):
     slack: SlackSpec | None = Field(None, description="Slack notifications. Absent: none.")
 
 
+class Toleration(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.operator != 'Exists' || self.value == ''",
+                    "a toleration with operator Exists matches any value: leave value empty",
+                    fieldPath=".value",
+                ),
+                cel(
+                    "self.key != '' || self.operator == 'Exists'",
+                    "a toleration without a key must use operator Exists (it then tolerates every taint)",
+                    fieldPath=".operator",
+                ),
+            ]
+        }
+    )
+    key: str = Field(
+        "", max_length=316, description="Taint key it tolerates. Empty: every key (with Exists)."
+    )
+    operator: Literal["Equal", "Exists"] = Field(
+        "Equal", description="Equal: key and value match. Exists: the key."
+    )
+    value: str = Field("", max_length=63, description="Taint value, with operator Equal.")
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
+        "", description="Taint effect it tolerates. Empty: every effect."
+    )
+
+
+class Placement(Model):
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels every pod (frontends and storage) requires, beside its datacenter's "
+        "region; for example a node pool.",
+        json_schema_extra={"maxProperties": 16},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=16, description="Taints every pod tolerates (dedicated nodes)."
+    )
+
+    def pod_fields(self) -> dict[str, Any]:
+        """The pod spec's nodeSelector and tolerations (absent when not set)."""
+        fields: dict[str, Any] = {}
+        if self.node_selector:
+            fields["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            fields["tolerations"] = [
+                t.model_dump(by_alias=True, exclude_defaults=True) for t in self.tolerations
+            ]
+        return fields
+
+
 class GatewayRef(Model):
     name: str = Field("imageserver", pattern=DNS_SUBDOMAIN, max_length=253, description="Gateway name.")
     namespace: str = Field("", max_length=63, description="Gateway namespace. Empty: the ImageServer's.")
@@ -416,6 +468,10 @@ class ImageServerSpec(Model):
     )
     notifications: NotificationsSpec = Field(
         default_factory=NotificationsSpec, description="Who hears of it."
+    )
+    placement: Placement = Field(
+        default_factory=Placement,
+        description="Which nodes the pods may run on, beside their datacenter's region.",
     )
     gateway_ref: GatewayRef = Field(
         default_factory=GatewayRef,

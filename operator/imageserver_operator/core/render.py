@@ -263,6 +263,7 @@ def storage_objects(
                 "metadata": {"labels": labels, "annotations": _scrape_annotations()},
                 "spec": {
                     "affinity": _region_affinity(dc, selector, required=True),
+                    **spec.placement.pod_fields(),
                     "securityContext": _pod_security(),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
@@ -333,6 +334,7 @@ def frontend_objects(
                 },
                 "spec": {
                     "affinity": _region_affinity(dc, selector, required=False),
+                    **spec.placement.pod_fields(),
                     "securityContext": _pod_security(),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,

@@ -142,6 +142,20 @@ def test_kubectl_explain_teaches_the_fields(cluster: Cluster, imageserver_crd: s
             {"rollout": {"minRequests": 1}},
             "spec.rollout.minRequests in body should be greater than or equal to 10",
         ),
+        (
+            {"placement": {"tolerations": [{"key": "dedicated", "operator": "Exists", "value": "images"}]}},
+            "spec.placement.tolerations[0].value: Invalid value: "
+            "a toleration with operator Exists matches any value: leave value empty",
+        ),
+        (
+            {"placement": {"tolerations": [{"value": "images"}]}},
+            "a toleration without a key must use operator Exists",
+        ),
+        (
+            {"placement": {"tolerations": [{"key": "dedicated", "effect": "NoRun"}]}},
+            'Unsupported value: "NoRun": supported values: "", "NoSchedule", "PreferNoSchedule", "NoExecute"',
+        ),
+        ({"placement": {"nodeSelector": {"pool": 3}}}, "spec.placement.nodeSelector.pool: Invalid value"),
     ],
 )
 def test_bad_specs_are_refused_with_a_clear_message(

@@ -28,8 +28,13 @@ def test_schema_is_structural_and_explains_every_spec_field() -> None:
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
 
     def walk(node: dict[str, object], path: str) -> None:
-        assert "$ref" not in node and "anyOf" not in node and "additionalProperties" not in node, path
+        assert "$ref" not in node and "anyOf" not in node, path
         assert node.get("type"), f"{path} has no type"
+        # A map's values have a schema (structural: never beside properties, never `false`).
+        values = node.get("additionalProperties")
+        assert values is None or (isinstance(values, dict) and "properties" not in node), path
+        if isinstance(values, dict):
+            walk(values, f"{path}{{}}")
         properties = node.get("properties", {})
         assert isinstance(properties, dict)
         for name, child in properties.items():

@@ -151,3 +151,37 @@ def test_objects_no_longer_rendered_are_stale_and_nothing_else_is() -> None:
         "photos",
     ]
     assert plan(after, before) == changed
+
+
+def test_placement_reaches_every_pod_beside_its_region_and_nothing_when_unset() -> None:
+    owner, spec, env = load("three-datacenters")
+    placed = spec.model_copy(
+        update={
+            "placement": ImageServerSpec.model_validate(
+                {
+                    **spec.model_dump(by_alias=True),
+                    "placement": {
+                        "nodeSelector": {"pool": "images"},
+                        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                    },
+                }
+            ).placement
+        }
+    )
+    workloads = [
+        *by_kind(render(owner, placed, env), "Deployment"),
+        *by_kind(render(owner, placed, env), "StatefulSet"),
+    ]
+    assert workloads
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"pool": "images"}
+        assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+        region = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert region["nodeSelectorTerms"][0]["matchExpressions"][0]["key"] == "topology.kubernetes.io/region"
+    for workload in [
+        *by_kind(render(owner, spec, env), "Deployment"),
+        *by_kind(render(owner, spec, env), "StatefulSet"),
+    ]:
+        assert "nodeSelector" not in workload["spec"]["template"]["spec"]
+        assert "tolerations" not in workload["spec"]["template"]["spec"]
