@@ -287,10 +287,31 @@ def load(nodes: list[tuple[Path, Path]], ctr: Path) -> None:
             say(f"importing {len(work)} image(s) into the real nodes' containerd")
         with ThreadPoolExecutor(max_workers=3) as pool:
             list(pool.map(load_one, work))
+        for socket in {socket for socket, _, _ in work}:
+            _release(ctr, socket, set(built.values()))
         for _, root in nodes:
             record = _record(root)
             record.update({name: built[name] for _, done, name in work if done == root})
             (root / "images.json").write_text(json.dumps(record, indent=1))
+
+
+def _release(ctr: Path, socket: Path, current: set[str]) -> None:
+    """Let containerd collect the builds an import replaced, instead of filling the disk build
+    after build: the CRI also names each image by its id (which keeps it), and the import
+    holds a lease."""
+    base = [str(ctr), f"--address={socket}", "--namespace=k8s.io"]
+    listed = subprocess.run([*base, "images", "list", "--quiet"], capture_output=True, text=True, check=False)
+    stale = [name for name in listed.stdout.split() if name.startswith("sha256:") and name not in current]
+    if stale:
+        subprocess.run([*base, "images", "delete", *stale], capture_output=True, text=True, check=False)
+    leases = subprocess.run([*base, "leases", "list", "--quiet"], capture_output=True, text=True, check=False)
+    if leases.stdout.split():
+        subprocess.run(
+            [*base, "leases", "delete", "--sync", *leases.stdout.split()],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
 
 def _record(root: Path) -> dict[str, str]:
