@@ -24,7 +24,7 @@ from testbed.progress import say
 from testbed.tools import ToolError, module_source
 
 DOCKERFILE = REPO_ROOT / "images" / "Dockerfile"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"  # the sandbox image containerd 2.2 names; built here
 CONTENT_LABEL = "dev.imageserver-sre.content"
 # The project's images: Dockerfile target -> repository (tagged with the chart's appVersion).
 TARGETS = {

@@ -23,23 +23,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import pki
+from testbed import images, pki
 from testbed.processes import Managed, StartError, State, free_port, is_running, spawn, stop, wait_until
 
 NETNS = "isre-nodes"
 HOST_IF, NODE_IF = "isre-host", "isre-nodes"
 HOST_IP, NODE_IP = "10.200.0.1", "10.200.0.2"
 POD_NETWORK = "10.201.0.0/16"  # node i: 10.201.i.0/24
-SERVICE_NETWORK = "10.96.0.0/16"
 CLUSTER_DNS = NODE_IP  # CoreDNS listens in the nodes' namespace
 REAL_LABEL = "imageserver-sre.dev/node"  # = "real"
 REAL_TAINT = "imageserver-sre.dev/real-node"
-SANDBOX_IMAGE = "registry.k8s.io/pause:3.10.1"  # the one containerd 2.2 names; built here
 CGROUP_PREFIX = "isre-"
 CNI_BIN = Path("/usr/lib/cni")
 RUNC = Path("/usr/sbin/runc")
-# What a real node needs from Debian (the rest is built from Go modules).
-PACKAGES = ("runc", "containernetworking-plugins", "iptables", "conntrack", "socat", "buildah", "debootstrap")
 
 
 @dataclass(frozen=True)
@@ -155,7 +151,7 @@ state = "{run_dir() / node.region}"
 [{cri}.images"]
   snapshotter = "overlayfs"
 [{cri}.images".pinned_images]
-  sandbox = "{SANDBOX_IMAGE}"
+  sandbox = "{images.PAUSE_IMAGE}"
 [{cri}.runtime"]
   # The sandbox refuses a lower OOM score than its own (the kubelet asks -998 for a pod's
   # sandbox): keep containers at or above containerd's.
@@ -417,8 +413,6 @@ def up(
 
 def load_images(regions: tuple[str, ...], ctr: Path) -> None:
     """The project's images, built if the sources changed, into every node's containerd."""
-    from testbed import images  # noqa: PLC0415 (buildah is needed only here)
-
     nodes = [Node(region, i) for i, region in enumerate(regions)]
     images.load([(node.socket(), _image_root() / node.region) for node in nodes], ctr)
 
