@@ -41,8 +41,26 @@ typecheck: dev
 imports: dev
 	$(VENV)/bin/lint-imports
 
+# The e2e stories mostly wait on SLO windows, so E2E_JOBS of them run side by side
+# (pytest-xdist, one shared cluster); unit and integration tests, whose load and latency
+# figures want the machine to themselves, run first and alone, and the tests that restart
+# the control plane under everyone's feet run last and alone.
+E2E_JOBS ?= 2
+PYTEST := REAL_NODES=$(REAL_NODES) $(PY) -m pytest --durations=20
+
 pytest: dev prometheus tools $(if $(filter 1,$(REAL_NODES)),node-packages,)
-	REAL_NODES=$(REAL_NODES) $(PY) -m pytest --durations=30 $(PYTEST_ARGS)
+ifneq ($(strip $(PYTEST_ARGS)),)
+	$(PYTEST) $(PYTEST_ARGS)
+else
+	@rc=0; \
+	echo "==> unit and integration tests, one at a time"; \
+	$(PYTEST) tests/unit tests/integration || rc=1; \
+	echo "==> e2e tests, $(E2E_JOBS) side by side"; \
+	$(PYTEST) tests/e2e -m "not disruptive" -n $(E2E_JOBS) || rc=1; \
+	echo "==> e2e tests that restart the control plane, alone"; \
+	$(PYTEST) tests/e2e -m disruptive || rc=1; \
+	exit $$rc
+endif
 
 test: lint typecheck imports pytest  ## ruff, mypy --strict, import-linter, then every test (unit, integration, e2e)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+import statistics
 import struct
 import zlib
 
@@ -25,8 +26,20 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
         draw.ellipse(
             (x - r, y - r, x + r, y + r), fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256))
         )
-    noise = Image.effect_noise((width, height), 24).convert("RGB")
-    return Image.blend(image.filter(ImageFilter.GaussianBlur(2)), noise, 0.12)
+    return Image.blend(
+        image.filter(ImageFilter.GaussianBlur(2)), noise(width, height, rng).convert("RGB"), 0.12
+    )
+
+
+# Gaussian grey levels (mean 128, sigma 24) by the inverse CDF of 256 evenly spaced quantiles.
+_NORMAL = statistics.NormalDist(128, 24)
+_GAUSSIAN = [min(255, max(0, round(_NORMAL.inv_cdf((i + 0.5) / 256)))) for i in range(256)]
+
+
+def noise(width: int, height: int, rng: random.Random) -> Image.Image:
+    """Sensor-like noise as Image.effect_noise(size, 24) makes it, but drawn from the seed
+    (effect_noise draws from C's rand(), so the same seed gave other bytes each time)."""
+    return Image.frombytes("L", (width, height), rng.randbytes(width * height)).point(_GAUSSIAN)
 
 
 def encoded(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:

@@ -89,14 +89,15 @@ class Gateway:
 
     def refresh(self) -> None:
         """Read the HTTPRoute's weights (service `<name>-frontend-<dc>`, as the operator names it)."""
-        raw = self.cluster.kubectl(
-            "get", "httproute", self.imageserver, "-n", self.namespace, "-o", "json", check=False
+        route = self.cluster.read(
+            f"/apis/gateway.networking.k8s.io/v1/namespaces/{self.namespace}/httproutes/{self.imageserver}",
+            missing_ok=True,
         )
         prefix = f"{self.imageserver}-frontend-"
         try:
-            refs = json.loads(raw)["spec"]["rules"][0]["backendRefs"]
+            refs = route["spec"]["rules"][0]["backendRefs"]
             weights = {ref["name"].removeprefix(prefix): int(ref.get("weight", 1)) for ref in refs}
-        except (ValueError, KeyError, IndexError):
+        except (TypeError, ValueError, KeyError, IndexError):
             weights = {r.datacenter: 1 for r in self.runner.frontends()}
         with self._lock:
             self.weights = weights

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from testbed.cluster import Cluster
 from testbed.gateway import Gateway
@@ -26,6 +27,8 @@ from testbed.operators import OperatorProcesses
 from testbed.podrunner import PodRunner
 from testbed.prometheus import Prometheus
 from testbed.slack_stub import SlackStub
+
+IMAGESERVERS = "/apis/imageserver.dev/v1alpha1"
 
 
 def small_jpeg(n: int) -> bytes:
@@ -133,35 +136,15 @@ class Mission:
     def _rule_file(self) -> str:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            text = self.cluster.kubectl(
-                "get",
-                "configmap",
-                f"{self.name}-slo-rules",
-                "-n",
-                self.namespace,
-                "-o",
-                "jsonpath={.data.rules\\.yml}",
-                check=False,
-            )
+            configmap = self.cluster.read(self._path("configmaps", f"{self.name}-slo-rules"), missing_ok=True)
+            text = str((configmap or {}).get("data", {}).get("rules.yml", ""))
             if text.startswith("groups"):
                 return text
             time.sleep(0.5)
         raise TimeoutError(f"the operator rendered no {self.name}-slo-rules ConfigMap")
 
     def _pods(self) -> int:
-        pods = json.loads(
-            self.cluster.kubectl(
-                "get",
-                "pods",
-                "-n",
-                self.namespace,
-                "-l",
-                f"app.kubernetes.io/instance={self.name}",
-                "-o",
-                "json",
-            )
-        )
-        return len(pods["items"])
+        return len(self._mine("pods"))
 
     def _seed(self) -> dict[str, str]:
         """One upload, retried while frontends' shard maps catch up (a 503), as a client would."""
@@ -191,27 +174,23 @@ class Mission:
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(body))
 
     def imageserver(self) -> dict[str, Any]:
-        return dict(
-            json.loads(self.cluster.kubectl("get", "imgs", self.name, "-n", self.namespace, "-o", "json"))
-        )
+        return dict(self.cluster.read(self._path("imageservers", self.name, IMAGESERVERS)))
 
     def serving(self) -> dict[str, str]:
         """The revision each datacenter's frontends are rendered at (its Deployment's pod
         template), which a rollback changes: the spec stays as the user applied it."""
-        mine = f"app.kubernetes.io/instance={self.name}"
-        listed = self.cluster.kubectl("get", "deployments", "-n", self.namespace, "-l", mine, "-o", "json")
-        pods = [d["spec"]["template"]["metadata"]["labels"] for d in json.loads(listed)["items"]]
-        return {p["imageserver.dev/datacenter"]: p["imageserver.dev/revision"] for p in pods}
+        deployments = self._mine("deployments", "/apis/apps/v1")
+        labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments]
+        return {p["imageserver.dev/datacenter"]: p["imageserver.dev/revision"] for p in labels}
 
     def settled_on(self, revision: str) -> bool:
         """Every pod of the ImageServer is at `revision` with its process running, and no
         replaced process is still on its way out: a rollout is over for users too."""
-        mine = f"app.kubernetes.io/instance={self.name}"
-        pods = json.loads(self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", mine, "-o", "json"))
-        names = {p["metadata"]["name"] for p in pods["items"]}
+        pods = self._mine("pods")
+        names = {p["metadata"]["name"] for p in pods}
         revisions = {
             e.get("value")
-            for p in pods["items"]
+            for p in pods
             for e in p["spec"]["containers"][0].get("env", [])
             if e["name"] == "IMAGESERVER_REVISION"
         }
@@ -233,21 +212,28 @@ class Mission:
         return dict(self.imageserver()["metadata"].get("annotations") or {})
 
     def events(self) -> list[dict[str, Any]]:
-        items = json.loads(self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json"))["items"]
+        items = self.cluster.read(self._path("events"))["items"]
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def reasons(self) -> list[str]:
         return [str(e["reason"]) for e in self.events()]
 
     def postmortems(self) -> list[dict[str, Any]]:
-        return list(
-            json.loads(self.cluster.kubectl("get", "pm", "-n", self.namespace, "-o", "json"))["items"]
-        )
+        return list(self.cluster.read(self._path("postmortems", group=IMAGESERVERS))["items"])
 
     def weights(self) -> dict[str, int]:
         assert self.gateway is not None
         self.gateway.refresh()
         return dict(self.gateway.weights)
+
+    # -- reads (straight from the API: see Cluster.read) --------------------------------------
+
+    def _path(self, plural: str, name: str = "", group: str = "/api/v1") -> str:
+        return f"{group}/namespaces/{self.namespace}/{plural}" + (f"/{name}" if name else "")
+
+    def _mine(self, plural: str, group: str = "/api/v1") -> list[dict[str, Any]]:
+        selector = quote(f"app.kubernetes.io/instance={self.name}")
+        return list(self.cluster.read(f"{self._path(plural, group=group)}?labelSelector={selector}")["items"])
 
     def until(self, what: str, check: Callable[[], bool], timeout: float, poll: float = 1.0) -> float:
         """Seconds until check() holds; TimeoutError naming `what` when it never does."""

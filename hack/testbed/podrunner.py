@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from imageserver_operator.core.slo import job_label
 from testbed.cluster import Cluster
@@ -193,9 +194,7 @@ class PodRunner:
 
     def sync(self) -> None:
         """One pass: start what is Running, stop what is gone, refresh topologies and targets."""
-        pods = json.loads(
-            self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", SELECTOR, "-o", "json")
-        )
+        pods = self.cluster.read(f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={quote(SELECTOR)}")
         running = {
             p["metadata"]["name"]: p
             for p in pods["items"]
@@ -328,28 +327,30 @@ class PodRunner:
                 for r in [*self.runners.values(), *(r for r, _ in self.leaving)]
                 if r.topology is not None and is_running(r.managed)
             ]
+        documents: dict[str, Any] = {}  # one read per ImageServer and pass, however many readers
         for runner in readers:
             if runner.topology is None:
                 continue
-            raw = self.cluster.kubectl(
-                "get",
-                "configmap",
-                f"{runner.imageserver}-topology",
-                "-n",
-                self.namespace,
-                "-o",
-                "jsonpath={.data.topology\\.json}",
-                check=False,
-            )
-            try:
-                document = json.loads(raw)
-            except ValueError:
+            if runner.imageserver not in documents:
+                documents[runner.imageserver] = self._topology(runner.imageserver)
+            document = documents[runner.imageserver]
+            if document is None:
                 continue
             text = json.dumps(local_topology(document, addresses), indent=2, sort_keys=True)
             if not runner.topology.exists() or runner.topology.read_text() != text:
                 tmp = runner.topology.with_suffix(".tmp")
                 tmp.write_text(text)
                 tmp.replace(runner.topology)
+
+    def _topology(self, imageserver: str) -> Any:
+        """The operator's topology document, or None while there is none (or no API server)."""
+        try:
+            configmap = self.cluster.read(
+                f"/api/v1/namespaces/{self.namespace}/configmaps/{imageserver}-topology", missing_ok=True
+            )
+            return None if configmap is None else json.loads(configmap["data"]["topology.json"])
+        except (RuntimeError, OSError, KeyError, ValueError):
+            return None
 
     def _write_targets(self) -> None:
         # As the rendered ServiceMonitor does: the SLO rules count only series of the

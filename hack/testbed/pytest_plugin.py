@@ -6,8 +6,12 @@ marker and those under `tests/integration/` the `integration` marker from their 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,24 +47,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    """The local cluster: the running one when there is one (left running), else a new one
-    (stopped at the end of the session)."""
-    running = local_cluster.running()
-    if running is not None:
-        yield running
-        return
-    started = local_cluster.up()
-    try:
-        yield started
-    finally:
-        local_cluster.down(started.state, quiet=True)
+    """The local cluster: the running one when there is one (left running), else a new one,
+    stopped when the whole run ends (after every xdist worker: see pytest_sessionfinish)."""
+    with _session_lock():
+        running = local_cluster.running()
+        if running is None:
+            running = local_cluster.up()
+            (_session_dir() / STARTED).write_text(str(running.state))
+    yield running
 
 
 @pytest.fixture(scope="session")
 def real_nodes(cluster: Cluster) -> list[str]:
     """A real node per datacenter (kubelet, containerd, runc) in the cluster: added if it has
     none; they go with the cluster (see `cluster`)."""
-    return local_cluster.add_real_nodes(cluster)
+    with _session_lock():
+        return local_cluster.add_real_nodes(cluster)
+
+
+# One run of pytest may be several processes (pytest-xdist's workers): they share one cluster,
+# which the first to need it starts under a lock, and the run's main process stops it at the
+# very end if the run started it. The main process names the shared directory before any
+# worker exists; the workers inherit it through the environment.
+SESSION = "IMAGESERVER_SRE_TEST_SESSION"
+STARTED = "cluster-started"
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _session_dir() -> Path:
+    return Path(os.environ[SESSION])
+
+
+@contextlib.contextmanager
+def _session_lock() -> Iterator[None]:
+    with (_session_dir() / "lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_worker(config):
+        os.environ[SESSION] = tempfile.mkdtemp(prefix="imageserver-sre-session-")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _is_worker(session.config) or SESSION not in os.environ:
+        return
+    shared = Path(os.environ.pop(SESSION))
+    started = shared / STARTED
+    if started.exists():
+        local_cluster.down(Path(started.read_text()), quiet=True)
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 @pytest.fixture
