@@ -28,7 +28,7 @@ from testbed.prometheus import Prometheus
 REAL_NODES = (os.environ.get("REAL_NODES") or os.environ.get("IMAGESERVER_SRE_REAL_NODES")) == "1"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
         for marker in ("e2e", "integration"):
@@ -40,6 +40,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(
                     pytest.mark.skip(reason="real nodes are off: `REAL_NODES=1 make test` runs them")
                 )
+    # A test that restarts the control plane must have the cluster to itself: never beside
+    # another xdist worker's tests (`make pytest` runs them in a step of their own).
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    for item in items:
+        if workers > 1 and item.get_closest_marker("disruptive") is not None:
+            item.add_marker(pytest.mark.skip(reason="restarts the control plane: run it alone, without -n"))
     # Last: the clients of a restarted control plane (controllers, KWOK) may take minutes to
     # notice a stalled watch, and no other test should wait for them.
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
@@ -96,6 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[SESSION] = tempfile.mkdtemp(prefix="imageserver-sre-session-")
 
 
+@pytest.hookimpl(trylast=True)  # after the runner's teardown of what still uses the cluster
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _is_worker(session.config) or SESSION not in os.environ:
         return

@@ -185,6 +185,12 @@ class Kube:
         assert isinstance(written, dict)
         return str(written["metadata"]["resourceVersion"])
 
+    def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """One ConfigMap's data by name, or None when there is none: listed with a field
+        selector (the operator lists and watches its children; it has no `get` on ConfigMaps)."""
+        found = self.core.list_namespaced_config_map(namespace, field_selector=f"metadata.name={name}")
+        return dict(found.items[0].data or {}) if found.items else None
+
     def get_imageserver(self, namespace: str, name: str) -> dict[str, Any]:
         body = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "imageservers", name)
         assert isinstance(body, dict)

@@ -42,6 +42,10 @@ class Environment:
     prometheus_rule: bool = False  # monitoring.coreos.com PrometheusRule CRD installed
     # The revision each datacenter runs (status.rollout); absent: spec.version.
     revisions: Mapping[str, str] = field(default_factory=dict)
+    # The shards each datacenter's topology lists and the map's generation (shards.py: new
+    # shards join once their storage is ready); absent: spec.shards and the spec's generation.
+    shards: Mapping[str, int] = field(default_factory=dict)
+    topology_generation: int | None = None
 
     def revision(self, spec: ImageServerSpec, dc: str) -> str:
         return self.revisions.get(dc) or spec.version
@@ -370,7 +374,7 @@ def weight(dc: DatacenterSpec, env: Environment) -> int:
 def topology(owner: Owner, spec: ImageServerSpec, env: Environment) -> dict[str, Any]:
     """The shard map in the shape `imageserver frontend --topology` reads."""
     return {
-        "generation": owner.generation,
+        "generation": owner.generation if env.topology_generation is None else env.topology_generation,
         "writeQuorum": spec.storage.write_quorum,
         "crossDatacenter": spec.storage.cross_datacenter,
         "datacenters": [
@@ -387,7 +391,7 @@ def topology(owner: Owner, spec: ImageServerSpec, env: Environment) -> dict[str,
                             for r in range(spec.storage.replicas)
                         ],
                     }
-                    for i in range(spec.shards)
+                    for i in range(env.shards.get(dc.name, spec.shards))
                 ],
             }
             for dc in spec.datacenters

@@ -29,6 +29,8 @@ class Observation:
     paused: bool
     problems: tuple[str, ...] = ()  # why the spec cannot be run (InvalidSpec)
     serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision it runs
+    # datacenter → its new shards not in the shard map yet (shards.py)
+    waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def running(spec: ImageServerSpec, serving: Mapping[str, str]) -> str:
@@ -102,6 +104,12 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
         missing = expected - len(_workloads(observed.children.values()))
         if missing > 0:
             pending.insert(0, f"{missing} workloads not created yet")
+        # First: why a scale-up's new shards take no traffic yet (shards.py).
+        waiting = [
+            f"{dc}: shards {', '.join(shards)} join the shard map once their storage is ready"
+            for dc, shards in sorted(observed.waiting.items())
+        ]
+        pending = [*waiting, *pending]
         if pending:
             conditions = [
                 cond("Ready", "False", "RollingOut", "; ".join(pending[:5])),

@@ -13,7 +13,7 @@ import asyncio
 import datetime
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,9 +23,9 @@ from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import ObjectKey, Store, status_of
 from imageserver_operator.api.durations import stamp
 from imageserver_operator.api.models import ImageServerSpec
-from imageserver_operator.core import reconcile, rollout, status
+from imageserver_operator.core import reconcile, rollout, shards, status
 from imageserver_operator.core.annotations import drained_of, paused_of
-from imageserver_operator.core.render import Environment, Owner, render, storage_token
+from imageserver_operator.core.render import Environment, Owner, render, storage_token, topology_name
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class Controller:
         self._running: set[ObjectKey] = set()
         self._again: set[ObjectKey] = set()
         self._tokens_made: set[str] = set()  # ImageServer uids whose storage token exists
+        # The shard map last applied per ImageServer uid, until the store has it (shards.at_least).
+        self._published: dict[str, shards.Published | None] = {}
 
     def enqueue(self, where: ObjectKey) -> None:
         if where in self._running:
@@ -127,15 +129,27 @@ class Controller:
         children = self.store.children(owner.uid)
         applied: list[str] = []
         pruned: list[str] = []
+        waiting: dict[str, tuple[str, ...]] = {}
         if spec is not None and not problems:
             if owner.uid not in self._tokens_made:  # before the pods that mount it
                 token = storage_token(owner, secrets.token_urlsafe(32))
                 await asyncio.to_thread(self.kube.create_secret_once, token)
                 self._tokens_made.add(owner.uid)
-            desired = render(owner, spec, Environment(drained=drained, revisions=serving, **self.apis))
+            publication = await self._publication(owner, spec, children)
+            waiting = dict(publication.waiting)
+            environment = Environment(
+                drained=drained,
+                revisions=serving,
+                shards=publication.shards,
+                topology_generation=publication.generation,
+                **self.apis,
+            )
+            desired = render(owner, spec, environment)
             for obj in reconcile.plan(desired, children):
                 await asyncio.to_thread(self.kube.apply, obj)
                 applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == topology_name(owner):
+                    self._published[owner.uid] = shards.published_in(obj)
             # Volumes stay: StatefulSets keep their claims, so a removed datacenter's data is not lost.
             for obj in reconcile.stale(desired, children):
                 await asyncio.to_thread(self.kube.delete, obj)
@@ -148,6 +162,7 @@ class Controller:
             paused=paused_of(body),
             problems=tuple(problems),
             serving=serving,
+            waiting=waiting,
         )
         old = status_of(body)
         new = status.compute(observed, old, stamp(self.clock()))
@@ -171,6 +186,17 @@ class Controller:
             if not written:
                 return
             await self._announce(body, old, new)
+
+    async def _publication(
+        self, owner: Owner, spec: ImageServerSpec, children: Mapping[tuple[str, str, str], Any]
+    ) -> shards.Publication:
+        """Which shards the topology lists (core/shards.py), from the best map at hand."""
+        live = shards.published(owner, children)
+        if shards.unsure(live, children):
+            data = await asyncio.to_thread(self.kube.configmap_data, owner.namespace, topology_name(owner))
+            live = shards.published_in({"data": data} if data is not None else None)
+        live = shards.at_least(live, self._published.get(owner.uid))
+        return shards.publication(spec, owner.generation, live, shards.ready_storage(owner, spec, children))
 
     async def _announce(self, body: dict[str, Any], old: Any, new: dict[str, Any]) -> None:
         """An Event for each condition that changed status."""

@@ -302,3 +302,44 @@ def test_drain_and_undrain_by_hand_go_through_the_route_topology_and_status(
     wait_for("dc-b back", lambda: weights() == {"a": 100, "b": 100})
     reasons = [e["reason"] for e in events(cluster, namespace, "edge")]
     assert "Drained" in reasons and "Undrained" in reasons
+
+
+def test_a_new_shard_joins_the_frontends_map_only_once_its_storage_is_ready(
+    cluster: Cluster, namespace: str, operators: OperatorProcesses
+) -> None:
+    """A scale-up must not send uploads to a shard whose pods are still starting (each would be
+    a 503): the map keeps its shards, and its generation, until the new StatefulSet has a write
+    quorum of ready pods. A ResourceQuota that admits no more pods holds the new shard back."""
+    operators.start()
+    apply(cluster, namespace, "grow", shards=1, storage={"replicas": 2, "writeQuorum": 2})
+    wait_for("Ready", ready(cluster, namespace, "grow"))
+
+    def shard_map() -> dict[str, Any]:
+        return dict(json.loads(get(cluster, namespace, "cm", "grow-topology")["data"]["topology.json"]))
+
+    assert shard_map()["generation"] == 1
+    pods = len(get(cluster, namespace, "pods")["items"])
+    cluster.kubectl("create", "quota", "no-more-pods", f"--hard=pods={pods}", "-n", namespace)
+    apply(cluster, namespace, "grow", shards=2, storage={"replicas": 2, "writeQuorum": 2})
+    new = "grow-storage-dc-a-s1"
+    wait_for(
+        "the new shard's StatefulSet",
+        lambda: new in cluster.kubectl("get", "sts", "-n", namespace, "-o", "name"),
+    )
+
+    def waiting() -> bool:
+        message = str(condition(get(cluster, namespace, "imgs", "grow"), "Ready").get("message", ""))
+        return message.startswith("dc-a: shards s1 join the shard map once their storage is ready")
+
+    wait_for("the status says what it waits for", waiting)
+    for _ in range(10):  # five seconds in which the operator resyncs and sees the pods refused
+        assert [len(d["shards"]) for d in shard_map()["datacenters"]] == [1]
+        assert shard_map()["generation"] == 1
+        time.sleep(0.5)
+
+    cluster.kubectl("delete", "quota", "no-more-pods", "-n", namespace)
+    wait_for(
+        "the new shard in the map", lambda: [len(d["shards"]) for d in shard_map()["datacenters"]] == [2], 120
+    )
+    assert shard_map()["generation"] == 2
+    assert get(cluster, namespace, "sts", new)["status"].get("readyReplicas", 0) >= 2
