@@ -569,18 +569,29 @@ def owner() -> Path | None:
 def present(state: State | None, directory: Path) -> bool:
     """Real nodes of this cluster's to remove: its node processes, or leftovers (namespace,
     state, cgroups) that are its own or no live cluster's."""
-    mine = owner()
-    others = mine is not None and mine != directory.resolve() and (mine / "state.json").exists()
-    if others:  # another cluster's nodes (or their leftovers): its own down() removes them
-        return False
-    if state is not None and managed(state):
-        return True
-    leftovers = (
-        (Path("/run/netns") / NETNS).exists()
-        or run_dir().exists()
-        or any(Path("/sys/fs/cgroup/pids").glob(f"{CGROUP_PREFIX}*"))
+    holder = owner()
+    return claims(
+        directory.resolve(),
+        holder,
+        holder_has_state=holder is not None and (holder / "state.json").exists(),
+        processes=state is not None and bool(managed(state)),
+        leftovers=(
+            (Path("/run/netns") / NETNS).exists()
+            or run_dir().exists()
+            or any(Path("/sys/fs/cgroup/pids").glob(f"{CGROUP_PREFIX}*"))
+        ),
     )
-    return leftovers
+
+
+def claims(
+    directory: Path, holder: Path | None, *, holder_has_state: bool, processes: bool, leftovers: bool
+) -> bool:
+    """The ownership rule, pure: another cluster that still has its state keeps its nodes and
+    their leftovers (its own down() removes them); otherwise this cluster removes its node
+    processes, and any leftovers (its own, or a killed run's nobody holds)."""
+    if holder is not None and holder != directory and holder_has_state:
+        return False
+    return processes or leftovers
 
 
 def is_up(state: State) -> bool:
