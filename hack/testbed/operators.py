@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -51,6 +52,22 @@ class OperatorProcesses:
             **(env or {}),
         }
         return spawn(self.state, f"operator-{self.count}", argv, environment)
+
+    def holder(self) -> str:
+        """Who holds the namespace's leader Lease now ("" when nobody does)."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/imageserver-operator"
+        lease = self.cluster.read(path, missing_ok=True) or {}
+        return str(lease.get("spec", {}).get("holderIdentity") or "")
+
+    def wait_leading(self, name: str, timeout: float = 60.0) -> float:
+        """Seconds until the process `name` (e.g. "operator-1") holds the Lease: a measurement
+        of what the operator does must not count a Python process starting on a busy machine."""
+        started = time.monotonic()
+        while self.holder() != name:
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{name} did not take the leader Lease within {timeout:.0f}s")
+            time.sleep(0.1)
+        return time.monotonic() - started
 
     def stop_all(self) -> None:
         for managed in self.state.processes.values():

@@ -28,16 +28,7 @@ THREAD = "imageserver.dev/slack-thread"
 
 
 def holder(one: Mission) -> str:
-    return one.cluster.kubectl(
-        "get",
-        "lease",
-        "imageserver-operator",
-        "-n",
-        one.namespace,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-        check=False,
-    ).strip()
+    return one.operators.holder()
 
 
 def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incident_on(
@@ -74,7 +65,7 @@ def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incide
     # client-go's rule: the lease is taken once its record has not changed for its duration,
     # as the standby measures it from when it first saw that record (up to one of its rounds
     # after the last renewal), at its first round after that (up to one more): the duration
-    # and two renew periods (a third of the duration each) at most, and a second for kubectl.
+    # and two renew periods (a third of the duration each) at most, and a second for the poll.
     assert took_over <= LEASE_SECONDS + 2 * LEASE_SECONDS / 3 + 1
 
     def resolved() -> bool:
