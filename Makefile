@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TESTBED := PYTHONPATH=hack $(PYTHON) -m testbed
 
-.PHONY: bench bench-operator bench-canary bench-rebalance help dev test lint typecheck imports pytest tools prometheus node-packages cluster-up cluster-down cluster-status gateway-api demo clean generate
+.PHONY: bench bench-capacity bench-operator bench-canary bench-rebalance help dev test lint typecheck imports pytest tools prometheus node-packages cluster-up cluster-down cluster-status gateway-api demo clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -79,16 +79,20 @@ gateway-api: cluster-up  ## install the Gateway API CRDs (standard channel) into
 demo: dev prometheus tools  ## the whole mission on one machine: chart, traffic, a bad rollout, a sick datacenter (results in demo-out/)
 	PYTHONPATH=hack $(PY) -m testbed.demo $(DEMO_ARGS)
 
-generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), the chart's values table
+generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), the chart's values table, the README's capacity plan
 	$(VENV)/bin/imageserver-operator crds --write crds
 	cp crds/*.yaml charts/imageserver-operator/crds/
 	$(VENV)/bin/python hack/chart_docs.py
+	$(VENV)/bin/python hack/capacity_example.py
 
 bench: dev  ## data plane vs thumbor 7 and nginx on one corpus, in one run (not a test)
 	PYTHONPATH=hack:tests $(PY) bench/imageserver_bench.py $(BENCH_ARGS)
 
 bench-rebalance: dev  ## storage nodes moving data (rebalance, handoff) vs a durable local copy of the same files
 	PYTHONPATH=hack:tests $(PY) bench/rebalance_bench.py $(BENCH_ARGS)
+
+bench-capacity: dev  ## per-unit costs on this machine, written as the capacity planner's defaults
+	PYTHONPATH=hack:tests $(PY) bench/capacity_bench.py $(BENCH_ARGS)
 
 bench-operator: dev tools  ## the operator on the local cluster: apply → Ready, 200 ImageServers, idle cost
 	$(TESTBED) up --kwok-only >/dev/null

@@ -9,6 +9,7 @@ for an outage (every call 500) until set back.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import threading
@@ -19,6 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from testbed.processes import free_port
+
+
+def token_secret(name: str = "slack", token: str = "xoxb-test") -> dict[str, Any]:
+    """A Secret holding a bot token, as spec.notifications.slack.tokenSecretRef names it."""
+    data = {"token": base64.b64encode(token.encode()).decode()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data}
 
 
 @dataclass

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imageserver_operator.api import crds
 
@@ -140,6 +142,54 @@ def _postmortem_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _imageservers(text: str) -> list[dict[str, Any]]:
+    """The ImageServers in a YAML stream: documents, and the items of a List (kubectl get -o yaml)."""
+    import yaml  # noqa: PLC0415
+
+    found: list[dict[str, Any]] = []
+    for document in yaml.safe_load_all(text):
+        if not isinstance(document, dict):
+            continue
+        items = document.get("items") if document.get("kind") == "List" else [document]
+        found += [d for d in items or [] if isinstance(d, dict) and d.get("kind") == "ImageServer"]
+    return found
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import yaml  # noqa: PLC0415
+
+    from imageserver_operator.api.models import spec_from  # noqa: PLC0415
+    from imageserver_operator.api.unit_costs import measured  # noqa: PLC0415
+    from imageserver_operator.core import capacity, plan_view  # noqa: PLC0415
+
+    try:
+        text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text()
+        found = _imageservers(text)
+    except (OSError, yaml.YAMLError) as why:
+        print(f"error: cannot read {args.file}: {why}", file=sys.stderr)
+        return 2
+    if not found:
+        print(f"error: no ImageServer in {args.file}", file=sys.stderr)
+        return 2
+    plans = []
+    for document in found:  # all of them planned before anything is printed
+        name = str((document.get("metadata") or {}).get("name", "imageserver"))
+        try:
+            plans.append((name, capacity.plan(spec_from(document.get("spec") or {}), measured())))
+        except ValueError as why:  # an invalid spec (pydantic's message) or one it cannot plan
+            print(f"error: {name}: {why}", file=sys.stderr)
+            return 2
+    if args.output == "table":
+        print("\n".join(plan_view.table(name, planned) for name, planned in plans), end="")
+    else:
+        data = [plan_view.data(name, planned) for name, planned in plans]
+        if args.output == "json":
+            print(json.dumps(data[0] if len(data) == 1 else data, indent=2, allow_nan=False))
+        else:
+            print(yaml.safe_dump_all(data, sort_keys=False, width=120, explicit_start=len(data) > 1), end="")
+    return 1 if args.check and any(planned.short for _, planned in plans) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="imageserver-operator", description="The ImageServer operator.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -179,6 +229,16 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info")
     run.set_defaults(func=_run)
+
+    plan = commands.add_parser(
+        "plan", help="the capacity plan (bill of materials) of an ImageServer's spec.capacity"
+    )
+    plan.add_argument("-f", "--file", type=Path, required=True, help="ImageServer YAML (- for stdin)")
+    plan.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    plan.add_argument(
+        "--check", action="store_true", help="exit 1 when the spec cannot carry the load it declares"
+    )
+    plan.set_defaults(func=_plan)
 
     postmortem = commands.add_parser("postmortem", help="work with Postmortems")
     postmortem_commands = postmortem.add_subparsers(dest="postmortem_command", required=True)

@@ -33,6 +33,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # A release during a budget freeze: its reason (a P0 or security fix), recorded by the operator.
 RELEASE_EXCEPTION_ANNOTATION = f"{GROUP}/release-exception"
 RELEASES_FROZEN = "ReleasesFrozen"  # the SLO loop's condition the admission policy reads
+# The reconcile loop's condition from the capacity plan; the SLO loop tells Slack of it.
+CAPACITY_INSUFFICIENT = "CapacityInsufficient"
 
 
 def cel(rule: str, message: str, **extra: str) -> JsonDict:
@@ -381,6 +383,125 @@ class MonitoringSpec(Model):
     )
 
 
+SIZE = r"^[0-9]{1,4}x[0-9]{1,4}$"
+
+
+class ReadLoad(Model):
+    variants: float = Field(
+        0, ge=0, le=1e9, description="Peak reads per second of allowlisted variants (rendered at upload)."
+    )
+    on_demand: float = Field(
+        0, ge=0, le=1e9, description="Peak reads per second of signed on-demand variants."
+    )
+    originals: float = Field(0, ge=0, le=1e9, description="Peak reads per second of originals.")
+    on_demand_hit_percent: float = Field(
+        80,
+        ge=0,
+        le=100,
+        description="Share of on-demand reads a frontend answers from its variant cache; the rest render.",
+    )
+    on_demand_size: str = Field(
+        "600x400",
+        pattern=SIZE,
+        max_length=9,
+        description="The typical on-demand variant's box, e.g. 600x400.",
+    )
+
+
+class OriginalSize(Model):
+    mean: str = Field("2M", pattern=QUANTITY, description="Mean size of an uploaded original, e.g. 2M.")
+    p99: str = Field(
+        "8M",
+        pattern=QUANTITY,
+        description="99th percentile of the originals' sizes (the upload limit's test).",
+    )
+    megapixels: float = Field(
+        12, gt=0, le=50, description="Mean pixels of an original in megapixels (a phone: 12)."
+    )
+
+
+class FailureBudget(Model):
+    datacenters: int = Field(
+        1, ge=0, le=7, description="Datacenters that may be lost at peak while the others carry all traffic."
+    )
+    frontend_spares: int = Field(
+        2, ge=0, le=100, description="Frontend pods per datacenter beyond what its peak needs (N+2)."
+    )
+    storage_replica_losses: int = Field(
+        1,
+        ge=0,
+        le=6,
+        description="Replicas of a shard that may be down while uploads are still acknowledged "
+        "(storage.replicas - storage.writeQuorum must be at least this).",
+    )
+
+
+class UnitCostOverrides(Model):
+    """Per-unit costs measured on your own machines; each one absent is `make bench-capacity`'s."""
+
+    render_seconds_per_megapixel: float | None = Field(
+        None, gt=0, description="CPU seconds to render one variant, per megapixel of the original."
+    )
+    variant_bytes_per_megapixel: float | None = Field(
+        None, gt=0, description="Bytes of an encoded variant per megapixel of its own."
+    )
+    ingest_seconds_per_megabyte: float | None = Field(
+        None, gt=0, description="Frontend CPU seconds per megabyte uploaded (hashing, copying)."
+    )
+    cached_reads_per_core_second: float | None = Field(
+        None, gt=0, description="Variant reads answered from the cache per CPU second of a frontend."
+    )
+    original_reads_per_core_second: float | None = Field(
+        None, gt=0, description="Original reads per CPU second of a frontend."
+    )
+    storage_writes_per_second: float | None = Field(
+        None, gt=0, description="Small fsync'd writes per second one storage volume takes."
+    )
+    storage_write_bytes_per_second: float | None = Field(
+        None, gt=0, description="Bytes per second one storage volume takes in large fsync'd writes."
+    )
+    frontend_base_memory_bytes: float | None = Field(
+        None, gt=0, description="Memory of an idle frontend process."
+    )
+
+
+class CapacitySpec(Model):
+    """The load to plan for (NALSD): `imageserver-operator plan -f` prints the bill of materials,
+    and the operator says in status (CapacityInsufficient) when the spec cannot carry it."""
+
+    uploads_per_second: float = Field(ge=0, le=1e9, description="Peak uploads per second, all datacenters.")
+    reads: ReadLoad = Field(default_factory=ReadLoad, description="Peak reads per second, all datacenters.")
+    original_size: OriginalSize = Field(default_factory=OriginalSize, description="What an original weighs.")
+    average_percent_of_peak: float = Field(
+        50, gt=0, le=100, description="The day's average load as a share of its peak (for the disks)."
+    )
+    retention_years: float = Field(5, gt=0, le=100, description="How long images are kept.")
+    growth_percent_per_year: float = Field(0, ge=0, le=1000, description="Upload growth per year.")
+    failure_budget: FailureBudget = Field(
+        default_factory=FailureBudget, description="The failures to survive at peak."
+    )
+    target_utilization_percent: float = Field(
+        70,
+        gt=0,
+        le=100,
+        description="Highest CPU and disk utilization planned for (lower still when the "
+        "latency SLO needs it).",
+    )
+    volume_headroom_percent: float = Field(
+        20, ge=0, le=90, description="Share of every volume kept free at the end of the retention."
+    )
+    max_volume_size: str = Field(
+        "16Ti", pattern=QUANTITY, description="The largest volume your storage class provides."
+    )
+    cache_seconds: float = Field(
+        300, ge=0, le=86400, description="How long a frontend keeps an on-demand render in its cache."
+    )
+    unit_costs: UnitCostOverrides = Field(
+        default_factory=UnitCostOverrides,
+        description="Per-unit costs; absent ones are the measured defaults.",
+    )
+
+
 class ImageServerSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -478,6 +599,11 @@ class ImageServerSpec(Model):
         description="Gateway the HTTPRoute attaches to (when the Gateway API is installed).",
     )
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Who scrapes the pods.")
+    capacity: CapacitySpec | None = Field(
+        None,
+        description="The expected load and the failures to survive: the operator plans the capacity and "
+        "sets CapacityInsufficient when this spec cannot carry it. Absent: no plan.",
+    )
 
 
 class Condition(Model):
@@ -632,6 +758,21 @@ class RolloutStatus(Model):
     )
 
 
+class CapacityStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    summary: str = Field("", description="What one datacenter needs at peak with the failure budget spent.")
+    short: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="What the spec lacks to carry the load, and by how much.",
+    )
+    replica_capacity_rps: float = Field(
+        0, ge=0, description="Requests per second one frontend pod carries by the plan (the drain's check)."
+    )
+    unit_costs: str = Field("", description="Where the per-unit costs came from.")
+
+
 class ImageServerStatus(Model):
     observed_generation: int = Field(0, description="The spec generation last reconciled.")
     conditions: list[Condition] = Field(
@@ -652,6 +793,9 @@ class ImageServerStatus(Model):
     datacenter_summary: str = Field("", description="Datacenters for kubectl get, drained ones marked.")
     automation: AutomationStatus | None = Field(None, description="What the SLO loop remembers.")
     rollout: RolloutStatus | None = Field(None, description="Where the latest version has got to.")
+    capacity: CapacityStatus | None = Field(
+        None, description="The capacity plan of spec.capacity, in short (imageserver-operator plan: whole)."
+    )
 
 
 def spec_from(raw: Any) -> ImageServerSpec:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from imageserver_operator.api import durations
 from imageserver_operator.api.durations import parse_time, stamp
 from imageserver_operator.api.models import (
+    CAPACITY_INSUFFICIENT,
     GROUP,
     RELEASE_EXCEPTION_ANNOTATION,
     RELEASES_FROZEN,
@@ -73,6 +74,8 @@ class Kind:
 ROLLOUT_RUNBOOK = "runbooks/rollout.md"
 MAX_EXCEPTIONS = 8
 FREEZE_RUNBOOK = "runbooks/releases-frozen.md"
+CAPACITY_RUNBOOK = "runbooks/capacity-insufficient.md"
+CAPACITY_NOTICE = "capacity/"  # + the condition's lastTransitionTime
 KINDS: Mapping[policy.ActionKind, Kind] = {
     "rollback": Kind("runbooks/rollback.md", "Rolled back", "RolledBack", "Warning", True),
     "drain": Kind("runbooks/drain.md", "Drained", "Drained", "Warning", True),
@@ -308,10 +311,20 @@ def _judge(
     )
     state, baselines, healthy = _state(subject, seen, memory, now, moved)
     told = [*_rollout_notes(subject, moved), *_freeze_notes(subject, seen)]
-    if subject.spec.remediation.mode == "off":  # watch only: the condition, nothing else
+    if subject.spec.remediation.mode == "off":  # watch only: the conditions and notices, no action
         watched = dataclasses.replace(policy.decide(seen, state, now), actions=())
+        notified, tell_capacity = _capacity_told(subject, memory.notified)
+        memory = _replace(memory, notified=notified)
         status = _status_slice(subject, seen, watched, memory, now, moved=moved)
-        return Verdict(watched, (*((WriteStatus(status),) if status is not None else ()), *told), memory)
+        return Verdict(
+            watched,
+            (
+                *((WriteStatus(status),) if status is not None else ()),
+                *told,
+                *((_capacity_note(subject),) if tell_capacity else ()),
+            ),
+            memory,
+        )
     pending = incidents.interrupted(subject.annotations)
     if pending is not None:
         return Verdict(None, _resume(subject, seen, state, pending, now), memory)
@@ -331,6 +344,9 @@ def _judge(
     # Notices of actions outside any incident are told again once they stop being decided.
     decided = {f"/{a.kind}/{a.target}" for a in decision.actions}
     notified = [n for n in memory.notified if not n.startswith("/") or n in decided]
+    # CapacityInsufficient is told once per time it turns True (the reconcile loop sets it);
+    # remembered in the first status write, before the message goes out.
+    notified, tell_capacity = _capacity_told(subject, notified)
     before = AutomationStatus(
         tally=_count(memory.tally, step.incident, seen, now, interval_seconds),
         baselines=baselines,
@@ -396,6 +412,7 @@ def _judge(
         (
             *((WriteStatus(first), *rebalancing_event(subject, seen, now)) if first is not None else ()),
             *told,
+            *((_capacity_note(subject),) if tell_capacity else ()),
             *effects,
             *((WriteStatus(last),) if last is not None else ()),
         ),
@@ -444,8 +461,49 @@ def _state(
         serving=rollouts.serving(subject.spec, moved.rollout),
         canary_failed=verdict.message() if verdict is not None and verdict.outcome == "fail" else "",
         short_window_seconds=_short_seconds(subject),
+        planned_replica_rps=_planned_replica_rps(subject),
     )
     return state, baselines, healthy
+
+
+def _planned_replica_rps(subject: Subject) -> float | None:
+    """What the reconcile loop's capacity plan says a frontend pod carries (status.capacity),
+    while spec.capacity declares a load; None otherwise (or not yet planned)."""
+    if subject.spec.capacity is None:
+        return None
+    planned = (subject.status.get("capacity") or {}).get("replicaCapacityRps")
+    return float(planned) if isinstance(planned, int | float) and planned > 0 else None
+
+
+def _capacity_told(subject: Subject, notified: list[str]) -> tuple[list[str], bool]:
+    """The notices with the current CapacityInsufficient=True's (one per transition to True,
+    none while it is False), and whether it is to be told now."""
+    condition = subject.condition(CAPACITY_INSUFFICIENT)
+    notice = (
+        f"{CAPACITY_NOTICE}{condition.get('lastTransitionTime', '')}"
+        if condition.get("status") == "True"
+        else ""
+    )
+    kept = [n for n in notified if not n.startswith(CAPACITY_NOTICE) or n == notice]
+    if not notice or notice in kept or subject.paused:
+        return kept, False
+    return [*kept, notice][-64:], True
+
+
+def _capacity_note(subject: Subject) -> Effect:
+    condition = subject.condition(CAPACITY_INSUFFICIENT)
+    message = str(condition.get("message", ""))
+    since = "".join(ch for ch in str(condition.get("lastTransitionTime", "")) if ch.isdigit())
+    return Notify(
+        IncidentMessage(
+            f"{subject.name}-capacity-{since}",  # a thread of its own each time: seen in the channel
+            "capacity",
+            subject.where,
+            "spec cannot carry its declared load (CapacityInsufficient)",
+            reason=message[:2500],
+            runbook=CAPACITY_RUNBOOK,
+        )
+    )
 
 
 def _short_seconds(subject: Subject) -> float:

@@ -6,13 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Stage = Literal["opened", "action", "resolved", "unknown", "rollout"]
+Stage = Literal["opened", "action", "resolved", "unknown", "rollout", "capacity"]
 ICONS = {
     "opened": ":rotating_light:",
     "action": ":robot_face:",
     "resolved": ":white_check_mark:",
     "unknown": ":grey_question:",
     "rollout": ":ship:",
+    "capacity": ":bar_chart:",
 }
 
 

@@ -114,6 +114,9 @@ class State:
     serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision; absent: current
     canary_failed: str = ""  # a rollout wave's verdict was fail: why, with its numbers
     short_window_seconds: float = 300.0  # what the "5m" window covers (30 s for a 3-day SLO)
+    # Requests/s a frontend pod carries by the capacity plan (status.capacity); None: the
+    # hand-set remediation.drain.replicaCapacityRps.
+    planned_replica_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -360,7 +363,9 @@ def _drains(observed: Observation, state: State) -> list[Action]:
     room = policy.max_drained - already
     if room < len(sick):
         return []  # would exceed maxDrained
-    capacity = sum(dc.frontend_replicas for dc in others) * policy.replica_capacity_rps
+    per_replica = state.planned_replica_rps or policy.replica_capacity_rps
+    source = "the capacity plan" if state.planned_replica_rps else "remediation.drain.replicaCapacityRps"
+    capacity = sum(dc.frontend_replicas for dc in others) * per_replica
     limit = 1 - policy.headroom_percent / 100
     load = observed.requests_per_second / capacity if capacity else float("inf")
     if load > limit:
@@ -371,7 +376,8 @@ def _drains(observed: Observation, state: State) -> list[Action]:
             "drain",
             f"{dc.name} burns {describe(observed.by_datacenter[dc.name])} the error budget (page level) "
             f"while {names} are healthy; they absorb its traffic at {load:.0%} of their capacity "
-            f"(limit {limit:.0%} with {policy.headroom_percent}% headroom)",
+            f"(limit {limit:.0%} with {policy.headroom_percent}% headroom; {per_replica:,.0f} requests/s "
+            f"per frontend pod by {source})",
             target=dc.name,
         )
         for dc in sick

@@ -12,12 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imageserver_operator.api.models import ImageServerSpec
+from imageserver_operator.api.models import CAPACITY_INSUFFICIENT, ImageServerSpec
+from imageserver_operator.core import plan_view
+from imageserver_operator.core.capacity import Plan
 from imageserver_operator.core.render import Manifest
 
 # The reconcile loop's conditions; the SLO loop owns the others (SLOHealthy, Rebalancing,
 # RemediationFailing). Each loop applies only its own, under its own field manager.
-CONDITIONS = ("Ready", "Progressing", "Degraded", "AutomationPaused")
+CONDITIONS = ("Ready", "Progressing", "Degraded", "AutomationPaused", CAPACITY_INSUFFICIENT)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class Observation:
     serving: Mapping[str, str] = field(default_factory=dict)  # datacenter → revision it runs
     # datacenter → its new shards not in the shard map yet (shards.py)
     waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The plan of spec.capacity (capacity.py), or why it cannot be planned; None without one.
+    capacity: Plan | str | None = None
 
 
 def running(spec: ImageServerSpec, serving: Mapping[str, str]) -> str:
@@ -131,6 +135,27 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
         if observed.paused
         else cond("AutomationPaused", "False", "Active", "")
     )
+    plan = observed.capacity if spec is not None else None
+    kept: dict[str, Any] = {}
+    if isinstance(plan, str):
+        conditions.append(cond(CAPACITY_INSUFFICIENT, "Unknown", "CannotPlan", f"cannot plan: {plan}"[:4000]))
+        kept = {"capacity": {"summary": f"cannot plan: {plan}"[:1000]}}
+    elif plan is not None:
+        short = bool(plan.short)
+        conditions.append(
+            cond(
+                CAPACITY_INSUFFICIENT,
+                "True" if short else "False",
+                "SpecShortOfPlan" if short else "SpecCarriesPlan",
+                plan_view.condition_message(plan)[:4000],
+            )
+        )
+        kept = {"capacity": plan_view.status(plan)}
+    elif spec is None and CAPACITY_INSUFFICIENT in old:
+        # A spec that cannot be read says nothing about the load: the last plan stands (a
+        # new transition would tell people again when the spec is fixed).
+        conditions.append(dict(old[CAPACITY_INSUFFICIENT]))
+        kept = {"capacity": old_status["capacity"]} if "capacity" in old_status else {}
     return {
         "observedGeneration": gen,
         "conditions": conditions,
@@ -139,6 +164,7 @@ def compute(observed: Observation, old_status: Mapping[str, Any], now: str) -> d
         "datacenterSummary": _summary(spec, observed.drained)
         if spec
         else old_status.get("datacenterSummary", ""),
+        **kept,  # none without spec.capacity
     }
 
 
@@ -148,7 +174,7 @@ def owned(status: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **{
             k: status[k]
-            for k in ("observedGeneration", "datacenters", "revisions", "datacenterSummary")
+            for k in ("observedGeneration", "datacenters", "revisions", "datacenterSummary", "capacity")
             if k in status
         },
         "conditions": conditions,

@@ -22,8 +22,9 @@ from imageserver_operator.adapters.kube import FIELD_MANAGER, Kube
 from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import ObjectKey, Store, status_of
 from imageserver_operator.api.durations import stamp
-from imageserver_operator.api.models import ImageServerSpec
-from imageserver_operator.core import reconcile, rollout, shards, status
+from imageserver_operator.api.models import CAPACITY_INSUFFICIENT, ImageServerSpec
+from imageserver_operator.api.unit_costs import measured
+from imageserver_operator.core import capacity, reconcile, rollout, shards, status
 from imageserver_operator.core.annotations import drained_of, paused_of
 from imageserver_operator.core.render import Environment, Owner, render, storage_token, topology_name
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 Clock = Callable[[], datetime.datetime]
+WARNINGS = ("Degraded", CAPACITY_INSUFFICIENT)  # conditions whose True is a Warning Event
 
 
 class Controller:
@@ -163,6 +165,7 @@ class Controller:
             problems=tuple(problems),
             serving=serving,
             waiting=waiting,
+            capacity=_planned(spec) if spec is not None and spec.capacity and not problems else None,
         )
         old = status_of(body)
         new = status.compute(observed, old, stamp(self.clock()))
@@ -210,7 +213,7 @@ class Controller:
                 continue
             if not previous and condition["status"] != "True":
                 continue  # a first status that only says "nothing to report"
-            warning = condition["type"] == "Degraded" and condition["status"] == "True"
+            warning = condition["type"] in WARNINGS and condition["status"] == "True"
             await self._event(
                 body,
                 "Warning" if warning else "Normal",
@@ -220,3 +223,12 @@ class Controller:
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         await asyncio.to_thread(self.kube.event, body, type_, reason, message)
+
+
+def _planned(spec: ImageServerSpec) -> capacity.Plan | str:
+    """The capacity plan, or why there is none: a figure it cannot use is the spec's to fix,
+    said in the condition, never a failed reconcile."""
+    try:
+        return capacity.plan(spec, measured())
+    except (ValueError, ArithmeticError) as why:
+        return str(why)

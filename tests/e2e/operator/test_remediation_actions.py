@@ -7,7 +7,6 @@ ImageServer, its Postmortem, Events, annotations and Slack messages are real.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import json
 from collections.abc import Iterator, Mapping
@@ -22,7 +21,7 @@ from imageserver_operator.core.evaluation import Budgets, Key
 from imageserver_operator.core.policy import Observation
 from imageserver_operator.loops.remediation import Remediator
 from testbed.cluster import Cluster
-from testbed.slack_stub import SlackStub
+from testbed.slack_stub import SlackStub, token_secret
 
 CALM = {"5m": 0.1, "30m": 0.1, "1h": 0.1, "2h": 0.1, "6h": 0.1, "1d": 0.1, "3d": 0.1}
 FIRE = {"5m": 500.0, "30m": 300.0, "1h": 40.0, "2h": 20.0, "6h": 7.0, "1d": 2.0, "3d": 0.7}
@@ -41,8 +40,7 @@ def kube(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Kube:
 
 
 def setup(cluster: Cluster, namespace: str, mode: str = "auto") -> None:
-    token = base64.b64encode(b"xoxb-test").decode()
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "slack"}, "data": {"token": token}}
+    secret = token_secret()
     imgs = {
         "apiVersion": "imageserver.dev/v1alpha1",
         "kind": "ImageServer",

@@ -521,3 +521,42 @@ def test_a_hand_written_time_without_offset_stops_nothing() -> None:
     world = World(annotations=annotations)
     world.cycle(SICK_B, NOW)
     assert world.annotations["imageserver.dev/drained"] == "dc-b"
+
+
+def test_capacity_insufficient_is_told_once_each_time_it_turns_true() -> None:
+    def short(since: str) -> dict[str, Any]:
+        return {
+            "type": "CapacityInsufficient",
+            "status": "True",
+            "reason": "SpecShortOfPlan",
+            "message": "the spec cannot carry spec.capacity: shards: short by 3 shards",
+            "lastTransitionTime": since,
+        }
+
+    world = World()
+    world.body["status"]["conditions"] = [short("2026-11-28T11:00:00Z")]
+    for step in range(4):  # each cycle a leader reads the object afresh
+        world.cycle(seen(), minutes(step * 0.25))
+    told = [m for m in world.notices if m.stage == "capacity"]
+    assert len(told) == 1
+    assert "shards: short by 3 shards" in told[0].reason
+    assert told[0].runbook == "runbooks/capacity-insufficient.md"
+
+    # The reconcile loop clears it (the spec was raised): the notice is forgotten ...
+    world.body["status"]["conditions"] = [{**short(""), "status": "False", "lastTransitionTime": "x"}]
+    world.cycle(seen(), minutes(2))
+    assert not any(n.startswith("capacity/") for n in world.body["status"]["automation"]["notified"])
+    # ... and a later shortfall is a new one, told once more.
+    world.body["status"]["conditions"] = [short("2026-11-28T12:05:00Z")]
+    for step in range(3):
+        world.cycle(seen(), minutes(3 + step))
+    assert len([m for m in world.notices if m.stage == "capacity"]) == 2
+
+
+def test_capacity_insufficient_is_not_told_while_paused() -> None:
+    world = World(annotations={"imageserver.dev/paused": "true"})
+    world.body["status"]["conditions"] = [
+        {"type": "CapacityInsufficient", "status": "True", "message": "short", "lastTransitionTime": "t"}
+    ]
+    world.cycle(seen(), NOW)
+    assert not [m for m in world.notices if m.stage == "capacity"]

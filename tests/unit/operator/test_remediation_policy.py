@@ -138,6 +138,20 @@ def kinds(actions: tuple[Action, ...]) -> list[tuple[str, str, bool]]:
             "False",
         ),
         (
+            "the same traffic within what the capacity plan says the pods carry: drain",
+            seen(FIRE, rps=400, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}),
+            state(planned_replica_rps=500.0),
+            [("drain", "dc-b", True)],
+            "False",
+        ),
+        (
+            "the capacity plan says the pods carry less than the hand-set figure: no drain",
+            seen(FIRE, rps=300, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}),
+            state(planned_replica_rps=40.0),
+            [("page", "", True)],
+            "False",
+        ),
+        (
             "a drained datacenter healthy for the period: undrain",
             seen(dc={"dc-a": CALM, "dc-b": CALM, "dc-c": CALM}),
             state(
@@ -245,7 +259,15 @@ def test_reasons_are_written_for_people() -> None:
     )
     drain = decide(seen(FIRE, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}), state(), NOW).actions[0]
     assert "dc-b burns" in drain.reason and "dc-a, dc-c are healthy" in drain.reason
-    assert "absorb its traffic at 12% of their capacity (limit 80% with 20% headroom)" in drain.reason
+    assert (
+        "absorb its traffic at 12% of their capacity (limit 80% with 20% headroom; 100 requests/s per "
+        "frontend pod by remediation.drain.replicaCapacityRps)" in drain.reason
+    )
+    planned = decide(
+        seen(FIRE, dc={"dc-a": CALM, "dc-b": FIRE, "dc-c": CALM}), state(planned_replica_rps=250.0), NOW
+    ).actions[0]
+    assert "at 5% of their capacity" in planned.reason
+    assert "250 requests/s per frontend pod by the capacity plan" in planned.reason
 
 
 # -- properties over any situation --------------------------------------------------------

@@ -36,6 +36,7 @@ def test_every_alert_links_an_existing_runbook() -> None:
         "rollback",
         "rollout",
         "releases-frozen",
+        "capacity-insufficient",
         "drain",
         "undrain",
         "storage-full",
