@@ -223,7 +223,10 @@ def run(seconds: int, count: int) -> tuple[dict[str, float | str], list[tuple[st
         frontend = cluster.frontends["dc-a"]
         pid = frontend.managed.pid
         time.sleep(1)
-        base_memory = row("frontend base memory (idle, before any request)", (rss_bytes(pid),) * 3, "B")
+        base_memory = rss_bytes(pid)  # one reading: an idle process does not vary
+        rows.append(
+            ("frontend base memory (idle, before any request)", f"{base_memory:.4g} B", "one reading", "")
+        )
         ids = []
         for data in originals:
             answer = requests.post(f"{frontend.url}/v1/images", data=data, timeout=60)

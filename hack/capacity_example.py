@@ -30,7 +30,9 @@ def rewritten(text: str) -> str:
     body = yaml.safe_load(manifest.group(1))
     table = plan_view.table(body["metadata"]["name"], plan(spec_from(body["spec"]), measured()))
     block = f"```\n{table}```"
-    tail = PLAN.sub(lambda _: block, tail, count=1) if PLAN.search(tail) else tail
+    if not PLAN.search(tail):
+        raise SystemExit(f"no plan block (```, then a line 'Capacity plan of …') after {MARK} in README.md")
+    tail = PLAN.sub(lambda _: block, tail, count=1)
     return head + MARK + tail
 
 

@@ -40,12 +40,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(
                     pytest.mark.skip(reason="real nodes are off: `REAL_NODES=1 make test` runs them")
                 )
-    # A test that restarts the control plane must have the cluster to itself: never beside
-    # another xdist worker's tests (`make pytest` runs them in a step of their own).
+    # A test that restarts the control plane, or times the operator tightly, must have the
+    # cluster to itself: never beside another xdist worker's tests (`make pytest` runs them
+    # in a step of their own).
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    alone = {
+        "disruptive": "restarts the control plane: run it alone, without -n",
+        "timed": "a tight time bound a neighbour's load would break: run it alone, without -n",
+    }
     for item in items:
-        if workers > 1 and item.get_closest_marker("disruptive") is not None:
-            item.add_marker(pytest.mark.skip(reason="restarts the control plane: run it alone, without -n"))
+        for marker, reason in alone.items():
+            if workers > 1 and item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
     # Last: the clients of a restarted control plane (controllers, KWOK) may take minutes to
     # notice a stalled watch, and no other test should wait for them.
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

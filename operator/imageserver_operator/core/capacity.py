@@ -25,7 +25,6 @@ Not planned: storage pods' CPU and memory (not measured yet) and reads served by
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,8 +65,11 @@ class DatacenterPlan:
     share: float  # of the peak it carries with the failure budget spent
     figures: tuple[Figure, ...]
 
+    def figure(self, name: str) -> Figure:
+        return next(f for f in self.figures if f.name == name)
+
     def value(self, name: str) -> float:
-        return next(f.value for f in self.figures if f.name == name)
+        return self.figure(name).value
 
 
 @dataclass(frozen=True)
@@ -603,26 +605,3 @@ def _class_arithmetic(name: str, spec: ImageServerSpec, cap: CapacitySpec, c: Un
     if name == "original read":
         return f"1 / {_n(c.original_reads_per_core_second)} reads per core second"
     return f"1 / {_n(c.cached_reads_per_core_second)} cached reads per core second"
-
-
-def survives(plan_: Plan, spec: ImageServerSpec) -> list[str]:
-    """Why the plan's frontends would not carry the peak after losing any `failureBudget`
-    datacenters (empty: they would): the property the plan's construction must keep."""
-    cap = spec.capacity
-    assert cap is not None
-    active = [dc for dc in spec.datacenters if dc.weight > 0]
-    pods = {p.name: p.value("frontend pods") - plan_.spares for p in plan_.datacenters}
-    problems = []
-    lose = min(cap.failure_budget.datacenters, max(len(active) - 1, 0))
-    for lost in itertools.combinations([dc.name for dc in active], lose):
-        left = [dc for dc in active if dc.name not in lost]
-        weight = sum(dc.weight for dc in left)
-        for dc in left:
-            load = dc.weight / weight * plan_.demand_cores
-            cores = pods[dc.name] * plan_.cores_per_pod
-            if load > cores * plan_.utilization + 1e-6:
-                problems.append(
-                    f"without {', '.join(lost)}: {dc.name} needs {load:.3g} cores, has {cores:.3g} x "
-                    f"{plan_.utilization:.0%}"
-                )
-    return problems

@@ -74,8 +74,8 @@ def data(name: str, plan: Plan) -> dict[str, Any]:
 def status(plan: Plan) -> dict[str, Any]:
     """status.capacity: what the busiest datacenter needs, what is short, and the costs' origin."""
     busiest = max(plan.datacenters, key=lambda dc: dc.share)
-    volumes = next(f.shown for f in busiest.figures if f.name == "storage volumes")
-    egress = next(f.shown for f in busiest.figures if f.name == "egress to users")
+    volumes = busiest.figure("storage volumes").shown
+    egress = busiest.figure("egress to users").shown
     summary = (
         f"{busiest.name} at peak ({busiest.share:.0%} of it): {busiest.value('frontend pods'):.0f} frontend "
         f"pods, {plan.value('shards'):.0f} shards on {volumes} volumes, egress {egress}"

@@ -5,6 +5,8 @@ failure it declares within the latency SLO."""
 from __future__ import annotations
 
 import datetime
+import io
+import itertools
 import json
 import math
 import re
@@ -25,7 +27,7 @@ from imageserver_operator.api.models import LATENCY_BUCKETS, ImageServerSpec
 from imageserver_operator.api.quantities import parse, volume_size
 from imageserver_operator.api.unit_costs import UnitCosts, measured
 from imageserver_operator.core import capacity, plan_view, status
-from imageserver_operator.core.capacity import YEAR_SECONDS, plan, survives
+from imageserver_operator.core.capacity import YEAR_SECONDS, plan
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 # Round figures, so that every expectation below can be worked out by hand.
@@ -251,6 +253,29 @@ def test_more_load_never_needs_fewer_resources(base: ImageServerSpec, factors: l
             assert new.value(name) >= old.value(name) * (1 - 1e-9), (old.name, name)
 
 
+def survives(plan_: capacity.Plan, spec: ImageServerSpec) -> list[str]:
+    """Why the plan's frontends would not carry the peak after losing any `failureBudget`
+    datacenters (empty: they would), worked out apart from the planner's own shares."""
+    cap = spec.capacity
+    assert cap is not None
+    active = [dc for dc in spec.datacenters if dc.weight > 0]
+    pods = {p.name: p.value("frontend pods") - plan_.spares for p in plan_.datacenters}
+    problems = []
+    lose = min(cap.failure_budget.datacenters, max(len(active) - 1, 0))
+    for lost in itertools.combinations([dc.name for dc in active], lose):
+        left = [dc for dc in active if dc.name not in lost]
+        weight = sum(dc.weight for dc in left)
+        for dc in left:
+            load = dc.weight / weight * plan_.demand_cores
+            cores = pods[dc.name] * plan_.cores_per_pod
+            if load > cores * plan_.utilization + 1e-6:
+                problems.append(
+                    f"without {', '.join(lost)}: {dc.name} needs {load:.3g} cores, has {cores:.3g} x "
+                    f"{plan_.utilization:.0%}"
+                )
+    return problems
+
+
 @settings(max_examples=200, deadline=None)
 @given(specs())
 def test_the_plan_survives_the_failure_it_declares_within_the_latency_slo(candidate: ImageServerSpec) -> None:
@@ -470,3 +495,17 @@ def test_several_imageservers_plan_into_one_json_list_and_yaml_stream(
     assert [p["imageServer"] for p in yaml.safe_load_all(capsys.readouterr().out)] == ["one", "two"]
     assert cli.main(["plan", "-f", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_command_reads_a_manifest_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = spec().model_dump(by_alias=True, exclude_none=True)
+    manifest = {
+        "apiVersion": "imageserver.dev/v1alpha1",
+        "kind": "ImageServer",
+        "metadata": {"name": "piped"},
+    }
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump({**manifest, "spec": raw})))
+    assert cli.main(["plan", "-f", "-", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["imageServer"] == "piped"

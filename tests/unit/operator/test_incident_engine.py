@@ -560,3 +560,23 @@ def test_capacity_insufficient_is_not_told_while_paused() -> None:
     ]
     world.cycle(seen(), NOW)
     assert not [m for m in world.notices if m.stage == "capacity"]
+
+
+def test_the_drain_judges_the_others_by_the_capacity_plan_while_spec_capacity_is_set() -> None:
+    def drained_by(planned: float, *, declared: bool) -> list[str]:
+        world = World()
+        if declared:
+            world.body["spec"]["capacity"] = {"uploadsPerSecond": 1}
+        world.body["status"]["capacity"] = {"replicaCapacityRps": planned}
+        verdict = world.cycle(SICK_B, NOW)
+        assert verdict.decision is not None
+        return [a.reason for a in verdict.decision.actions if a.kind == "drain"]
+
+    # 50 requests/s onto dc-a and dc-c's 4 pods: 10 req/s a pod by the plan is too few ...
+    assert drained_by(10.0, declared=True) == []
+    # ... 1000 is plenty, and the reason says whose figure it was.
+    (reason,) = drained_by(1000.0, declared=True)
+    assert "1,000 requests/s per frontend pod by the capacity plan" in reason
+    # Without spec.capacity a plan left in status is not used: the hand-set figure is.
+    (reason,) = drained_by(10.0, declared=False)
+    assert "by remediation.drain.replicaCapacityRps" in reason
