@@ -218,6 +218,10 @@ class Mission:
     def reasons(self) -> list[str]:
         return [str(e["reason"]) for e in self.events()]
 
+    def events_of(self, reason: str) -> list[str]:
+        """The messages of the Events with `reason`, oldest first: what a failed count shows."""
+        return [str(e.get("message", "")) for e in self.events() if e["reason"] == reason]
+
     def postmortems(self) -> list[dict[str, Any]]:
         return list(self.cluster.read(self._path("postmortems", group=IMAGESERVERS))["items"])
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FIELD_MANAGER = "imageserver-operator"  # children and the reconcile loop's status fields
 SLO_FIELD_MANAGER = "imageserver-operator-slo"  # the SLO loop's status fields
 SLACK_THREAD_ANNOTATION = f"{GROUP}/slack-thread"  # on a Postmortem: its incident's thread ts
+JSON_PATCH = "application/json-patch+json"  # RFC 6902: a `test` makes a write conditional on a field
 OPTIONAL_APIS = {
     "gateway_api": "httproutes.gateway.networking.k8s.io",
     "service_monitor": "servicemonitors.monitoring.coreos.com",
@@ -159,6 +160,26 @@ class Kube:
         """Set (or, with None, remove) annotations on an ImageServer; the new version, or None
         when `resource_version` is no longer current."""
         return self._patch(namespace, name, {"metadata": {"annotations": annotations}}, resource_version)
+
+    def swap_annotation(self, namespace: str, name: str, key: str, expected: str, value: str) -> str | None:
+        """Replace one annotation while it still holds `expected`, whatever else was written
+        since (a JSON Patch whose `test` the API server checks with the write); the new
+        version, or None when the annotation holds something else now (422)."""
+        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        operations = [
+            {"op": "test", "path": path, "value": expected},
+            {"op": "replace", "path": path, "value": value},
+        ]
+        try:
+            written = self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "imageservers", name, operations, _content_type=JSON_PATCH
+            )
+        except ApiException as error:
+            if error.status == 422:  # the test failed (or the annotation is gone)
+                return None
+            raise
+        assert isinstance(written, dict)
+        return str(written["metadata"]["resourceVersion"])
 
     def _patch(
         self,

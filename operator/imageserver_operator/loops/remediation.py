@@ -23,15 +23,13 @@ from imageserver_operator.adapters import failpoints
 from imageserver_operator.adapters.kube import SLO_FIELD_MANAGER, Kube
 from imageserver_operator.adapters.metrics import OperatorMetrics
 from imageserver_operator.adapters.store import Store
-from imageserver_operator.core import engine, incidents, policy, postmortems
+from imageserver_operator.core import engine, policy, postmortems
 from imageserver_operator.core.evaluation import Budgets, Key
 from imageserver_operator.core.messages import IncidentMessage
 from imageserver_operator.core.slo import budget
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime.datetime]
-# Reads and writes of the told mark after a conflict, before the next cycle tells again.
-MARK_TOLD_ATTEMPTS = 5
 Observe = Callable[[Mapping[Key, Budgets]], Mapping[Key, policy.Observation]]
 
 
@@ -209,25 +207,22 @@ class Remediator:
     async def _mark_told(
         self, namespace: str, name: str, effect: engine.MarkTold, version: str | None
     ) -> tuple[str | None, bool]:
-        """The record marked told onto `version`; on a conflict, onto the object as it is now
-        while its record is still the one told (True: it was written onto a newer version).
-        People were just told: a mark left unwritten would have them told again, so a busy
-        object (the reconcile loop answering the action) is read and tried a few times."""
+        """The record marked told onto `version`; on a conflict, swapped in while the record
+        is still the one told, whatever else was written since (True: onto a newer version).
+        People were just told: a mark refused because the object was busy (the reconcile
+        loop answering the action) would have them told again."""
         annotations = dict(effect.annotations)
         written = await asyncio.to_thread(self.kube.annotate, namespace, name, annotations, version)
         if written is not None:
             return written, False
-        for _ in range(MARK_TOLD_ATTEMPTS):
-            fresh = await asyncio.to_thread(self.kube.get_imageserver, namespace, name)
-            meta = fresh["metadata"]
-            if (meta.get("annotations") or {}).get(incidents.LAST_ACTION_ANNOTATION) != effect.expected:
-                return None, False  # another action, or already marked: judged again
-            again = await asyncio.to_thread(
-                self.kube.annotate, namespace, name, annotations, meta.get("resourceVersion")
-            )
-            if again is not None:
-                return again, True
-        return None, True
+        (key, told), *_ = annotations.items()
+        swapped = await asyncio.to_thread(
+            self.kube.swap_annotation, namespace, name, key, effect.expected, str(told)
+        )
+        if swapped is None:
+            log.info("%s/%s: the action record changed before it was marked told", namespace, name)
+            return None, False  # another action, or already marked: judged again
+        return swapped, True
 
     async def _carry_out(self, body: dict[str, Any], effect: engine.Effect) -> None:
         """An effect that changes no ImageServer: an Event, a message, the Postmortem."""

@@ -81,7 +81,7 @@ def test_a_bad_rollout_is_rolled_back_within_two_minutes(mission: Callable[..., 
     gateway = one.gateway
     assert gateway is not None
     one.until("error ratio back to baseline", lambda: gateway.error_ratio(10) == 0.0, 90)
-    assert one.reasons().count("RolledBack") == 1
+    assert len(told := one.events_of("RolledBack")) == 1, told
 
 
 def test_killed_right_after_deciding_to_roll_back_then_restarted_rolls_back_exactly_once(

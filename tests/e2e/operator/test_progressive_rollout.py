@@ -97,7 +97,7 @@ def test_a_bad_build_never_leaves_the_first_wave(mission: Callable[..., Mission]
     share = served.get("1.1.0", 0.0) / max(sum(served.values()), 1.0)
     print(f"1.1.0 served {served.get('1.1.0', 0):.0f} of {sum(served.values()):.0f} requests ({share:.1%})")
     assert datacenters_that_ran(one, "1.1.0") == {"dc-a"}
-    assert one.reasons().count("RolledBack") == 1
+    assert len(told := one.events_of("RolledBack")) == 1, told
     assert len(one.postmortems()) == 1
     # Aborted by the wave's fail verdict, with the numbers behind it in the Postmortem.
     reason = one.annotations()["imageserver.dev/rollback-reason"]

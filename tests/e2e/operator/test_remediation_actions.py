@@ -18,6 +18,7 @@ from imageserver_operator.adapters.kube import FIELD_MANAGER, SLO_FIELD_MANAGER,
 from imageserver_operator.adapters.notifications import SlackRouter
 from imageserver_operator.adapters.store import Store
 from imageserver_operator.core.evaluation import Budgets, Key
+from imageserver_operator.core.incidents import LAST_ACTION_ANNOTATION
 from imageserver_operator.core.policy import Observation
 from imageserver_operator.loops.remediation import Remediator
 from testbed.cluster import Cluster
@@ -221,6 +222,47 @@ async def test_an_action_interrupted_by_a_crash_is_completed_once_not_decided_ag
     assert loop.events().count("RolledBack") == 1
     await settle(stub, 2)
     assert sum("completed after an operator restart" in m["text"] for m in stub.messages()) == 1
+
+
+class BusyKube(Kube):
+    """The reconcile loop answers the rollback while people are told: before each write of
+    the told mark it writes its own status, so the version judged is always stale."""
+
+    def annotate(
+        self,
+        namespace: str,
+        name: str,
+        annotations: dict[str, str | None],
+        resource_version: str | None = None,
+    ) -> str | None:
+        record = json.loads(annotations.get(LAST_ACTION_ANNOTATION) or "{}")
+        if record.get("done") is True and "told" not in record:  # the told mark
+            for generation in range(3):
+                assert self.patch_status(namespace, name, {"observedGeneration": generation}) is not None
+        return super().annotate(namespace, name, annotations, resource_version)
+
+
+async def test_a_rollback_is_told_once_however_busy_the_object_is(
+    cluster: Cluster, imageserver_crd: str, namespace: str, kube: Kube, stub: SlackStub
+) -> None:
+    """The told mark is refused onto the version judged (the reconcile loop wrote since), and
+    swapped in on the API server while the record is still the one told: nobody is told
+    twice, and a record that changed meanwhile is never overwritten."""
+    setup(cluster, namespace)
+    busy = BusyKube(api_client(), "remediation-test")
+    loop = Loop(cluster, busy, namespace, stub)
+    await loop.cycle(burning_revision())
+    told = loop.imageserver()["metadata"]["annotations"][LAST_ACTION_ANNOTATION]
+    assert "told" not in json.loads(told), told
+    for _ in range(2):
+        await loop.cycle(burning_revision())
+    assert loop.events().count("RolledBack") == 1, loop.events()
+    await settle(stub, 2)
+    assert sum(m["text"].endswith("Rolled back 1.0.0") for m in stub.messages()) == 1
+    # The swap tests the record itself: another record, or none, is left as it is.
+    assert kube.swap_annotation(namespace, "photos", LAST_ACTION_ANNOTATION, told + " ", "x") is None
+    assert kube.swap_annotation(namespace, "photos", "imageserver.dev/absent", "", "x") is None
+    assert loop.imageserver()["metadata"]["annotations"][LAST_ACTION_ANNOTATION] == told
 
 
 async def test_dry_run_reports_and_changes_nothing(

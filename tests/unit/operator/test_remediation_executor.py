@@ -121,41 +121,53 @@ def test_a_replica_that_stops_leading_stops_acting() -> None:
 
 
 class ChangedAfterTheRollback(FakeKube):
-    """The reconcile loop writes its status right after the rollback: the told mark is refused
-    `refusals` times (each time onto the version last read). The object keeps the annotations
-    written."""
+    """The reconcile loop writes its status right after the rollback, `writes` times: every
+    told mark onto the version judged is refused (409). The object keeps the annotations
+    written; a swap is the API server's JSON Patch `test` of the record, then its write."""
 
-    def __init__(self, refusals: int = 1) -> None:
+    def __init__(self, writes: int = 1, *, replaced: bool = False) -> None:
         super().__init__()
         self.annotations: dict[str, Any] = {}
-        self.refusals = refusals
-        self.refused = False
+        self.writes = writes
+        self.replaced = replaced  # another action's record took its place meanwhile
+        self.refused = 0
 
     def annotate(
         self, _ns: str, name: str, annotations: dict[str, Any], version: str | None = None
     ) -> str | None:
         raw = str(annotations.get(LAST_ACTION_ANNOTATION) or "")
         told = bool(raw) and '"told"' not in raw  # a told record leaves the flag out
-        if told and ("rollback", name) in self.calls and self.refusals > 0:
-            self.refusals -= 1
-            self.refused = True
-            return None  # 409
+        if told and ("rollback", name) in self.calls and version is not None:
+            self.refused += 1
+            if self.replaced:
+                self.annotations[LAST_ACTION_ANNOTATION] = '{"kind": "drain"}'
+            return None  # 409: the reconcile loop wrote `writes` times since
         self.annotations.update(annotations)
         return self._write("annotate", name, version)
 
-    def get_imageserver(self, _ns: str, name: str) -> dict[str, Any]:
-        body = imageserver(name)
-        body["metadata"]["annotations"] = dict(self.annotations)
-        body["metadata"]["resourceVersion"] = "99"
-        return body
+    def swap_annotation(self, _ns: str, name: str, key: str, expected: str, value: str) -> str | None:
+        if self.annotations.get(key) != expected:
+            return None  # 422: the test failed
+        self.annotations[key] = value
+        self.calls.append(("swap", name))
+        return str(99 + self.writes)
 
 
-@pytest.mark.parametrize("refusals", [1, 3])
-def test_marking_an_action_told_survives_unrelated_writes(refusals: int) -> None:
-    """A conflict on the told mark is written onto the new version when the record there is
-    still the same, however busy the object is for a moment: people are not told twice."""
-    kube = ChangedAfterTheRollback(refusals)
+@pytest.mark.parametrize("writes", [1, 3, 100])
+def test_marking_an_action_told_survives_unrelated_writes(writes: int) -> None:
+    """A conflict on the told mark is swapped in while the record there is still the one
+    told, however busy the object is: people are not told twice."""
+    kube = ChangedAfterTheRollback(writes)
     asyncio.run(loop(kube, "first").cycle())
-    assert kube.refused and kube.refusals == 0
+    assert kube.refused == 1 and ("swap", "first") in kube.calls
     recorded = json.loads(kube.annotations[LAST_ACTION_ANNOTATION])
     assert "told" not in recorded and recorded["kind"] == "rollback" and recorded["done"] is True
+    # Written onto a version judged after the rollback: the rest waits for the next cycle.
+    assert kube.calls[-1] == ("swap", "first")
+
+
+def test_a_record_replaced_before_it_was_marked_is_left_alone() -> None:
+    kube = ChangedAfterTheRollback(replaced=True)
+    asyncio.run(loop(kube, "first").cycle())
+    assert ("swap", "first") not in kube.calls
+    assert kube.annotations[LAST_ACTION_ANNOTATION] == '{"kind": "drain"}'
