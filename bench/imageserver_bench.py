@@ -264,7 +264,7 @@ def raw_pillow_rate(work: Callable[[bytes], object], images: list[bytes], second
 # -- the run ----------------------------------------------------------------------------------
 
 
-def run(seconds: int, count: int) -> list[Result]:
+def run(seconds: int, count: int, only: str = "abcde") -> list[Result]:
     venv = ensure_peers()
     files = corpus(count)
     originals = [f.read_bytes() for f in files]
@@ -283,11 +283,13 @@ def run(seconds: int, count: int) -> list[Result]:
             answer = requests.post(f"{ours.url}/v1/images", data=data, timeout=60)
             answer.raise_for_status()
             ids.append(answer.json()["id"])
-        thumbor = start_thumbor(state, venv, files[0].parent)
-        nginx = start_nginx(state, files[0].parent)
+        thumbor = start_thumbor(state, venv, files[0].parent) if set(only) & {"a", "b"} else ""
+        nginx = start_nginx(state, files[0].parent) if "c" in only else ""
         names = [f.name for f in files]
 
         def measure(scenario: str, server: str, base: str, script: str, connections: int = 4) -> None:
+            if scenario not in only:
+                return
             say(f"{scenario}: {server}")
             rps, p50, p99, errors = wrk(base, script, seconds=seconds, connections=connections)
             results.append(Result(scenario, server, rps, p50, p99, errors))
@@ -319,9 +321,10 @@ def run(seconds: int, count: int) -> list[Result]:
             thumbor,
             rotate([f"/unsafe/300x200/{n}" for n in names]),
         )
-        say("b: raw Pillow limit (same work, in-process, 2 threads)")
-        raw = raw_pillow_rate(lambda data: imaging.render(data, cover, limits), originals, seconds)
-        results.append(Result("b", "raw Pillow limit (2 threads)", raw, 0, 0, 0))
+        if "b" in only:
+            say("b: raw Pillow limit (same work, in-process, 2 threads)")
+            raw = raw_pillow_rate(lambda data: imaging.render(data, cover, limits), originals, seconds)
+            results.append(Result("b", "raw Pillow limit (2 threads)", raw, 0, 0, 0))
 
         measure(
             "c",
@@ -334,22 +337,24 @@ def run(seconds: int, count: int) -> list[Result]:
             "c", "nginx 1.22 (same files, sendfile)", nginx, rotate([f"/{n}" for n in names]), connections=8
         )
 
-        cluster = start_upload_cluster(processes, work)
-        measure(
-            "d",
-            "imageserver upload (2 DCs, R=2, W=2)",
-            cluster.url,
-            LUA_UPLOAD % (_lua_list([str(f) for f in files]), ""),
-            connections=4,
-        )
-        say("d: raw Pillow limit of the upload rendering (2 threads)")
-        raw_upload = raw_pillow_rate(
-            lambda data: imaging.render_allowlisted(data, variants.default_allowlist(), limits),
-            originals,
-            seconds,
-        )
-        results.append(Result("d", "raw Pillow limit of the rendering (2 threads)", raw_upload, 0, 0, 0))
-        results.extend(overload(processes, work, seconds))
+        if "d" in only:
+            cluster = start_upload_cluster(processes, work)
+            measure(
+                "d",
+                "imageserver upload (2 DCs, R=2, W=2)",
+                cluster.url,
+                LUA_UPLOAD % (_lua_list([str(f) for f in files]), ""),
+                connections=4,
+            )
+            say("d: raw Pillow limit of the upload rendering (2 threads)")
+            raw_upload = raw_pillow_rate(
+                lambda data: imaging.render_allowlisted(data, variants.default_allowlist(), limits),
+                originals,
+                seconds,
+            )
+            results.append(Result("d", "raw Pillow limit of the rendering (2 threads)", raw_upload, 0, 0, 0))
+        if "e" in only:
+            results.extend(overload(processes, work, seconds))
     finally:
         processes.stop_all()
         for managed in state.processes.values():
@@ -449,6 +454,8 @@ def table(results: list[Result]) -> str:
     ]
     for scenario in "abcde":
         rows = [r for r in results if r.scenario == scenario]
+        if not rows:
+            continue
         ours = next(r for r in rows if r.server.startswith("imageserver"))
         for r in rows:
             ratio = "" if r is ours else f"imageserver = {ours.rps / r.rps:.2f} x {r.server.split(' (')[0]}"
@@ -466,8 +473,9 @@ def main() -> int:
         "--seconds", type=int, default=10, help="measured seconds per run (after 2 s warm-up)"
     )
     parser.add_argument("--images", type=int, default=16, help="photos in the corpus")
+    parser.add_argument("--only", default="abcde", help="the scenarios to run, e.g. c or ab")
     args = parser.parse_args()
-    results = run(args.seconds, args.images)
+    results = run(args.seconds, args.images, args.only)
     text = table(results)
     out = REPO_ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)

@@ -28,7 +28,7 @@ from imageserver import admission, imaging, sealed, variants
 from imageserver.admission import ClientLimit, Gate, Holding, IPNetwork, Shed
 from imageserver.cache import ByteLRU
 from imageserver.faults import Faults
-from imageserver.files import IMMUTABLE, blob_response
+from imageserver.files import IMMUTABLE, OpenFiles, blob_response
 from imageserver.imaging import Limits, Rejected
 from imageserver.memory import Trimmer
 from imageserver.metrics import Metrics
@@ -98,6 +98,7 @@ class Frontend:
             show=lambda n: f"{n} thread(s)",
         )
         self.clients = ClientLimit(settings.per_client)
+        self.files = OpenFiles()  # originals on this disk (the embedded `serve` role)
         metrics.watch_gate(self.memory)
         metrics.watch_gate(self.threads)
         # Headers of originals (format, size, mode): what admission prices a render by.
@@ -271,7 +272,7 @@ class Frontend:
             return error(404, "no such image")
         if variants.matches_any(if_none_match):
             return _not_modified(tag)
-        return blob_response(blob, tag, cache=True)
+        return blob_response(request, self.files, blob, tag, cache=True)
 
     async def _original_bytes(self, image_id: str) -> bytes | None:
         blob = await self.store.get(image_id, image_id)
@@ -373,6 +374,7 @@ def frontend_app(store: ImageStore, settings: Settings, metrics: Metrics, faults
 
     async def shutdown(_: web.Application) -> None:
         frontend.pool.shutdown(wait=False, cancel_futures=True)
+        frontend.files.close()
 
     app.on_cleanup.append(shutdown)
     return app

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from imageserver.blobstore import DISK_FULL, BadBlob, BlobStore, Full, is_variant
 from imageserver.faults import Faults
-from imageserver.files import blob_response
+from imageserver.files import OpenFiles, blob_response
 from imageserver.handoff import OWED_HEADER, BadHint, Handoff, Hints, parse_owed
 from imageserver.metrics import Metrics
 from imageserver.rebalance import Rebalancer
@@ -21,6 +21,7 @@ from imageserver.web import METRICS_KEY, application, bearer_matches, error
 STORE_KEY = web.AppKey("store", BlobStore)
 HINTS_KEY = web.AppKey("hints", Hints)
 HANDOFF_KEY = web.AppKey("handoff", Handoff)
+FILES_KEY = web.AppKey("files", OpenFiles)
 TASKS_KEY: web.AppKey[list[asyncio.Task[None]]] = web.AppKey("tasks")
 WRITE_TOKEN_KEY: web.AppKey[str | None] = web.AppKey("write_token")
 TOKENLESS_KEY: web.AppKey[bool] = web.AppKey("tokenless_writes")
@@ -84,7 +85,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         return error(400, str(why))
     if path is None:
         return error(404, "no such blob")
-    return blob_response(path, None, cache=False)
+    return blob_response(request, request.app[FILES_KEY], path, None, cache=False)
 
 
 def storage_app(
@@ -115,6 +116,12 @@ def storage_app(
         admin_token=admin_token,
     )
     app[STORE_KEY] = store
+    files = app[FILES_KEY] = OpenFiles()
+
+    async def close_files(_: web.Application) -> None:
+        files.close()
+
+    app.on_cleanup.append(close_files)
     app[WRITE_TOKEN_KEY] = write_token
     app[TOKENLESS_KEY] = tokenless_writes
     hints = app[HINTS_KEY] = Hints(store.root)
