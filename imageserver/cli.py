@@ -147,6 +147,13 @@ def parser() -> argparse.ArgumentParser:
         help="allowlisted fit-in sizes rendered at upload, e.g. 300x300,1200x1200",
     )
     serving.add_argument(
+        "--variant-format",
+        choices=("original", "auto"),
+        default=_env("VARIANT_FORMAT", "original"),
+        help="the format of a variant URL that names none: the original's, or auto (AVIF, else "
+        "WebP, else the original's, from the browser's Accept; answers say Vary: Accept)",
+    )
+    serving.add_argument(
         "--signing-key-file",
         default=_env("SIGNING_KEY_FILE"),
         help="HMAC key for on-demand variants (or IMAGESERVER_SIGNING_KEY); none: allowlist only",
@@ -300,6 +307,7 @@ def _settings(args: argparse.Namespace, admin_token: str | None) -> Settings:
         revision=args.revision,
         limits=limits,
         allowlist=args.variants,
+        default_format=args.variant_format,
         signing_key=key.encode() if key else None,
         admin_token=admin_token,
         cache_bytes=args.cache_bytes,

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from imageserver.imaging import sniff
+from imageserver.imaging import encoded_format
 from imageserver.stores import Blob
 from imageserver.variants import CONTENT_TYPES
 from imageserver.web import error
@@ -41,7 +41,7 @@ class Unsatisfiable(Exception):
 
 
 def content_type(head: bytes) -> str:
-    fmt = sniff(head)
+    fmt = encoded_format(head)
     return CONTENT_TYPES[fmt] if fmt else "application/octet-stream"
 
 

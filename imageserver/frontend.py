@@ -49,6 +49,7 @@ class Settings:
     revision: str = "dev"
     limits: Limits = field(default_factory=Limits)
     allowlist: tuple[Size, ...] = field(default_factory=variants.default_allowlist)
+    default_format: variants.DefaultFormat = "original"  # of a variant URL that names none
     signing_key: bytes | None = None
     admin_token: str | None = None  # admin endpoints exist only when set
     cache_bytes: int = 256 * 1024 * 1024
@@ -233,7 +234,10 @@ class Frontend:
     # -- reads -----------------------------------------------------------------------------
 
     def _authorise(self, path: str, query: dict[str, str], variant: Variant) -> web.Response | None:
-        if variants.is_allowlisted(variant, self.settings.allowlist):
+        negotiated = variants.varies(query, self.settings.default_format)
+        if variants.is_allowlisted(variant, self.settings.allowlist) or (
+            negotiated and variants.is_allowlisted_size(variant, self.settings.allowlist)
+        ):
             return None
         key = self.settings.signing_key
         allowed = ", ".join(str(s) for s in self.settings.allowlist)
@@ -249,17 +253,27 @@ class Frontend:
             return error(404, "no such image")
         try:
             query = variants.single_values(request.query.items())
-            variant = variants.parse(query, max_dimension=self.settings.limits.max_dimension)
+            variant = variants.parse(
+                query,
+                max_dimension=self.settings.limits.max_dimension,
+                accept=request.headers.get(hdrs.ACCEPT),
+                default_format=self.settings.default_format,
+            )
         except BadVariant as why:
             return error(400, str(why))
         if variant is not None:
             refused = self._authorise(request.path, query, variant)
             if refused is not None:
                 return refused
+        # The negotiated format is in the variant, so in its ETag and every cache key here;
+        # Vary tells the caches in front of us to key by Accept too.
+        vary: dict[str, str] = (
+            {hdrs.VARY: hdrs.ACCEPT} if variants.varies(query, self.settings.default_format) else {}
+        )
         tag = variants.etag(image_id, variant)
         if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
         if variants.etag_matches(if_none_match, tag):
-            return _not_modified(tag)
+            return _not_modified(tag, vary)
         try:
             blob = await self._find(image_id, variant, request)
         except Unavailable as why:
@@ -271,8 +285,10 @@ class Frontend:
         if blob is None:
             return error(404, "no such image")
         if variants.matches_any(if_none_match):
-            return _not_modified(tag)
-        return blob_response(request, self.files, blob, tag, cache=True)
+            return _not_modified(tag, vary)
+        response = blob_response(request, self.files, blob, tag, cache=True)
+        response.headers.update(vary)
+        return response
 
     async def _original_bytes(self, image_id: str) -> bytes | None:
         blob = await self.store.get(image_id, image_id)
@@ -284,7 +300,9 @@ class Frontend:
         name = variants.blob_name(image_id, variant)
         if variant is None:
             return await self.store.get(image_id, name)
-        if variants.is_allowlisted(variant, self.settings.allowlist):
+        if variants.is_allowlisted_size(variant, self.settings.allowlist):
+            # The upload rendered the original's format; a negotiated one is rendered on its
+            # first request and kept beside it.
             return await self._stored_variant(image_id, variant, name, request)
         return await self._render(image_id, variant, request)
 
@@ -330,7 +348,8 @@ class Frontend:
             if info is None:  # originals never change: one probe per image, kept
                 info = await asyncio.to_thread(imaging.probe, original, limits)
                 self.headers.put(image_id, info)
-            cost = imaging.memory_cost(info, imaging.variant_need(info, variant), len(original))
+            need = imaging.variant_need(info, variant)
+            cost = imaging.memory_cost(info, need, len(original), variant.format or info.format)
             with Holding() as held:
                 await held.take(self.memory, cost, client)
                 await held.take(self.threads, 1, client)
@@ -346,8 +365,8 @@ class Frontend:
         return body
 
 
-def _not_modified(tag: str) -> web.Response:
-    return web.Response(status=304, headers={hdrs.ETAG: tag, hdrs.CACHE_CONTROL: IMMUTABLE})
+def _not_modified(tag: str, vary: dict[str, str]) -> web.Response:
+    return web.Response(status=304, headers={hdrs.ETAG: tag, hdrs.CACHE_CONTROL: IMMUTABLE, **vary})
 
 
 def _digest_and_render(

@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Literal, cast
 
 Fit = Literal["contain", "cover"]
-Format = Literal["jpeg", "png", "webp"]
-FORMATS: tuple[Format, ...] = ("jpeg", "png", "webp")
-CONTENT_TYPES: dict[str, str] = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+Format = Literal["jpeg", "png", "webp", "avif"]
+FORMATS: tuple[Format, ...] = ("jpeg", "png", "webp", "avif")
+CONTENT_TYPES: dict[str, str] = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+}
+AUTO = "auto"  # format=auto: negotiated from Accept
+# What `auto` may choose, best first; without either, the original's format (JPEG for photos).
+NEGOTIATED: tuple[Format, ...] = ("avif", "webp")
+DefaultFormat = Literal["original", "auto"]
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 VARIANT_PARAMS = frozenset({"w", "h", "fit", "format", "sig"})
 # Parsed strictly, ASCII only: str.isdigit() takes "²" and int() then refuses it.
@@ -97,8 +106,15 @@ def _shown(text: str) -> str:
     return text if len(text) <= 40 and text.isascii() and text.isprintable() else ascii(text[:40])
 
 
-def parse(query: Mapping[str, str], *, max_dimension: int) -> Variant | None:
-    """The variant a query asks for, or None for the original bytes."""
+def parse(
+    query: Mapping[str, str],
+    *,
+    max_dimension: int,
+    accept: str | None = None,
+    default_format: DefaultFormat = "original",
+) -> Variant | None:
+    """The variant a query asks for, or None for the original bytes. `format=auto` (or no
+    format, when the deployment's default is `auto`) is decided here from `accept`."""
     unknown = set(query) - VARIANT_PARAMS
     if unknown:
         raise BadVariant(f"unknown query parameter(s): {', '.join(_shown(k) for k in sorted(unknown)[:5])}")
@@ -122,17 +138,69 @@ def parse(query: Mapping[str, str], *, max_dimension: int) -> Variant | None:
     fit = query.get("fit", "contain")
     if fit not in ("contain", "cover"):
         raise BadVariant("fit must be contain or cover")
+    return Variant(Size(dims[0], dims[1]), cast("Fit", fit), _format(query, accept, default_format))
+
+
+def _format(query: Mapping[str, str], accept: str | None, default_format: DefaultFormat) -> Format | None:
     fmt = query.get("format")
     if fmt == "jpg":
         fmt = "jpeg"
-    if fmt is not None and fmt not in FORMATS:
-        raise BadVariant(f"format must be one of {', '.join(FORMATS)}")
-    return Variant(Size(dims[0], dims[1]), cast("Fit", fit), fmt)
+    if fmt is not None and fmt != AUTO and fmt not in FORMATS:
+        raise BadVariant(f"format must be one of {', '.join((*FORMATS, AUTO))}")
+    if varies(query, default_format):
+        return negotiate(accept)
+    return cast("Format | None", fmt)
+
+
+def varies(query: Mapping[str, str], default_format: DefaultFormat) -> bool:
+    """Whether the answer depends on Accept (and must say `Vary: Accept`)."""
+    if "w" not in query:
+        return False  # the original is the original
+    fmt = query.get("format")
+    return fmt == AUTO or (fmt is None and default_format == AUTO)
+
+
+def negotiate(accept: str | None) -> Format | None:
+    """The format `auto` picks from an Accept header: of AVIF and WebP, the one named with the
+    highest q (AVIF on a tie), else None, the original's format. Only a type named exactly
+    counts: `image/*` and `*/*` are sent by clients that cannot show either (thumbor #1584
+    served AVIF to them from a cache keyed without the format)."""
+    best: tuple[float, int, Format] | None = None
+    for item in (accept or "")[:2048].split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        fmt = _MEDIA_FORMATS.get(media.lower())
+        if fmt is None:
+            continue
+        q = _quality(params)
+        rank = (q, -NEGOTIATED.index(fmt), fmt)
+        if q > 0 and (best is None or rank > best):
+            best = rank
+    return best[2] if best is not None else None
+
+
+_MEDIA_FORMATS: dict[str, Format] = {CONTENT_TYPES[fmt]: fmt for fmt in NEGOTIATED}
+_QVALUE = re.compile(r"q=(0(\.[0-9]{0,3})?|1(\.0{0,3})?)", re.ASCII | re.IGNORECASE)
+
+
+def _quality(params: Iterable[str]) -> float:
+    for param in params:
+        found = _QVALUE.fullmatch(param.replace(" ", ""))
+        if found is not None:
+            return float(found.group(1))
+        if param.lower().startswith("q="):
+            return 0.0  # a weight we cannot read: not taken as consent
+    return 1.0
 
 
 def is_allowlisted(variant: Variant, allowlist: Collection[Size]) -> bool:
     """Allowlisted variants are rendered at upload: fit-in sizes in the original's format."""
     return variant.fit == "contain" and variant.format is None and variant.size in allowlist
+
+
+def is_allowlisted_size(variant: Variant, allowlist: Collection[Size]) -> bool:
+    """An allowlisted fit-in size in a negotiated format: no signature needed (a bounded set
+    of renders per image, each rendered once and kept)."""
+    return variant.fit == "contain" and variant.format in (None, *NEGOTIATED) and variant.size in allowlist
 
 
 def blob_name(image_id: str, variant: Variant | None) -> str:

@@ -558,6 +558,13 @@ class ImageServerSpec(Model):
             "items": {"type": "string", "pattern": r"^[0-9]{1,4}x[0-9]{1,4}$", "maxLength": 9}
         },
     )
+    variant_format: Literal["original", "auto"] = Field(
+        "original",
+        description="The format of a variant whose URL names none: original (the uploaded format), "
+        "or auto: AVIF, else WebP, else the original's, whichever the browser's Accept names with "
+        "the highest weight; answers say Vary: Accept, and the format chosen is in the ETag and "
+        "every cache key. format=auto in a URL asks for the same whatever this says.",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pod resources.")
     trusted_proxies: list[str] = Field(
         default_factory=list,

@@ -315,6 +315,8 @@ def frontend_objects(
         f"{TOPOLOGY_MOUNT}/topology.json",
         "--variants",
         ",".join(spec.variants),
+        # Only when asked: frontends of an ImageServer that never set it keep their pod template.
+        *(("--variant-format", spec.variant_format) if spec.variant_format != "original" else ()),
     ]
     container = _container(owner, spec, dc.name, args, spec.resources.frontend, revision=revision)
     if spec.trusted_proxies:

@@ -185,3 +185,15 @@ def test_placement_reaches_every_pod_beside_its_region_and_nothing_when_unset() 
     ]:
         assert "nodeSelector" not in workload["spec"]["template"]["spec"]
         assert "tolerations" not in workload["spec"]["template"]["spec"]
+
+
+def test_the_variant_format_reaches_the_frontends_only_when_set() -> None:
+    """`original`, the default, renders as before: frontends of an ImageServer that never set
+    it keep their pod template through an operator upgrade."""
+    owner, spec, env = load("three-datacenters")
+    auto = spec.model_copy(update={"variant_format": "auto"})
+    for rendered, expected in ((spec, None), (auto, "auto")):
+        for deployment in by_kind(render(owner, rendered, env), "Deployment"):
+            args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            given = args[args.index("--variant-format") + 1] if "--variant-format" in args else None
+            assert given == expected
