@@ -192,8 +192,8 @@ def _corked(transport: asyncio.BaseTransport | None) -> Iterator[None]:
 
 
 def _span(request: web.BaseRequest, etag: str | None, size: int) -> tuple[int, int] | None:
-    if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-        return None
+    if request.method != hdrs.METH_GET:
+        return None  # RFC 9110 14.2: Range is defined for GET only; a HEAD gets the whole's headers
     return requested_span(request.headers.get(hdrs.RANGE), request.headers.get(hdrs.IF_RANGE), etag, size)
 
 
@@ -202,7 +202,12 @@ def _send_now(transport: asyncio.BaseTransport | None, held: OpenFile, start: in
     call sends a whole original to a client that keeps up, without asyncio's round of futures
     and watcher changes (400 -> 260 us of CPU per original). The bytes it took."""
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or not isinstance(transport, asyncio.WriteTransport) or transport.get_write_buffer_size():
+    if (
+        sock is None
+        or not isinstance(transport, asyncio.WriteTransport)
+        or transport.get_extra_info("sslcontext") is not None  # TLS: the bytes must be encrypted
+        or transport.get_write_buffer_size()
+    ):
         return 0
     try:
         return os.sendfile(sock.fileno(), held.file.fileno(), start, count)
@@ -219,7 +224,7 @@ async def _send_rest(
         raise ConnectionResetError("connection lost")
     try:
         await asyncio.get_running_loop().sendfile(transport, held.file, start, count, fallback=False)
-    except (NotImplementedError, asyncio.SendfileNotAvailableError):  # TLS: through memory
+    except (NotImplementedError, asyncio.SendfileNotAvailableError, RuntimeError):  # TLS: through memory
         for offset in range(start, start + count, SEND_STEP):
             await writer.write(os.pread(held.file.fileno(), min(SEND_STEP, start + count - offset), offset))
 

@@ -258,6 +258,7 @@ class Frontend:
                 max_dimension=self.settings.limits.max_dimension,
                 accept=request.headers.get(hdrs.ACCEPT),
                 default_format=self.settings.default_format,
+                negotiable=imaging.NEGOTIABLE,
             )
         except BadVariant as why:
             return error(400, str(why))
@@ -265,15 +266,21 @@ class Frontend:
             refused = self._authorise(request.path, query, variant)
             if refused is not None:
                 return refused
-        # The negotiated format is in the variant, so in its ETag and every cache key here;
-        # Vary tells the caches in front of us to key by Accept too.
-        vary: dict[str, str] = (
-            {hdrs.VARY: hdrs.ACCEPT} if variants.varies(query, self.settings.default_format) else {}
-        )
+        response = await self._answer(request, image_id, variant)
+        if variants.varies(query, self.settings.default_format):
+            # The negotiated format is in the variant, so in its ETag and every cache key
+            # here; Vary tells the caches in front of us to key by Accept too (errors and
+            # 304s included: they are answers to this Accept).
+            response.headers[hdrs.VARY] = hdrs.ACCEPT
+        return response
+
+    async def _answer(
+        self, request: web.Request, image_id: str, variant: Variant | None
+    ) -> web.StreamResponse:
         tag = variants.etag(image_id, variant)
         if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
         if variants.etag_matches(if_none_match, tag):
-            return _not_modified(tag, vary)
+            return _not_modified(tag)
         try:
             blob = await self._find(image_id, variant, request)
         except Unavailable as why:
@@ -285,10 +292,8 @@ class Frontend:
         if blob is None:
             return error(404, "no such image")
         if variants.matches_any(if_none_match):
-            return _not_modified(tag, vary)
-        response = blob_response(request, self.files, blob, tag, cache=True)
-        response.headers.update(vary)
-        return response
+            return _not_modified(tag)
+        return blob_response(request, self.files, blob, tag, cache=True)
 
     async def _original_bytes(self, image_id: str) -> bytes | None:
         blob = await self.store.get(image_id, image_id)
@@ -365,8 +370,8 @@ class Frontend:
         return body
 
 
-def _not_modified(tag: str, vary: dict[str, str]) -> web.Response:
-    return web.Response(status=304, headers={hdrs.ETAG: tag, hdrs.CACHE_CONTROL: IMMUTABLE, **vary})
+def _not_modified(tag: str) -> web.Response:
+    return web.Response(status=304, headers={hdrs.ETAG: tag, hdrs.CACHE_CONTROL: IMMUTABLE})
 
 
 def _digest_and_render(

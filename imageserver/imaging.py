@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from PIL import Image
+from PIL import Image, features
 
-from imageserver.variants import Format, Size, Variant
+from imageserver.variants import NEGOTIATED, Format, Size, Variant
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -42,6 +42,8 @@ TURNS = {
     8: Image.Transpose.ROTATE_90,
 }
 PIL_FORMATS: dict[str, Format] = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+# What `format=auto` may choose with this Pillow: a build without libavif never offers AVIF.
+NEGOTIABLE: tuple[Format, ...] = tuple(f for f in NEGOTIATED if features.check(f))
 RESAMPLE = Image.Resampling.LANCZOS
 REDUCING_GAP = 3.0
 

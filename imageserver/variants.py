@@ -112,6 +112,7 @@ def parse(
     max_dimension: int,
     accept: str | None = None,
     default_format: DefaultFormat = "original",
+    negotiable: tuple[Format, ...] = NEGOTIATED,
 ) -> Variant | None:
     """The variant a query asks for, or None for the original bytes. `format=auto` (or no
     format, when the deployment's default is `auto`) is decided here from `accept`."""
@@ -138,17 +139,25 @@ def parse(
     fit = query.get("fit", "contain")
     if fit not in ("contain", "cover"):
         raise BadVariant("fit must be contain or cover")
-    return Variant(Size(dims[0], dims[1]), cast("Fit", fit), _format(query, accept, default_format))
+    fmt = _format(query, accept, default_format, negotiable)
+    return Variant(Size(dims[0], dims[1]), cast("Fit", fit), fmt)
 
 
-def _format(query: Mapping[str, str], accept: str | None, default_format: DefaultFormat) -> Format | None:
+def _format(
+    query: Mapping[str, str],
+    accept: str | None,
+    default_format: DefaultFormat,
+    negotiable: tuple[Format, ...],
+) -> Format | None:
     fmt = query.get("format")
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt is not None and fmt != AUTO and fmt not in FORMATS:
         raise BadVariant(f"format must be one of {', '.join((*FORMATS, AUTO))}")
     if varies(query, default_format):
-        return negotiate(accept)
+        return negotiate(accept, negotiable)
+    if fmt is not None and fmt in NEGOTIATED and fmt not in negotiable:
+        raise BadVariant(f"format {fmt} cannot be encoded here: ask for {', '.join(negotiable or ('jpeg',))}")
     return cast("Format | None", fmt)
 
 
@@ -160,16 +169,17 @@ def varies(query: Mapping[str, str], default_format: DefaultFormat) -> bool:
     return fmt == AUTO or (fmt is None and default_format == AUTO)
 
 
-def negotiate(accept: str | None) -> Format | None:
+def negotiate(accept: str | None, negotiable: tuple[Format, ...] = NEGOTIATED) -> Format | None:
     """The format `auto` picks from an Accept header: of AVIF and WebP, the one named with the
     highest q (AVIF on a tie), else None, the original's format. Only a type named exactly
     counts: `image/*` and `*/*` are sent by clients that cannot show either (thumbor #1584
-    served AVIF to them from a cache keyed without the format)."""
+    served AVIF to them from a cache keyed without the format). `negotiable`: what this
+    build's codecs can write."""
     best: tuple[float, int, Format] | None = None
     for item in (accept or "")[:2048].split(","):
         media, *params = (part.strip() for part in item.split(";"))
         fmt = _MEDIA_FORMATS.get(media.lower())
-        if fmt is None:
+        if fmt is None or fmt not in negotiable:
             continue
         q = _quality(params)
         rank = (q, -NEGOTIATED.index(fmt), fmt)

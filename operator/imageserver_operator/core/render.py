@@ -315,13 +315,16 @@ def frontend_objects(
         f"{TOPOLOGY_MOUNT}/topology.json",
         "--variants",
         ",".join(spec.variants),
-        # Only when asked: frontends of an ImageServer that never set it keep their pod template.
-        *(("--variant-format", spec.variant_format) if spec.variant_format != "original" else ()),
     ]
     container = _container(owner, spec, dc.name, args, spec.resources.frontend, revision=revision)
     if spec.trusted_proxies:
         proxies = ",".join(spec.trusted_proxies)
         container["env"].append({"name": "IMAGESERVER_TRUSTED_PROXIES", "value": proxies})
+    if spec.variant_format != "original":
+        # An environment variable, not a flag: a rollback to a release without the setting
+        # ignores it instead of refusing to start. Unset by default: frontends of an
+        # ImageServer that never set it keep their pod template through an operator upgrade.
+        container["env"].append({"name": "IMAGESERVER_VARIANT_FORMAT", "value": spec.variant_format})
     container["volumeMounts"] = [{"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True}]
     deployment = {
         "apiVersion": "apps/v1",

@@ -215,7 +215,7 @@ class Remediator:
         written = await asyncio.to_thread(self.kube.annotate, namespace, name, annotations, version)
         if written is not None:
             return written, False
-        (key, told), *_ = annotations.items()
+        ((key, told),) = annotations.items()  # a told mark is the record's one annotation
         swapped = await asyncio.to_thread(
             self.kube.swap_annotation, namespace, name, key, effect.expected, str(told)
         )

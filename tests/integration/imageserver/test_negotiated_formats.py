@@ -76,6 +76,11 @@ def test_each_browser_gets_the_format_it_asks_for_whatever_was_asked_before(
     # The original is not negotiated.
     original = requests.get(f"{server.url}{PATH}", headers={"Accept": CHROME}, timeout=10)
     assert original.content == PHOTO and "Vary" not in original.headers
+    # An error is an answer to this Accept too.
+    missing = requests.get(
+        f"{server.url}/v1/images/{'0' * 64}?w=300&h=300", headers={"Accept": CHROME}, timeout=10
+    )
+    assert (missing.status_code, missing.headers["Vary"]) == (404, "Accept")
 
 
 def test_format_auto_is_asked_for_in_the_url_where_the_default_is_the_original(

@@ -92,3 +92,10 @@ def test_negotiated_formats_of_allowlisted_sizes_need_no_signature_others_do() -
 def test_any_accept_header_gives_a_variant(accept: str) -> None:
     variant = variants.parse({"w": "300", "h": "300", "format": "auto"}, max_dimension=4096, accept=accept)
     assert variant is not None and variant.format in (None, *variants.NEGOTIATED)
+
+
+def test_a_build_that_cannot_write_avif_never_offers_it() -> None:
+    assert variants.negotiate(CHROME, ("webp",)) == "webp"
+    assert variants.negotiate("image/avif", ("webp",)) is None
+    with pytest.raises(variants.BadVariant, match="format avif cannot be encoded here"):
+        variants.parse({"w": "9", "h": "9", "format": "avif"}, max_dimension=4096, negotiable=("webp",))

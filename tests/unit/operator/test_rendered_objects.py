@@ -189,11 +189,13 @@ def test_placement_reaches_every_pod_beside_its_region_and_nothing_when_unset() 
 
 def test_the_variant_format_reaches_the_frontends_only_when_set() -> None:
     """`original`, the default, renders as before: frontends of an ImageServer that never set
-    it keep their pod template through an operator upgrade."""
+    it keep their pod template through an operator upgrade. It is an environment variable, so
+    a rollback to a release that does not know it still starts."""
     owner, spec, env = load("three-datacenters")
     auto = spec.model_copy(update={"variant_format": "auto"})
     for rendered, expected in ((spec, None), (auto, "auto")):
         for deployment in by_kind(render(owner, rendered, env), "Deployment"):
-            args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-            given = args[args.index("--variant-format") + 1] if "--variant-format" in args else None
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            given = {e["name"]: e.get("value") for e in container["env"]}.get("IMAGESERVER_VARIANT_FORMAT")
             assert given == expected
+            assert not any(a.startswith("--variant-format") for a in container["args"])
