@@ -233,8 +233,9 @@ class Frontend:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def _authorise(self, path: str, query: dict[str, str], variant: Variant) -> web.Response | None:
-        negotiated = variants.varies(query, self.settings.default_format)
+    def _authorise(
+        self, path: str, query: dict[str, str], variant: Variant, *, negotiated: bool
+    ) -> web.Response | None:
         if variants.is_allowlisted(variant, self.settings.allowlist) or (
             negotiated and variants.is_allowlisted_size(variant, self.settings.allowlist)
         ):
@@ -262,12 +263,13 @@ class Frontend:
             )
         except BadVariant as why:
             return error(400, str(why))
+        negotiated = variants.varies(query, self.settings.default_format)
         if variant is not None:
-            refused = self._authorise(request.path, query, variant)
+            refused = self._authorise(request.path, query, variant, negotiated=negotiated)
             if refused is not None:
                 return refused
         response = await self._answer(request, image_id, variant)
-        if variants.varies(query, self.settings.default_format):
+        if negotiated:
             # The negotiated format is in the variant, so in its ETag and every cache key
             # here; Vary tells the caches in front of us to key by Accept too (errors and
             # 304s included: they are answers to this Accept).
