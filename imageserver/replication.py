@@ -14,9 +14,10 @@ then the local datacenter's other shards, the owner once more (an image the reba
 between the first two rounds is there by then), then the other datacenters. A miss therefore
 costs four round trips, never a walk of replicas one after another, and one re-read of the
 topology file (a frontend that took a newer map first may have stored it on a new shard).
-Local owner replicas that answered "not here", or were not asked, are checked and written
-back in the background (read repair). That also moves ids onto a newly added shard as they
-are read.
+Local owner replicas other than the one that answered with the blob are written back in
+the background (read repair): those that said "not here" at once, the others (not asked, too
+slow for the hedge, failed) once a HEAD says they lack it. That also moves ids onto a newly
+added shard as they are read.
 """
 
 from __future__ import annotations
@@ -107,9 +108,6 @@ class ReplicatedStore:
         return None
 
     # -- storage node calls ----------------------------------------------------------------
-
-    async def _put_blob(self, base: str, name: str, data: bytes, owed: Sequence[str] = ()) -> bool:
-        return not await self._put_failure(base, name, data, owed)
 
     async def _put_failure(self, base: str, name: str, data: bytes, owed: Sequence[str] = ()) -> str:
         """Why one blob was not stored on one replica; empty when it was. (aiohttp sends an
@@ -265,7 +263,6 @@ class ReplicatedStore:
 
         def ask(batch: Sequence[tuple[Datacenter, Shard, str]]) -> None:
             for dc, shard, base in batch:
-                evidence.asked.add(base)
                 fetch = self._get_blob(base, name, answering)
                 waiting[asyncio.ensure_future(fetch)] = (dc, shard, base)
 
@@ -281,6 +278,7 @@ class ReplicatedStore:
                     dc, shard, base = waiting.pop(task)
                     status, data = task.result()
                     if data is not None:
+                        evidence.held_at.add(base)
                         return data
                     evidence.record(dc, shard, base, status)
                 if held_back:  # the first one missed, failed or is slow: ask the rest now
@@ -302,12 +300,12 @@ class ReplicatedStore:
 
     def _repair_later(self, owners: Sequence[Place], name: str, data: bytes, evidence: _Evidence) -> None:
         """Write the blob back to the local owner replicas that said they lack it, and check
-        the ones never asked (a hedged read asks one): a replica that missed a write, or an
-        owner that is new since a resharding, gets it."""
-        replicas = [base for _, shard in owners for base in shard.replicas]
-        missing = [base for base in replicas if base in evidence.absent_at]
-        unasked = [base for base in replicas if base not in evidence.asked]
-        todo = [base for base in missing + unasked if (base, name) not in self._repairing]
+        every other one but the replica that answered with it: a replica that missed a write,
+        or an owner that is new since a resharding, gets it. Not only the ones never asked (a
+        hedged read asks one): one just back from a crash is often too slow for the hedge,
+        and its cancelled answer said nothing."""
+        missing, unsure = repair_candidates(owners, evidence)
+        todo = [base for base in missing + unsure if (base, name) not in self._repairing]
         if todo:
             self._repairing.update((base, name) for base in todo)
             self._spawn(self._repair(todo, set(missing), name, data))
@@ -315,12 +313,28 @@ class ReplicatedStore:
     async def _repair(self, replicas: list[str], known_missing: set[str], name: str, data: bytes) -> None:
         try:
             for base in replicas:
-                if base not in known_missing and await self._has_blob(base, name) is not False:
-                    continue
-                if await self._put_blob(base, name, data):
+                if base not in known_missing:
+                    held = await self._has_blob(base, name)
+                    if held is not False:
+                        if held is None:  # down or failing: the next read of it tries again
+                            log.info("read repair skipped a replica", extra={"replica": base, "blob": name})
+                        continue
+                failure = await self._put_failure(base, name, data)
+                if failure:
+                    log.info("read repair failed", extra={"replica": base, "blob": name, "error": failure})
+                else:
                     self.metrics.repairs.inc()
         finally:
             self._repairing.difference_update((base, name) for base in replicas)
+
+
+def repair_candidates(owners: Sequence[Place], evidence: _Evidence) -> tuple[list[str], list[str]]:
+    """The owner replicas known to lack the blob (they said 404), and those to ask first
+    (not asked, or asked without an answer that counts): never the one that had it."""
+    replicas = list(dict.fromkeys(base for _, shard in owners for base in shard.replicas))
+    missing = [base for base in replicas if base in evidence.absent_at]
+    unsure = [base for base in replicas if base not in evidence.absent_at and base not in evidence.held_at]
+    return missing, unsure
 
 
 def read_rounds(topology: Topology, local: str, image_id: str) -> list[list[Place]]:
@@ -345,8 +359,8 @@ class _Evidence:
     """What the replicas asked so far said about one blob."""
 
     write_quorum: int
-    asked: set[str] = field(default_factory=set)
     absent_at: set[str] = field(default_factory=set)  # replicas that answered 404
+    held_at: set[str] = field(default_factory=set)  # the replica that answered with the blob
     absent: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # shard → replicas
 
     def record(self, dc: Datacenter, shard: Shard, base: str, status: int) -> None:

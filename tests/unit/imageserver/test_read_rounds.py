@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageserver import hashing
-from imageserver.replication import _Evidence, read_rounds
+from imageserver.replication import _Evidence, read_rounds, repair_candidates
 from imageserver.topology import Datacenter, Shard, Topology
 
 IDS = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50)]
@@ -172,3 +172,28 @@ def test_misses_count_only_for_the_shard_and_datacenter_that_answered() -> None:
 def test_the_replicas_that_answered_404_are_remembered_for_read_repair() -> None:
     evidence = said(_Evidence(2), [404, 500, 404])
     assert evidence.absent_at == {SHARD.replicas[0], SHARD.replicas[2]}
+
+
+# -- read repair ---------------------------------------------------------------------------
+
+R0, R1, R2 = SHARD.replicas
+
+
+@pytest.mark.parametrize(
+    ("statuses", "held", "missing", "unsure"),
+    [
+        # A hedged read: the first replica answered, the others were never asked.
+        pytest.param([], R0, [], [R1, R2], id="hedged hit"),
+        pytest.param([404], R1, [R0], [R2], id="a miss, then a hit"),
+        # Asked, but no answer that counts: slow past the hedge (cancelled), refused, 5xx.
+        pytest.param([0, 500], R2, [], [R0, R1], id="errors say nothing"),
+        pytest.param([404, 404], None, [R0, R1], [R2], id="found on another shard"),
+    ],
+)
+def test_read_repair_writes_back_every_replica_that_may_lack_the_blob_but_the_one_that_had_it(
+    statuses: list[int], held: str | None, missing: list[str], unsure: list[str]
+) -> None:
+    evidence = said(_Evidence(2), statuses)
+    if held is not None:
+        evidence.held_at.add(held)
+    assert repair_candidates([(DC, SHARD)], evidence) == (missing, unsure)
