@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # renderer that made it. Variants stored by releases before renderer tags have no tag: they
 # are kept, served to whoever asks by that name, and moved like the rest, but never sealed.
 BLOB_NAME = re.compile(
-    r"^[0-9a-f]{64}(?:\.\d{1,5}x\d{1,5}(?:-cover)?(?:\.(?:jpeg|png|webp|avif))?(?:\.r[0-9a-f]{8})?)?$"
+    r"^[0-9a-f]{64}(?:\.\d{1,5}x\d{1,5}(?:-cover)?(?:\.(?:jpeg|png|webp|avif|gif))?(?:\.r[0-9a-f]{8})?)?$"
 )
 SEALED_NAME = re.compile(r"\.r[0-9a-f]{8}$")
 

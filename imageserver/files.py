@@ -25,7 +25,7 @@ from typing import BinaryIO
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from imageserver.imaging import encoded_format
+from imageserver.imaging import SNIFF_BYTES, content_format
 from imageserver.stores import Blob
 from imageserver.variants import CONTENT_TYPES
 from imageserver.web import error
@@ -41,7 +41,7 @@ class Unsatisfiable(Exception):
 
 
 def content_type(head: bytes) -> str:
-    fmt = encoded_format(head)
+    fmt = content_format(head)
     return CONTENT_TYPES[fmt] if fmt else "application/octet-stream"
 
 
@@ -114,7 +114,7 @@ class OpenFiles:
                 return None
             try:
                 opened = os.fstat(file.fileno())
-                head = os.pread(file.fileno(), 16, 0)
+                head = os.pread(file.fileno(), SNIFF_BYTES, 0)
             except OSError:  # a failing disk: the error is the request's, not a leaked descriptor
                 file.close()
                 raise
@@ -266,7 +266,7 @@ def blob_response(
         headers[hdrs.ETAG] = etag
     if isinstance(blob, Path):
         return SentFile(files, blob, etag, headers)
-    headers[hdrs.CONTENT_TYPE] = content_type(blob[:16])
+    headers[hdrs.CONTENT_TYPE] = content_type(blob[:SNIFF_BYTES])
     try:
         span = _span(request, etag, len(blob))
     except Unsatisfiable:

@@ -356,7 +356,7 @@ class Frontend:
                 info = await asyncio.to_thread(imaging.probe, original, limits)
                 self.headers.put(image_id, info)
             need = imaging.variant_need(info, variant)
-            cost = imaging.memory_cost(info, need, len(original), variant.format or info.format)
+            cost = imaging.memory_cost(info, need, len(original), variant.format)
             with Holding() as held:
                 await held.take(self.memory, cost, client)
                 await held.take(self.threads, 1, client)

@@ -6,6 +6,23 @@ without ever existing at full size; `reducing_gap` shrinks by whole factors befo
 Lanczos filter. Upload renders every allowlisted size from one decode, largest first, each
 from the previous one.
 
+Uploads may be JPEG, PNG, WebP, GIF, AVIF or HEIC/HEIF (through pillow-heif), each known from
+its bytes. Browsers other than Safari cannot show HEIC, so its variants are JPEGs; every other
+format's variants are in its own format unless another is asked for (`OUTPUT_FOR`).
+
+Animation (GIF, WebP, AVIF sequences): a variant in a format that animates (GIF, WebP) keeps
+every frame, with its duration and the loop count (an AVIF's: forever, as browsers play it);
+in any other format, AVIF included, it is the first frame.
+Every frame counts against the pixel limit: an animation may have frames x width x height up
+to `max_pixels` (a 500 x 500 GIF may have 200 frames at the default 50 MP).
+
+Colour: a variant of an image whose ICC profile is not sRGB (Display P3 from a phone, Adobe
+RGB, a CMYK press profile) is converted to sRGB and carries no profile, which is what the web
+assumes of an untagged image: colours come out right in every browser, including the ones
+that ignore profiles, and a 300 px thumbnail does not carry a 0.5-3 KB profile. CMYK without
+a profile is converted naively (Pillow's formula; Adobe's inverted CMYK JPEGs are undone).
+Greyscale keeps its profile. Originals are never touched: they keep every byte.
+
 Every failure to read a user's bytes becomes `Rejected` (a 4xx), never an unhandled error.
 """
 
@@ -16,13 +33,20 @@ import io
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
-from PIL import Image, features
+import pillow_heif
+from PIL import Image, ImageCms, features
 
-from imageserver.variants import NEGOTIATED, Format, Size, Variant
+from imageserver.variants import ANIMATED, NEGOTIATED, Format, Size, Variant
+
+# HEIC/HEIF decoding (a wheel with libheif and libde265 inside): the primary image only, not
+# the thumbnails or a burst's others, decoded on the render thread alone (the render pool is
+# the parallelism).
+pillow_heif.register_heif_opener(thumbnails=False)
+pillow_heif.options.DECODE_THREADS = 1
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -41,7 +65,30 @@ TURNS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-PIL_FORMATS: dict[str, Format] = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+Source = Literal["jpeg", "png", "webp", "gif", "avif", "heic"]
+PIL_NAMES: dict[Source, str] = {
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+    "gif": "GIF",
+    "avif": "AVIF",
+    "heic": "HEIF",
+}
+# The format of a variant nobody chose a format for.
+OUTPUT_FOR: dict[Source, Format] = {
+    "jpeg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "gif": "gif",
+    "avif": "avif",
+    "heic": "jpeg",
+}
+# What this build reads: a Pillow without libavif refuses AVIF (415).
+READABLE: frozenset[Source] = frozenset(fmt for fmt in PIL_NAMES if fmt != "avif" or features.check("avif"))
+# ISO BMFF brands (the `ftyp` box) of HEIF images: HEVC-coded, or a generic image file
+# that does not also say AVIF.
+SNIFF_BYTES = 64  # of a file, enough to know its format
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 # What `format=auto` may choose with this Pillow: a build without libavif never offers AVIF.
 NEGOTIABLE: tuple[Format, ...] = tuple(f for f in NEGOTIATED if features.check(f))
 RESAMPLE = Image.Resampling.LANCZOS
@@ -66,10 +113,16 @@ class Limits:
 
 @dataclass(frozen=True)
 class Probe:
-    format: Format
+    format: Source
     width: int  # as displayed, after EXIF orientation
     height: int
     mode: str = "RGB"  # Pillow's pixel mode, which sets the bytes per pixel in memory
+    frames: int = 1  # of an animation
+
+    @property
+    def output(self) -> Format:
+        """The format of a variant nobody chose a format for."""
+        return OUTPUT_FOR[self.format]
 
 
 # Measured peaks of a render above the process's baseline. Pillow keeps 1 byte per pixel for
@@ -85,6 +138,11 @@ WEBP_CANVASES = 12  # bytes per pixel that libwebp's decoder holds besides Pillo
 # libavif's encoder (speed 8, one thread), per pixel encoded: measured 34 at 1200x1200 and 27
 # at 4096x2730 on noise, the worst case for an encoder.
 AVIF_ENCODER = 36
+# Decoders holding the image in their own buffers besides Pillow's, per pixel: dav1d's and
+# libde265's YUV planes and the RGB copy libavif or libheif hands over. Measured (see
+# test_admission_cost): a 3000x3000 render near full size peaked at 13.7 bytes a pixel from
+# AVIF and 11.6 from HEIC, where 8 + 2 copies of 4 + the result price 20.
+DECODER_COPIES: dict[Source, int] = {"webp": WEBP_CANVASES, "avif": 8, "heic": 8}
 CODEC_WORKING_SET = 8 << 20  # libjpeg/zlib state and encoder buffers
 
 
@@ -102,13 +160,16 @@ def decoded_size(info: Probe, need: tuple[int, int]) -> tuple[int, int]:
 
 
 def memory_cost(info: Probe, need: tuple[int, int], encoded_bytes: int, output: Format | None = None) -> int:
-    """Bytes a render of `info` down to `need` (encoded as `output`, else as the original)
-    may take at its peak, from the header alone."""
+    """Bytes a render of `info` down to `need` (encoded as `output`, else as its default)
+    may take at its peak, from the header alone. An animation kept as one holds every frame
+    of its result (twice: the upload's sizes together, the frames the encoder makes of them)."""
+    output = output or info.output
     width, height = decoded_size(info, need)
     per_pixel = 1 if info.mode in ONE_BYTE_MODES else 4
     copies = 3 if info.mode in THREE_COPY_MODES else 2  # source (+ converted) + intermediate
-    codec = WEBP_CANVASES if info.format == "webp" else 0
-    result = need[0] * need[1] * (per_pixel + (AVIF_ENCODER if output == "avif" else 0))
+    codec = DECODER_COPIES.get(info.format, 0)
+    kept = info.frames * 2 if info.frames > 1 and output in ANIMATED else 1
+    result = need[0] * need[1] * (4 * kept + (AVIF_ENCODER if output == "avif" else 0))
     return width * height * (per_pixel * copies + codec) + result + encoded_bytes + CODEC_WORKING_SET
 
 
@@ -130,7 +191,7 @@ def variant_need(info: Probe, variant: Variant) -> tuple[int, int]:
     return max(out_w, math.ceil(info.width * scale)), max(out_h, math.ceil(info.height * scale))
 
 
-def sniff(data: bytes) -> Format | None:
+def sniff(data: bytes) -> Source | None:
     """The format from the bytes themselves; Content-Type is never trusted."""
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
@@ -138,7 +199,21 @@ def sniff(data: bytes) -> Format | None:
         return "png"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    return None
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return _iso_brand(data)
+
+
+def _iso_brand(data: bytes) -> Source | None:
+    """AVIF or HEIF from an ISO BMFF `ftyp` box: its major brand and the compatible ones (as
+    many as `data` holds: `SNIFF_BYTES` hold them all in the files encoders write)."""
+    size = int.from_bytes(data[:4], "big")
+    if data[4:8] != b"ftyp" or not 16 <= size <= 4096 or size % 4 or len(data) < 12:
+        return None
+    brands = {data[8:12], *(data[i : i + 4] for i in range(16, min(size, len(data)) - 3, 4))}
+    if brands & {b"avif", b"avis"}:
+        return "avif"
+    return "heic" if brands & _HEIF_BRANDS else None
 
 
 def configure(limits: Limits) -> None:
@@ -149,12 +224,13 @@ def configure(limits: Limits) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Format]:
+def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Source]:
     fmt = sniff(data)
-    if fmt is None:
-        raise Rejected(415, "not a JPEG, PNG or WebP image")
+    if fmt is None or fmt not in READABLE:
+        names = ", ".join(f.upper().replace("WEBP", "WebP") for f in PIL_NAMES if f in READABLE)
+        raise Rejected(415, f"not an image this server reads ({names})")
     try:
-        image = Image.open(io.BytesIO(data), formats=[fmt.upper()])
+        image = Image.open(io.BytesIO(data), formats=[PIL_NAMES[fmt]])
     except Image.DecompressionBombError:
         raise Rejected(413, f"image has more pixels than the limit of {limits.max_pixels}") from None
     except Exception as error:  # any header Pillow cannot read is the client's problem
@@ -165,6 +241,25 @@ def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Format]:
     if width * height > limits.max_pixels:
         raise Rejected(413, f"image has {width * height} pixels, more than the limit of {limits.max_pixels}")
     return image, fmt
+
+
+def _frames(image: Image.Image, fmt: Source, limits: Limits) -> int:
+    """How many frames an animation has (1 for a still or a HEIF: its primary image), with all
+    of them within the pixel limit. Counting reads every frame's header, not its pixels."""
+    if fmt not in ("gif", "webp", "avif"):
+        return 1
+    try:
+        frames = int(getattr(image, "n_frames", 1))
+    except Exception as error:
+        raise Rejected(400, f"cannot read the {fmt} frames: {error}") from None
+    width, height = image.size  # a GIF frame past the canvas grows it as it is read
+    if frames * width * height > limits.max_pixels:
+        raise Rejected(
+            413,
+            f"animation has {frames} frames of {width}x{height} pixels: {frames * width * height} "
+            f"pixels, more than the limit of {limits.max_pixels}",
+        )
+    return frames
 
 
 def _orientation(image: Image.Image) -> int:
@@ -183,10 +278,11 @@ def _orientation(image: Image.Image) -> int:
 def probe(data: bytes, limits: Limits) -> Probe:
     """Format and displayed size from the header alone: cheap, and checks the limits."""
     image, fmt = _open(data, limits)
+    frames = _frames(image, fmt, limits)
     width, height = image.size
     if _orientation(image) in TRANSPOSED:
         width, height = height, width
-    return Probe(fmt, width, height, image.mode)
+    return Probe(fmt, width, height, image.mode, frames)
 
 
 def fit_within(width: int, height: int, box: Size) -> tuple[int, int]:
@@ -195,19 +291,74 @@ def fit_within(width: int, height: int, box: Size) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _decode(data: bytes, limits: Limits, smallest_needed: tuple[int, int]) -> Image.Image:
-    """Decode, as small as still covers `smallest_needed` (displayed size), oriented."""
-    image, _ = _open(data, limits)
+Shape = Callable[[Image.Image], Image.Image]
+
+
+@dataclass
+class Frames:
+    """A decoded still (one frame) or animation, each frame with its duration in ms."""
+
+    images: list[Image.Image]
+    durations: list[int]
+    loop: int | None = None  # the animation's loop count (0: forever), None: play once
+
+
+def _decoded(image: Image.Image, smallest_needed: tuple[int, int], frames: int = 1) -> Iterator[Image.Image]:
+    """The first `frames` frames (a still has one) of an opened image, oriented, in a mode
+    that resizes well; the first one decoded as small as still covers `smallest_needed`
+    (displayed size). Each frame is its own image (reading the next one reuses the decoder's),
+    its duration in its info."""
     orientation = _orientation(image)
-    need = smallest_needed[::-1] if orientation in TRANSPOSED else smallest_needed
-    try:
-        if image.format == "JPEG":
-            image.draft("RGB" if image.mode not in ("L", "CMYK") else image.mode, need)
-        image.load()
-    except Exception as error:  # truncated or corrupt data
-        raise Rejected(400, f"cannot decode the image: {error}") from None
     turn = TURNS.get(orientation)
-    return image.transpose(turn) if turn is not None else image
+    need = smallest_needed[::-1] if orientation in TRANSPOSED else smallest_needed
+    canvas = image.size
+    for index in range(frames):
+        try:
+            if index:
+                image.seek(index)
+            elif image.format == "JPEG":
+                image.draft("RGB" if image.mode not in ("L", "CMYK") else image.mode, need)
+            image.load()
+        except EOFError:
+            raise Rejected(400, f"the animation ends after {index} of its {frames} frames") from None
+        except Exception as error:  # truncated or corrupt data
+            raise Rejected(400, f"cannot decode the image: {error}") from None
+        if index and image.size != canvas:
+            raise Rejected(422, "the animation's frames change its size")
+        frame = image.convert("RGBA") if frames > 1 else _resizable(image)
+        frame.info["duration"] = int(image.info.get("duration", 0))
+        yield frame.transpose(turn) if turn is not None else frame
+
+
+def _resizable(image: Image.Image) -> Image.Image:
+    """Palette and 1-bit images in a mode Pillow resizes with a real filter: it resizes those
+    with nearest-neighbour, whatever filter it is given."""
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image
+
+
+def _shaped(
+    data: bytes, limits: Limits, need: tuple[int, int], info: Probe, output: Format, *shapes: Shape
+) -> list[Frames]:
+    """Every frame when `output` animates, else the first, through each shape in turn (each
+    one takes the last one's result): one result per shape. Frames are decoded one at a time,
+    so only the results are ever held all together."""
+    count = info.frames if output in ANIMATED else 1
+    image, _ = _open(data, limits)
+    # AVIF says nothing of loops, and browsers loop its animations forever.
+    loop = image.info.get("loop", 0 if info.format == "avif" else None) if count > 1 else None
+    results: list[list[Image.Image]] = [[] for _ in shapes]
+    durations: list[int] = []
+    for frame in _decoded(image, need, count):
+        durations.append(frame.info["duration"])
+        current = frame
+        for shape, kept in zip(shapes, results, strict=True):
+            current = shape(current)
+            kept.append(current)
+    return [Frames(kept, durations, loop if isinstance(loop, int) else None) for kept in results]
 
 
 def _for_format(image: Image.Image, fmt: Format) -> Image.Image:
@@ -223,30 +374,82 @@ def _for_format(image: Image.Image, fmt: Format) -> Image.Image:
     return image
 
 
-def encode(image: Image.Image, fmt: Format) -> bytes:
-    """Encode with no EXIF, XMP or comments; the ICC profile stays so colours stay right."""
+@functools.lru_cache(maxsize=16)
+def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from this profile to sRGB, None when the profile is sRGB already or
+    cannot be read (then it is dropped: a browser would ignore it as well). Built once per
+    profile and shared by the render threads (no 1-pixel cache: lcms's is not thread-safe)."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if "srgb" in ImageCms.getProfileDescription(source).lower():
+            return None
+        return ImageCms.buildTransform(
+            source,
+            SRGB,
+            mode,
+            "RGBA" if mode == "RGBA" else "RGB",
+            flags=ImageCms.Flags.NOCACHE,
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as error:
+        log.info("colour profile ignored", extra={"error": str(error)})
+        return None
+
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def in_srgb(image: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """The image in sRGB and no profile, or (greyscale) as it is and its profile."""
+    profile = image.info.get("icc_profile")
+    if not profile or not isinstance(profile, bytes):
+        return image, None
+    if image.mode not in ("RGB", "RGBA", "CMYK"):
+        return image, profile
+    transform = _to_srgb(profile, image.mode)
+    if transform is None:
+        return image, None
+    converted = ImageCms.applyTransform(image, transform)
+    assert converted is not None  # not in place
+    return converted, None
+
+
+def encode_frames(frames: Frames, fmt: Format) -> bytes:
+    """A still, or an animation in a format that animates (others take the first frame), in
+    sRGB, with no EXIF, XMP or comments."""
     out = io.BytesIO()
-    ready = _for_format(image, fmt)
-    icc = image.info.get("icc_profile")
-    options: dict[str, object] = {"icc_profile": icc} if icc else {}
+    ready: list[Image.Image] = []
+    profile: bytes | None = None
+    for image in frames.images if fmt in ANIMATED else frames.images[:1]:
+        converted, profile = in_srgb(image)
+        ready.append(_for_format(converted, fmt))
+    # Named even when empty: encoders take what the image's info has that they are not given
+    # (PNG and AVIF its profile, JPEG and GIF a comment the original carried).
+    options: dict[str, object] = {"icc_profile": profile, "comment": b""}
+    if len(ready) > 1:
+        options.update(save_all=True, append_images=ready[1:], duration=frames.durations)
+        if frames.loop is not None:
+            options["loop"] = frames.loop
+    first = ready[0]
     if fmt == "jpeg":
-        ready.save(out, "JPEG", quality=85, **options)
+        first.save(out, "JPEG", quality=85, **options)
     elif fmt == "png":
-        ready.save(out, "PNG", compress_level=6, **options)
+        first.save(out, "PNG", compress_level=6, **options)
     elif fmt == "avif":
         # Speed 8: about WebP's encode time (24 ms for 300x200, 86 ms for 1200x800 here) and
         # size; 6, libavif's default, takes 3-5x longer for 15 % fewer bytes. One thread:
         # the render pool is the parallelism.
-        ready.save(out, "AVIF", quality=60, speed=8, max_threads=1, **options)
+        first.save(out, "AVIF", quality=60, speed=8, max_threads=1, **options)
+    elif fmt == "gif":
+        # Each frame whole (disposal 2 clears it before the next): frames were composited
+        # when they were read, and a resized frame differs everywhere from the last one.
+        first.save(out, "GIF", disposal=2, **options)
     else:
-        ready.save(out, "WEBP", quality=80, method=4, **options)
+        first.save(out, "WEBP", quality=80, method=4, **options)
     return out.getvalue()
 
 
-def encoded_format(head: bytes) -> Format | None:
-    """What a blob we wrote is, from its first bytes (AVIF too, which uploads may not be)."""
-    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
-        return "avif"
+def content_format(head: bytes) -> Source | None:
+    """What a stored blob is, from its first `SNIFF_BYTES`: an original or a variant."""
     return sniff(head)
 
 
@@ -289,34 +492,36 @@ def render_allowlisted(
         reverse=True,
     )
     # With no sizes this decodes the whole image: an upload must still prove it decodes.
-    current = _decode(data, limits, upload_need(info, sizes))
-    rendered: dict[Size, bytes] = {}
-    for size, dims in targets:
-        current = _resized(current, dims)
-        rendered[size] = encode(current, info.format)
-    return info, rendered
+    shapes = [functools.partial(_resized, size=dims) for _, dims in targets]
+    results = _shaped(data, limits, upload_need(info, sizes), info, info.output, *shapes)
+    return info, {
+        size: encode_frames(frames, info.output) for (size, _), frames in zip(targets, results, strict=True)
+    }
+
+
+def _cover(image: Image.Image, info: Probe, box: Size) -> Image.Image:
+    """Scale so the box is filled, then take the centre; never upscale. The crop is in the
+    decoded image's coordinates (JPEG draft may have shrunk it already)."""
+    scale = min(max(box.width / info.width, box.height / info.height), 1.0)
+    out_w, out_h = min(box.width, info.width), min(box.height, info.height)
+    factor = image.width / info.width
+    crop_w, crop_h = out_w / scale * factor, out_h / scale * factor
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    return image.resize(
+        (out_w, out_h), RESAMPLE, box=(left, top, left + crop_w, top + crop_h), reducing_gap=REDUCING_GAP
+    )
 
 
 @_untrusted
 def render(data: bytes, variant: Variant, limits: Limits, info: Probe | None = None) -> tuple[bytes, Format]:
-    """One on-demand variant: fit-in or cover-crop, in the asked (or original) format.
+    """One on-demand variant: fit-in or cover-crop, in the asked (or the default) format.
     `info`: the probe of these very bytes, when admission has made it already."""
     info = info or probe(data, limits)
-    fmt = variant.format or info.format
-    box = variant.size
+    fmt = variant.format or info.output
     need = variant_need(info, variant)
     if variant.fit == "contain":
-        image = _resized(_decode(data, limits, need), need)
-        return encode(image, fmt), fmt
-    # cover: scale so the box is filled, then take the centre; never upscale.
-    scale = min(max(box.width / info.width, box.height / info.height), 1.0)
-    out_w, out_h = min(box.width, info.width), min(box.height, info.height)
-    image = _decode(data, limits, need)
-    # Crop in the decoded image's coordinates (draft may have shrunk it already).
-    factor = image.width / info.width
-    crop_w, crop_h = out_w / scale * factor, out_h / scale * factor
-    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
-    cropped = image.resize(
-        (out_w, out_h), RESAMPLE, box=(left, top, left + crop_w, top + crop_h), reducing_gap=REDUCING_GAP
-    )
-    return encode(cropped, fmt), fmt
+        shape: Shape = functools.partial(_resized, size=need)
+    else:
+        shape = functools.partial(_cover, info=info, box=variant.size)
+    [shaped] = _shaped(data, limits, need, info, fmt, shape)
+    return encode_frames(shaped, fmt), fmt

@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Literal, cast
 
 Fit = Literal["contain", "cover"]
-Format = Literal["jpeg", "png", "webp", "avif"]
-FORMATS: tuple[Format, ...] = ("jpeg", "png", "webp", "avif")
+Format = Literal["jpeg", "png", "webp", "avif", "gif"]  # of a variant
+FORMATS: tuple[Format, ...] = ("jpeg", "png", "webp", "avif", "gif")
+ANIMATED: frozenset[Format] = frozenset({"gif", "webp"})  # a variant in these keeps an animation
 CONTENT_TYPES: dict[str, str] = {
     "jpeg": "image/jpeg",
     "png": "image/png",
     "webp": "image/webp",
     "avif": "image/avif",
+    "gif": "image/gif",
+    "heic": "image/heic",  # an original's
 }
 AUTO = "auto"  # format=auto: negotiated from Accept
 # What `auto` may choose, best first; without either, the original's format (JPEG for photos).
@@ -41,7 +44,8 @@ def _renderer() -> str:
     """What makes a variant's bytes: the rendering code and the codec library. A build that
     renders differently has another tag, so it never serves, or is served, another's variants."""
     code = (Path(__file__).with_name("imaging.py")).read_bytes()
-    return hashlib.sha256(code + metadata.version("pillow").encode()).hexdigest()[:8]
+    codecs = f"{metadata.version('pillow')} {metadata.version('pillow-heif')}".encode()
+    return hashlib.sha256(code + codecs).hexdigest()[:8]
 
 
 RENDERER = _renderer()

@@ -18,8 +18,19 @@ VALID = [
     samples.encoded(samples.photo(64, 48, 2), "PNG"),
     samples.encoded(samples.photo(64, 48, 3), "WEBP"),
     samples.with_orientation(samples.photo(80, 40, 4), 8),
+    samples.animation(60, 40, "GIF", frames=3),
+    samples.animation(60, 40, "WEBP", frames=3),
+    samples.encoded(samples.photo(64, 48, 5), "HEIF", quality=50),
+    samples.encoded(samples.photo(64, 48, 6), "AVIF", quality=50),
 ]
-MAGIC = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP"]
+MAGIC = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"RIFF\0\0\0\0WEBP",
+    b"GIF89a",
+    b"\0\0\0\x18ftypheic\0\0\0\0mif1heic",
+    b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf",
+]
 CONTENT_TYPES = ["image/jpeg", "image/png", "text/plain", "application/octet-stream", "", "image/gif; x=\x7f"]
 
 

@@ -111,7 +111,11 @@ def test_other_sizes_need_a_valid_signature_and_render_once(server: Server) -> N
     ("body", "status", "message"),
     [
         (b"", 400, "empty body"),
-        (b"just some text, not an image", 415, "not a JPEG, PNG or WebP image"),
+        (
+            b"just some text, not an image",
+            415,
+            "not an image this server reads (JPEG, PNG, WebP, GIF, AVIF, HEIC)",
+        ),
         (PHOTO[: len(PHOTO) // 2], 400, "cannot decode the image"),
         (samples.png_header_only(50_000, 50_000), 413, "the limit of 20000000"),
         (samples.png_header_only(5_000, 5_000), 413, "25000000 pixels, more than the limit of 20000000"),

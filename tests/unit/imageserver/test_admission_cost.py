@@ -36,9 +36,17 @@ def picture(width: int, height: int, mode: str = "RGB") -> Image.Image:
     return image if mode == "RGB" else image.convert(mode)
 
 
+OPTIONS: dict[str, dict[str, object]] = {
+    "JPEG": {"quality": 90},
+    "PNG": {"compress_level": 1},
+    "AVIF": {"quality": 80, "speed": 10},
+    "HEIF": {"quality": 80},
+}
+
+
 def encoded(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
-    image.save(out, fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
+    image.save(out, fmt, **OPTIONS.get(fmt, {}))
     return out.getvalue()
 
 
@@ -224,6 +232,9 @@ def measured_peak(path: Path, mode: str, fmt: str, variant: str, out: str = "") 
         pytest.param(3000, 2000, "RGB", "JPEG", id="rgb jpeg drafted"),
         pytest.param(3000, 3000, "RGB", "WEBP", id="webp: libwebp's canvases"),
         pytest.param(3000, 3000, "P", "PNG", id="palette png"),
+        pytest.param(3000, 3000, "P", "GIF", id="gif"),
+        pytest.param(2000, 2000, "RGB", "AVIF", id="avif: dav1d's planes and libavif's RGB"),
+        pytest.param(2000, 2000, "RGB", "HEIF", id="heic: libde265's planes and libheif's RGB"),
     ],
 )
 def test_the_upload_estimate_covers_the_measured_peak(
@@ -275,3 +286,25 @@ def test_a_palette_or_bilevel_image_converted_to_jpeg_is_priced_for_its_conversi
     variant = Variant(Size(2800, 2800), format="jpeg")
     peak = measured_peak(path, mode, "PNG", "2800x2800", "jpeg")
     assert imaging.memory_cost(info, imaging.variant_need(info, variant), len(data)) >= peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(("variant", "out"), [("upload", "gif"), ("790x590", "gif"), ("790x590", "webp")])
+def test_an_animation_is_priced_for_every_frame_it_keeps(tmp_path: Path, variant: str, out: Format) -> None:
+    """40 frames of 800x600, each different: measured 114 MiB for the upload and 101 MiB for a
+    GIF variant near full size (every result frame held, then the encoder's own copies)."""
+    base = picture(800, 600)
+    frames = [base.rotate(i * 9) for i in range(40)]
+    path = tmp_path / "image.gif"
+    path.write_bytes(samples.encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50))
+    data = path.read_bytes()
+    info = imaging.probe(data, LIMITS)
+    assert info.frames == 40
+    if variant == "upload":  # in GIF, the original's format
+        cost = imaging.memory_cost(info, imaging.upload_need(info, default_allowlist()), 0)
+        assert cost >= measured_peak(path, "P", "GIF", "upload")
+        return
+    asked = Variant(Size(790, 590), format=out)
+    peak = measured_peak(path, "P", "GIF", variant, out)
+    assert peak >= 40 * 790 * 590 * 4  # every frame's result, at once
+    assert imaging.memory_cost(info, imaging.variant_need(info, asked), len(data), out) >= peak

@@ -23,7 +23,8 @@ def test_format_comes_from_the_bytes_not_the_name() -> None:
     assert imaging.sniff(samples.jpeg(32, 32)) == "jpeg"
     assert imaging.sniff(samples.encoded(samples.photo(8, 8), "PNG")) == "png"
     assert imaging.sniff(samples.encoded(samples.photo(8, 8), "WEBP")) == "webp"
-    assert imaging.sniff(b"GIF89a....") is None
+    assert imaging.sniff(b"GIF89a....") == "gif"
+    assert imaging.sniff(b"GIF89") is None
     assert imaging.sniff(b"<html>") is None
 
 
@@ -96,7 +97,7 @@ def test_whatever_pillow_still_raises_about_an_image_is_a_client_error(
     def choke(*_args: object, **_kwargs: object) -> bytes:
         raise OSError("cannot write mode I;16 as JPEG")
 
-    monkeypatch.setattr(imaging, "encode", choke)
+    monkeypatch.setattr(imaging, "encode_frames", choke)
     with pytest.raises(Rejected) as refused:
         imaging.render(samples.jpeg(64, 48), Variant(Size(32, 32)), LIMITS)
     assert refused.value.status == 422
