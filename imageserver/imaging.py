@@ -37,16 +37,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, ParamSpec, TypeVar
 
-import pillow_heif
 from PIL import Image, ImageCms, features
 
 from imageserver.variants import ANIMATED, NEGOTIATED, Format, Size, Variant
-
-# HEIC/HEIF decoding (a wheel with libheif and libde265 inside): the primary image only, not
-# the thumbnails or a burst's others, decoded on the render thread alone (the render pool is
-# the parallelism).
-pillow_heif.register_heif_opener(thumbnails=False)
-pillow_heif.options.DECODE_THREADS = 1
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -224,11 +217,25 @@ def configure(limits: Limits) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
+@functools.cache
+def _read_heif() -> None:
+    """HEIC/HEIF decoding, from pillow-heif (a wheel with libheif and libde265 inside): loaded
+    by the first HEIC, not at start-up (its libraries are 8 MiB of every process's memory).
+    The primary image only, not the thumbnails or a burst's others, decoded on the render
+    thread alone (the render pool is the parallelism)."""
+    import pillow_heif  # noqa: PLC0415
+
+    pillow_heif.register_heif_opener(thumbnails=False)
+    pillow_heif.options.DECODE_THREADS = 1
+
+
 def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Source]:
     fmt = sniff(data)
     if fmt is None or fmt not in READABLE:
         names = ", ".join(f.upper().replace("WEBP", "WebP") for f in PIL_NAMES if f in READABLE)
         raise Rejected(415, f"not an image this server reads ({names})")
+    if fmt == "heic":
+        _read_heif()
     try:
         image = Image.open(io.BytesIO(data), formats=[PIL_NAMES[fmt]])
     except Image.DecompressionBombError:

@@ -6,6 +6,9 @@ pixel limit."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import samples
@@ -245,3 +248,17 @@ def test_damaged_files_of_every_new_format_are_refused_with_a_4xx_or_rendered(
         imaging.render(data, Variant(Size(20, 20), "cover", output), LIMITS)
     except Rejected as refused:
         assert 400 <= refused.status < 500
+
+
+def test_the_heic_decoder_is_loaded_by_the_first_heic_not_at_start_up(tmp_path: Path) -> None:
+    """pillow-heif's libraries are 8 MiB of every process that loads them: a storage node or a
+    frontend that never sees a HEIC does not."""
+    sample = tmp_path / "photo.heic"
+    sample.write_bytes(HEIC)
+    script = (
+        "import sys; from pathlib import Path; from imageserver import files, frontend, imaging; "
+        "assert 'pillow_heif' not in sys.modules; "
+        "assert imaging.probe(Path(sys.argv[1]).read_bytes(), imaging.Limits()).format == 'heic'; "
+        "assert 'pillow_heif' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", script, str(sample)], check=True, timeout=60)
