@@ -10,18 +10,22 @@ Uploads may be JPEG, PNG, WebP, GIF, AVIF or HEIC/HEIF (through pillow-heif), ea
 its bytes. Browsers other than Safari cannot show HEIC, so its variants are JPEGs; every other
 format's variants are in its own format unless another is asked for (`OUTPUT_FOR`).
 
-Animation (GIF, WebP, AVIF sequences): a variant in a format that animates (GIF, WebP) keeps
-every frame, with its duration and the loop count (an AVIF's: forever, as browsers play it);
-in any other format, AVIF included, it is the first frame.
-Every frame counts against the pixel limit: an animation may have frames x width x height up
-to `max_pixels` (a 500 x 500 GIF may have 200 frames at the default 50 MP).
+Animation (GIF, WebP, AVIF sequences): a variant in a format that animates (GIF, WebP, AVIF:
+what `format=auto` negotiates for most browsers) keeps every frame, with its duration and the
+loop count (AVIF has none: browsers loop it forever); in JPEG or PNG it is the first frame. An
+animation has at most `max_frames` frames, and frames x width x height up to `max_pixels`
+(a 500 x 500 GIF may have 200 frames at the default 50 MP); a GIF frame outside its canvas
+is refused (Pillow would grow the canvas to hold it).
 
 Colour: a variant of an image whose ICC profile is not sRGB (Display P3 from a phone, Adobe
 RGB, a CMYK press profile) is converted to sRGB and carries no profile, which is what the web
 assumes of an untagged image: colours come out right in every browser, including the ones
 that ignore profiles, and a 300 px thumbnail does not carry a 0.5-3 KB profile. CMYK without
 a profile is converted naively (Pillow's formula; Adobe's inverted CMYK JPEGs are undone).
-Greyscale keeps its profile. Originals are never touched: they keep every byte.
+A profile is judged by what it does, not by its name: one that leaves colours as sRGB has
+them is simply dropped. Greyscale keeps a greyscale profile; a profile that cannot be read,
+is not for the image's colours, or is larger than 4 MiB is dropped. Originals are never
+touched: they keep every byte.
 
 Every failure to read a user's bytes becomes `Rejected` (a 4xx), never an unhandled error.
 """
@@ -29,15 +33,19 @@ Every failure to read a user's bytes becomes `Rejected` (a 4xx), never an unhand
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import math
+import struct
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar, cast
 
-from PIL import Image, ImageCms, features
+from PIL import Image, ImageChops, ImageCms, features
 
 from imageserver.variants import ANIMATED, NEGOTIATED, Format, Size, Variant
 
@@ -80,7 +88,7 @@ OUTPUT_FOR: dict[Source, Format] = {
 READABLE: frozenset[Source] = frozenset(fmt for fmt in PIL_NAMES if fmt != "avif" or features.check("avif"))
 # ISO BMFF brands (the `ftyp` box) of HEIF images: HEVC-coded, or a generic image file
 # that does not also say AVIF.
-SNIFF_BYTES = 64  # of a file, enough to know its format
+SNIFF_BYTES = 4096  # of a file, enough to know its format (an ftyp box is no larger here)
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 # What `format=auto` may choose with this Pillow: a build without libavif never offers AVIF.
 NEGOTIABLE: tuple[Format, ...] = tuple(f for f in NEGOTIATED if features.check(f))
@@ -102,6 +110,7 @@ class Limits:
     max_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 50_000_000
     max_dimension: int = 4096  # of a requested variant
+    max_frames: int = 1000  # of an animation: 40 s at 25 frames a second
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,10 @@ AVIF_ENCODER = 36
 # test_admission_cost): a 3000x3000 render near full size peaked at 13.7 bytes a pixel from
 # AVIF and 11.6 from HEIC, where 8 + 2 copies of 4 + the result price 20.
 DECODER_COPIES: dict[Source, int] = {"webp": WEBP_CANVASES, "avif": 8, "heic": 8}
+# Pillow's GIF encoder quantizes a frame to 256 colours in buffers of its own, by result
+# pixel on colour noise (the worst case): 27 bytes at 1200x1200, 24 at 2000x2000, 20 at 4096.
+GIF_ENCODER = 32
+FRAME_OVERHEAD = 8 << 10  # per frame held: the image objects and a palette (measured ~4 KiB)
 CODEC_WORKING_SET = 8 << 20  # libjpeg/zlib state and encoder buffers
 
 
@@ -162,7 +175,8 @@ def memory_cost(info: Probe, need: tuple[int, int], encoded_bytes: int, output: 
     copies = 3 if info.mode in THREE_COPY_MODES else 2  # source (+ converted) + intermediate
     codec = DECODER_COPIES.get(info.format, 0)
     kept = info.frames * 2 if info.frames > 1 and output in ANIMATED else 1
-    result = need[0] * need[1] * (4 * kept + (AVIF_ENCODER if output == "avif" else 0))
+    encoder = {"avif": AVIF_ENCODER, "gif": GIF_ENCODER}.get(output, 0)
+    result = need[0] * need[1] * (4 * kept + encoder) + FRAME_OVERHEAD * kept
     return width * height * (per_pixel * copies + codec) + result + encoded_bytes + CODEC_WORKING_SET
 
 
@@ -250,23 +264,65 @@ def _open(data: bytes, limits: Limits) -> tuple[Image.Image, Source]:
     return image, fmt
 
 
-def _frames(image: Image.Image, fmt: Source, limits: Limits) -> int:
-    """How many frames an animation has (1 for a still or a HEIF: its primary image), with all
-    of them within the pixel limit. Counting reads every frame's header, not its pixels."""
+def _frames(image: Image.Image, data: bytes, fmt: Source, limits: Limits) -> int:
+    """How many frames an animation has (1 for a still or a HEIF: its primary image), within
+    the frame limit and all of them within the pixel limit. Nothing is decoded: a GIF's blocks
+    are walked here, WebP's and AVIF's demuxers read their frame headers."""
     if fmt not in ("gif", "webp", "avif"):
         return 1
     try:
-        frames = int(getattr(image, "n_frames", 1))
+        frames = _gif_frames(data) if fmt == "gif" else int(getattr(image, "n_frames", 1))
+    except Rejected:
+        raise
     except Exception as error:
         raise Rejected(400, f"cannot read the {fmt} frames: {error}") from None
-    width, height = image.size  # a GIF frame past the canvas grows it as it is read
+    if frames > limits.max_frames:
+        raise Rejected(413, f"animation has {frames} frames, more than the limit of {limits.max_frames}")
+    width, height = image.size
     if frames * width * height > limits.max_pixels:
         raise Rejected(
             413,
             f"animation has {frames} frames of {width}x{height} pixels: {frames * width * height} "
             f"pixels, more than the limit of {limits.max_pixels}",
         )
+    return max(1, frames)
+
+
+def _gif_frames(data: bytes) -> int:
+    """The frames of a GIF, from its blocks: headers read, pixel data skipped. Each frame must
+    lie inside the canvas: Pillow grows the canvas to hold one that does not (a 66-byte file
+    became 858 MiB), after the price was set from the canvas."""
+    if len(data) < 13:
+        raise Rejected(400, "the GIF header is cut short")
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # the global colour table
+    frames = 0
+    while at < len(data) and data[at] != 0x3B:  # the trailer
+        if data[at] == 0x21:  # an extension: its label, then data sub-blocks
+            at = _past_sub_blocks(data, at + 2)
+        elif data[at] == 0x2C and at + 10 <= len(data):  # an image: where it goes, then its data
+            left, top, w, h, flags = struct.unpack_from("<HHHHB", data, at + 1)
+            if left + w > width or top + h > height:
+                raise Rejected(
+                    422,
+                    f"GIF frame {frames + 1} ({w}x{h} at {left},{top}) lies outside "
+                    f"its {width}x{height} canvas",
+                )
+            at += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            at = _past_sub_blocks(data, at + 1)  # past the LZW code size
+            frames += 1
+        else:  # anything else ends the image for Pillow too
+            break
     return frames
+
+
+def _past_sub_blocks(data: bytes, at: int) -> int:
+    while at < len(data):
+        size = data[at]
+        at += 1 + size
+        if size == 0:
+            break
+    return at
 
 
 def _orientation(image: Image.Image) -> int:
@@ -285,7 +341,7 @@ def _orientation(image: Image.Image) -> int:
 def probe(data: bytes, limits: Limits) -> Probe:
     """Format and displayed size from the header alone: cheap, and checks the limits."""
     image, fmt = _open(data, limits)
-    frames = _frames(image, fmt, limits)
+    frames = _frames(image, data, fmt, limits)
     width, height = image.size
     if _orientation(image) in TRANSPOSED:
         width, height = height, width
@@ -355,7 +411,7 @@ def _shaped(
     so only the results are ever held all together."""
     count = info.frames if output in ANIMATED else 1
     image, _ = _open(data, limits)
-    # AVIF says nothing of loops, and browsers loop its animations forever.
+    # An AVIF says nothing of loops, and browsers loop its animations forever.
     loop = image.info.get("loop", 0 if info.format == "avif" else None) if count > 1 else None
     results: list[list[Image.Image]] = [[] for _ in shapes]
     durations: list[int] = []
@@ -381,41 +437,93 @@ def _for_format(image: Image.Image, fmt: Format) -> Image.Image:
     return image
 
 
-@functools.lru_cache(maxsize=16)
-def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
-    """The transform from this profile to sRGB, None when the profile is sRGB already or
-    cannot be read (then it is dropped: a browser would ignore it as well). Built once per
-    profile and shared by the render threads (no 1-pixel cache: lcms's is not thread-safe)."""
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+MAX_PROFILE_BYTES = 4 << 20  # a press CMYK profile is 0.5-3 MB; past this it is dropped
+KEEP = "keep"  # a greyscale image's profile, kept as it is
+# Colours an sRGB profile leaves as they are, and any other one moves.
+_PROBE_COLOURS = [
+    (200, 120, 90),
+    (120, 170, 60),
+    (150, 100, 180),
+    (30, 30, 30),
+    (128, 128, 128),
+    (240, 240, 240),
+]
+
+
+class _ColourRules:
+    """What to do with each embedded profile, decided once per profile and image mode and
+    kept by the profile's digest (not its bytes: a client's profile is up to 4 MiB). A
+    transform is shared by the render threads, built without LittleCMS's 1-pixel cache,
+    which is not thread-safe."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._rules: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform | str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def rule(self, profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | str | None:
+        key = (hashlib.sha256(profile).digest(), mode)
+        with self._lock:
+            if key in self._rules:
+                self._rules.move_to_end(key)
+                return self._rules[key]
+        rule = _colour_rule(profile, mode)
+        with self._lock:
+            self._rules[key] = rule
+            while len(self._rules) > self.capacity:
+                self._rules.popitem(last=False)
+        return rule
+
+
+def _colour_rule(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | str | None:
+    """The transform to sRGB; KEEP for a greyscale profile on a greyscale image; None to drop
+    the profile: sRGB already (judged by what it does to colours, not by its name: a linear
+    "sRGB" is not sRGB), unreadable (a browser would ignore it too), too large, or not for
+    this image's colours."""
+    if len(profile) > MAX_PROFILE_BYTES:
+        return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        if "srgb" in ImageCms.getProfileDescription(source).lower():
+        space = source.profile.xcolor_space.strip()
+        if mode in ("L", "LA"):
+            return KEEP if space == "GRAY" else None
+        if (space, mode) not in (("RGB", "RGB"), ("RGB", "RGBA"), ("CMYK", "CMYK")):
             return None
-        return ImageCms.buildTransform(
-            source,
-            SRGB,
-            mode,
-            "RGBA" if mode == "RGBA" else "RGB",
-            flags=ImageCms.Flags.NOCACHE,
-        )
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as error:
+        output = "RGBA" if mode == "RGBA" else "RGB"
+        transform = ImageCms.buildTransform(source, SRGB, mode, output, flags=ImageCms.Flags.NOCACHE)
+        if mode != "CMYK" and _moves_nothing(transform, mode):
+            return None
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError) as error:
         log.info("colour profile ignored", extra={"error": str(error)})
         return None
+    return transform
 
 
-SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+def _moves_nothing(transform: ImageCms.ImageCmsTransform, mode: str) -> bool:
+    """Whether a transform leaves colours as they are (within a level): an sRGB profile."""
+    probe = Image.new(mode, (len(_PROBE_COLOURS), 1))
+    probe.putdata([(*colour, 255) if mode == "RGBA" else colour for colour in _PROBE_COLOURS])
+    moved = ImageCms.applyTransform(probe, transform)
+    assert moved is not None  # not in place
+    difference = ImageChops.difference(probe.convert("RGB"), moved.convert("RGB"))
+    return max(high for _, high in cast("tuple[tuple[int, int], ...]", difference.getextrema())) <= 1
+
+
+COLOUR_RULES = _ColourRules()
 
 
 def in_srgb(image: Image.Image) -> tuple[Image.Image, bytes | None]:
-    """The image in sRGB and no profile, or (greyscale) as it is and its profile."""
+    """The image in sRGB and no profile, or (greyscale) as it is and its greyscale profile."""
     profile = image.info.get("icc_profile")
     if not profile or not isinstance(profile, bytes):
         return image, None
-    if image.mode not in ("RGB", "RGBA", "CMYK"):
-        return image, profile
-    transform = _to_srgb(profile, image.mode)
-    if transform is None:
+    rule = COLOUR_RULES.rule(profile, image.mode)
+    if rule is None:
         return image, None
-    converted = ImageCms.applyTransform(image, transform)
+    if isinstance(rule, str):
+        return image, profile
+    converted = ImageCms.applyTransform(image, rule)
     assert converted is not None  # not in place
     return converted, None
 
@@ -426,14 +534,20 @@ def encode_frames(frames: Frames, fmt: Format) -> bytes:
     out = io.BytesIO()
     ready: list[Image.Image] = []
     profile: bytes | None = None
-    for image in frames.images if fmt in ANIMATED else frames.images[:1]:
-        converted, profile = in_srgb(image)
+    # Taken from the frames as each is converted: one frame at a time has two copies.
+    pending, frames.images = (frames.images if fmt in ANIMATED else frames.images[:1]), []
+    pending.reverse()
+    while pending:
+        converted, profile = in_srgb(pending.pop())
         ready.append(_for_format(converted, fmt))
+    animated, durations = len(ready) > 1, frames.durations
+    if fmt == "gif" and animated:
+        ready, durations = _distinct_frames(ready, durations)
     # Named even when empty: encoders take what the image's info has that they are not given
     # (PNG and AVIF its profile, JPEG and GIF a comment the original carried).
     options: dict[str, object] = {"icc_profile": profile, "comment": b""}
-    if len(ready) > 1:
-        options.update(save_all=True, append_images=ready[1:], duration=frames.durations)
+    if animated:  # (a GIF's frames may have become one, which still says how long it shows)
+        options.update(save_all=True, append_images=ready[1:], duration=durations)
         if frames.loop is not None:
             options["loop"] = frames.loop
     first = ready[0]
@@ -458,6 +572,27 @@ def encode_frames(frames: Frames, fmt: Format) -> bytes:
 def content_format(head: bytes) -> Source | None:
     """What a stored blob is, from its first `SNIFF_BYTES`: an original or a variant."""
     return sniff(head)
+
+
+GIF_LONGEST_DELAY = 655_350  # ms: a GIF frame's delay is 16 bits of hundredths of a second
+
+
+def _distinct_frames(images: list[Image.Image], durations: list[int]) -> tuple[list[Image.Image], list[int]]:
+    """A frame the same as the one before it is shown longer instead, never past what a GIF
+    can say: Pillow's encoder merges such frames itself, and refuses the sum when it is too
+    long for a GIF (two identical frames of 400 s were a 422)."""
+    kept, times = [images[0]], [min(durations[0], GIF_LONGEST_DELAY)]
+    for image, duration in zip(images[1:], durations[1:], strict=True):
+        difference = ImageChops.difference(kept[-1].convert("RGBA"), image.convert("RGBA"))
+        same = difference.getbbox(alpha_only=False) is None
+        if same and times[-1] + duration <= GIF_LONGEST_DELAY:
+            times[-1] += duration
+        elif same:
+            times[-1] = GIF_LONGEST_DELAY
+        else:
+            kept.append(image)
+            times.append(min(duration, GIF_LONGEST_DELAY))
+    return kept, times
 
 
 def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -498,12 +633,23 @@ def render_allowlisted(
         key=lambda item: item[1][0] * item[1][1],
         reverse=True,
     )
-    # With no sizes this decodes the whole image: an upload must still prove it decodes.
-    shapes = [functools.partial(_resized, size=dims) for _, dims in targets]
-    results = _shaped(data, limits, upload_need(info, sizes), info, info.output, *shapes)
-    return info, {
-        size: encode_frames(frames, info.output) for (size, _), frames in zip(targets, results, strict=True)
-    }
+    need = upload_need(info, sizes)
+    if info.frames > 1 and info.output in ANIMATED:  # every size of every frame, then encoded
+        shapes = [functools.partial(_resized, size=dims) for _, dims in targets]
+        results = _shaped(data, limits, need, info, info.output, *shapes)
+        return info, {
+            size: encode_frames(frames, info.output)
+            for (size, _), frames in zip(targets, results, strict=True)
+        }
+    # A still: each size encoded as soon as it is made, and only the last one kept to make the
+    # next. With no sizes this decodes the whole image: an upload must still prove it decodes.
+    [source] = _shaped(data, limits, need, info, info.output, lambda image: image)
+    current = source.images.pop()  # the decoded image is freed once the first size is made
+    rendered: dict[Size, bytes] = {}
+    for size, dims in targets:
+        current = _resized(current, dims)
+        rendered[size] = encode_frames(Frames([current], [0]), info.output)
+    return info, rendered
 
 
 def _cover(image: Image.Image, info: Probe, box: Size) -> Image.Image:

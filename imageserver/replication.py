@@ -317,7 +317,7 @@ class ReplicatedStore:
                     held = await self._has_blob(base, name)
                     if held is not False:
                         if held is None:  # down or failing: the next read of it tries again
-                            log.info("read repair skipped a replica", extra={"replica": base, "blob": name})
+                            log.debug("read repair skipped a replica", extra={"replica": base, "blob": name})
                         continue
                 failure = await self._put_failure(base, name, data)
                 if failure:

@@ -19,7 +19,7 @@ from typing import Literal, cast
 Fit = Literal["contain", "cover"]
 Format = Literal["jpeg", "png", "webp", "avif", "gif"]  # of a variant
 FORMATS: tuple[Format, ...] = ("jpeg", "png", "webp", "avif", "gif")
-ANIMATED: frozenset[Format] = frozenset({"gif", "webp"})  # a variant in these keeps an animation
+ANIMATED: frozenset[Format] = frozenset({"gif", "webp", "avif"})  # a variant in these keeps an animation
 CONTENT_TYPES: dict[str, str] = {
     "jpeg": "image/jpeg",
     "png": "image/png",

@@ -141,8 +141,9 @@ def rgb_to_xyz_d50(primaries: tuple[tuple[float, float], ...]) -> Matrix:
     return _mul(_mul(_inverse(bradford), _mul(cones, bradford)), d65)
 
 
-def icc_profile(name: str, primaries: tuple[tuple[float, float], ...], gamma: float) -> bytes:
-    """An ICC v2 RGB display profile: colorants, white point and one gamma for each channel."""
+def icc_profile(name: str, primaries: tuple[tuple[float, float], ...] | None, gamma: float) -> bytes:
+    """An ICC v2 display profile: RGB (colorants, white point, one gamma for each channel), or
+    greyscale without primaries (white point and one gamma)."""
 
     def s15(value: float) -> bytes:
         return struct.pack(">i", round(value * 65536))
@@ -156,18 +157,19 @@ def icc_profile(name: str, primaries: tuple[tuple[float, float], ...], gamma: fl
     text = name.encode("ascii") + b"\0"
     desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
     curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256))
-    matrix = rgb_to_xyz_d50(primaries)
     tags = [
         (b"desc", padded(desc)),
         (b"cprt", padded(b"text\0\0\0\0" + b"No copyright: made by a test\0")),
         (b"wtpt", xyz_tag(D50)),
-        (b"rXYZ", xyz_tag([row[0] for row in matrix])),
-        (b"gXYZ", xyz_tag([row[1] for row in matrix])),
-        (b"bXYZ", xyz_tag([row[2] for row in matrix])),
-        (b"rTRC", padded(curve)),
-        (b"gTRC", padded(curve)),
-        (b"bTRC", padded(curve)),
     ]
+    if primaries is None:
+        tags.append((b"kTRC", padded(curve)))
+    else:
+        matrix = rgb_to_xyz_d50(primaries)
+        tags += [
+            (tag, xyz_tag([row[i] for row in matrix])) for i, tag in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))
+        ]
+        tags += [(tag, padded(curve)) for tag in (b"rTRC", b"gTRC", b"bTRC")]
     offset = 128 + 4 + 12 * len(tags)
     table, data = b"", b""
     for signature, body in tags:
@@ -178,7 +180,9 @@ def icc_profile(name: str, primaries: tuple[tuple[float, float], ...], gamma: fl
         struct.pack(">I", size)
         + b"\0\0\0\0"
         + bytes([2, 0x10, 0, 0])
-        + b"mntrRGB XYZ "
+        + b"mntr"
+        + (b"GRAY" if primaries is None else b"RGB ")
+        + b"XYZ "
         + struct.pack(">6H", 2026, 1, 1, 0, 0, 0)
         + b"acsp"
         + b"\0" * 24

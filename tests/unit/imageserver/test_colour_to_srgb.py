@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 import samples
-from PIL import Image
+from PIL import Image, ImageCms
 
 from imageserver import imaging
 from imageserver.imaging import Limits
@@ -78,11 +78,20 @@ def test_transparency_survives_the_conversion() -> None:
 
 
 def test_srgb_originals_keep_their_numbers_and_lose_the_profile() -> None:
-    srgb = samples.icc_profile("sRGB IEC61966-2.1", samples.SRGB_PRIMARIES, 2.2)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     data = samples.encoded(flat((200, 120, 90)), "PNG", icc_profile=srgb)
     body, _ = imaging.render(data, Variant(Size(32, 32)), LIMITS)
     assert pixel(body) == (200, 120, 90)
     assert "icc_profile" not in Image.open(io.BytesIO(body)).info
+
+
+def test_a_profile_is_judged_by_what_it_does_not_by_its_name() -> None:
+    """Linear light with sRGB's primaries, named sRGB: converted all the same."""
+    linear = samples.icc_profile("sRGB linear", samples.SRGB_PRIMARIES, 1.0)
+    data = samples.encoded(flat((200, 60, 30)), "PNG", icc_profile=linear)
+    body, _ = imaging.render(data, Variant(Size(32, 32)), LIMITS)
+    expected = samples.in_srgb((200, 60, 30), samples.SRGB_PRIMARIES, 1.0)
+    assert max(abs(a - b) for a, b in zip(pixel(body), expected, strict=True)) <= 3
 
 
 def test_a_profile_nobody_can_read_is_dropped_not_a_failure() -> None:
@@ -102,8 +111,24 @@ def test_a_cmyk_jpeg_comes_out_rgb_with_its_colours(output: Format) -> None:
     assert max(abs(a - b) for a, b in zip(pixel(body), (255, 0, 0), strict=True)) <= 6
 
 
-def test_greyscale_keeps_its_profile() -> None:
-    grey = samples.icc_profile("Grey-ish", samples.SRGB_PRIMARIES, 1.8)  # RGB, but on an L image
+def test_greyscale_keeps_a_greyscale_profile_and_nothing_else() -> None:
+    grey = samples.icc_profile("Grey gamma 1.8", None, 1.8)
     data = samples.encoded(flat((128, 128, 128)).convert("L"), "PNG", icc_profile=grey)
     body, _ = imaging.render(data, Variant(Size(32, 32)), LIMITS)
     assert Image.open(io.BytesIO(body)).info.get("icc_profile") == grey
+    for stranger in (P3, b"\x00" * 4096):  # an RGB profile, or bytes that are no profile
+        data = samples.encoded(flat((128, 128, 128)).convert("L"), "PNG", icc_profile=stranger)
+        body, _ = imaging.render(data, Variant(Size(32, 32)), LIMITS)
+        assert "icc_profile" not in Image.open(io.BytesIO(body)).info
+        assert len(body) < 1024
+
+
+def test_profiles_are_remembered_by_digest_and_a_huge_one_is_dropped() -> None:
+    rules = imaging._ColourRules(capacity=2)
+    assert rules.rule(P3, "RGB") is rules.rule(bytes(P3), "RGB")  # built once
+    for profile in (ADOBE, P3, samples.icc_profile("Other", samples.ADOBE_RGB_PRIMARIES, 1.8)):
+        rules.rule(profile, "RGB")
+    assert len(rules._rules) == 2
+    assert all(len(digest) == 32 for digest, _ in rules._rules)
+    huge = P3 + b"\0" * imaging.MAX_PROFILE_BYTES
+    assert rules.rule(huge, "RGB") is None

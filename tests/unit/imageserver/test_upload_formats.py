@@ -6,6 +6,7 @@ pixel limit."""
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imageserver import imaging
+from imageserver import files, imaging
 from imageserver.imaging import Limits, Rejected
 from imageserver.variants import Format, Size, Variant
 
@@ -132,7 +133,8 @@ def test_a_turned_heic_is_shown_upright() -> None:
     [
         ("GIF", None),
         ("WEBP", None),
-        *((source, output) for source in ("GIF", "WEBP", "AVIF") for output in ("gif", "webp")),
+        ("AVIF", None),
+        *((source, output) for source in ("GIF", "WEBP", "AVIF") for output in ("gif", "webp", "avif")),
     ],
 )
 def test_an_animation_stays_one_frame_by_frame_in_formats_that_animate(
@@ -146,7 +148,7 @@ def test_an_animation_stays_one_frame_by_frame_in_formats_that_animate(
     result = opened(body)
     assert result.size == (100, 75)
     assert getattr(result, "n_frames", 1) == 5
-    assert result.info.get("loop") == 0  # forever, as the original
+    assert result.info.get("loop", 0) == 0  # forever, as the original (AVIF: always)
     got = frames_of(body)
     for (colour, duration), expected, wanted in zip(
         got, samples.FRAME_COLOURS, [40, 50, 60, 70, 80], strict=True
@@ -157,7 +159,7 @@ def test_an_animation_stays_one_frame_by_frame_in_formats_that_animate(
 
 @pytest.mark.parametrize(
     ("source", "output"),
-    [*((source, output) for source in ("GIF", "AVIF") for output in ("jpeg", "png", "avif")), ("AVIF", None)],
+    [(source, output) for source in ("GIF", "WEBP", "AVIF") for output in ("jpeg", "png")],
 )
 def test_an_animation_is_its_first_frame_in_formats_that_do_not_animate(
     source: str, output: Format | None
@@ -262,3 +264,51 @@ def test_the_heic_decoder_is_loaded_by_the_first_heic_not_at_start_up(tmp_path: 
         "assert 'pillow_heif' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", script, str(sample)], check=True, timeout=60)
+
+
+# -- what the first read of this found ---------------------------------------------------------
+
+
+def gif_of_frames(canvas: tuple[int, int], frames: list[tuple[int, int, int, int]], delay: int = 10) -> bytes:
+    """A GIF whose frames (left, top, width, height) each hold one pixel's worth of LZW, each
+    shown for `delay` hundredths of a second."""
+    pixel = bytes([2, 2, 4 | (0 << 3) | (5 << 6) & 0xFF, (5 << 6) >> 8, 0])
+    body = bytearray(b"GIF89a" + struct.pack("<HHBBB", *canvas, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff")
+    body += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    for left, top, width, height in frames:
+        body += b"\x21\xf9\x04\x00" + struct.pack("<H", delay) + b"\x00\x00"
+        body += b"," + struct.pack("<HHHHB", left, top, width, height, 0) + pixel
+    return bytes(body + b";")
+
+
+def test_a_gif_frame_outside_its_canvas_is_refused_before_anything_is_decoded() -> None:
+    """Pillow grows the canvas to hold such a frame: 66 bytes became 858 MiB."""
+    bomb = gif_of_frames((1, 1), [(0, 0, 1, 1), (9999, 9999, 1, 1)])
+    with pytest.raises(Rejected) as refused:
+        imaging.probe(bomb, LIMITS)
+    assert refused.value.status == 422
+    assert "outside its 1x1 canvas" in refused.value.message
+    assert imaging.probe(gif_of_frames((4, 4), [(0, 0, 1, 1), (3, 3, 1, 1)]), LIMITS).frames == 2
+
+
+def test_an_animation_has_at_most_the_frame_limit_however_small_its_frames() -> None:
+    limits = Limits(max_frames=50)
+    assert imaging.probe(gif_of_frames((1, 1), [(0, 0, 1, 1)] * 50), limits).frames == 50
+    with pytest.raises(Rejected) as refused:
+        imaging.probe(gif_of_frames((1, 1), [(0, 0, 1, 1)] * 51), limits)
+    assert refused.value.status == 413
+    assert "51 frames, more than the limit of 50" in refused.value.message
+
+
+def test_identical_frames_longer_together_than_a_gif_can_say_still_render() -> None:
+    """Pillow merges them and refused the sum: two frames of 400 s were a 422."""
+    data = gif_of_frames((1, 1), [(0, 0, 1, 1)] * 2, delay=40_000)
+    body, _ = imaging.render(data, Variant(Size(20, 20), format="gif"), LIMITS)
+    assert opened(body).size == (1, 1)
+    assert sum(duration for _, duration in frames_of(body)) == 655_350  # as long as a GIF says
+
+
+def test_an_avif_named_late_in_its_brands_is_still_served_as_avif() -> None:
+    head = ftyp(b"mif1", *[b"miaf"] * 20, b"avif")
+    assert len(head) > 64
+    assert files.content_type(head[: imaging.SNIFF_BYTES]) == "image/avif"
