@@ -289,40 +289,63 @@ def _frames(image: Image.Image, data: bytes, fmt: Source, limits: Limits) -> int
 
 
 def _gif_frames(data: bytes) -> int:
-    """The frames of a GIF, from its blocks: headers read, pixel data skipped. Each frame must
-    lie inside the canvas: Pillow grows the canvas to hold one that does not (a 66-byte file
-    became 858 MiB), after the price was set from the canvas."""
+    """The frames of a GIF, from its blocks: headers read, pixel data skipped, each frame
+    checked inside the canvas. Pillow grows the canvas to hold a frame that is not (a 66-byte
+    file became 858 MiB), after the price was set from the canvas, so the blocks are read
+    exactly as Pillow's reader reads them (GifImagePlugin._seek): a frame Pillow finds is a
+    frame counted and checked here."""
     if len(data) < 13:
         raise Rejected(400, "the GIF header is cut short")
     width, height, flags = struct.unpack_from("<HHB", data, 6)
     at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # the global colour table
     frames = 0
-    while at < len(data) and data[at] != 0x3B:  # the trailer
-        if data[at] == 0x21:  # an extension: its label, then data sub-blocks
-            at = _past_sub_blocks(data, at + 2)
-        elif data[at] == 0x2C and at + 10 <= len(data):  # an image: where it goes, then its data
-            left, top, w, h, flags = struct.unpack_from("<HHHHB", data, at + 1)
+    while at < len(data) and data[at] != 0x3B:  # the trailer ends the file
+        block_type, at = data[at], at + 1
+        if block_type == 0x21 and at < len(data):
+            at = _past_extension(data, at, first_frame=not frames)
+        elif block_type == 0x2C:  # an image: where it goes, its colours, then its data
+            if at + 10 > len(data):
+                raise Rejected(400, f"GIF frame {frames + 1} is cut short")
+            left, top, w, h, flags = struct.unpack_from("<HHHHB", data, at)
             if left + w > width or top + h > height:
                 raise Rejected(
                     422,
                     f"GIF frame {frames + 1} ({w}x{h} at {left},{top}) lies outside "
                     f"its {width}x{height} canvas",
                 )
-            at += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-            at = _past_sub_blocks(data, at + 1)  # past the LZW code size
+            at += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the LZW code size
+            at = _past_sub_blocks(data, at)
             frames += 1
-        else:  # anything else ends the image for Pillow too
-            break
+        # any other byte is passed over, as Pillow does
     return frames
 
 
+def _sub_block(data: bytes, at: int) -> tuple[bytes, int]:
+    """One data sub-block (empty at its terminator or the end), and where the next starts."""
+    size = data[at] if at < len(data) else 0
+    return data[at + 1 : at + 1 + size], at + 1 + size
+
+
 def _past_sub_blocks(data: bytes, at: int) -> int:
-    while at < len(data):
-        size = data[at]
-        at += 1 + size
-        if size == 0:
-            break
+    """Past the sub-blocks that start here and their terminator."""
+    block, at = _sub_block(data, at)
+    while block:
+        block, at = _sub_block(data, at)
     return at
+
+
+def _past_extension(data: bytes, at: int, *, first_frame: bool) -> int:
+    """Past an extension, from its label, as Pillow reads it: its first sub-block alone, then
+    (but for a comment, which ends at its first empty one) sub-blocks up to an empty one, so
+    an empty first one is not the end."""
+    label, (block, at) = data[at], _sub_block(data, at + 1)
+    if label == 0xFE:
+        while block:
+            block, at = _sub_block(data, at)
+        return at
+    if label == 0xFF and first_frame and block.startswith(b"NETSCAPE2.0"):
+        _, at = _sub_block(data, at)
+    return _past_sub_blocks(data, at)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -451,6 +474,9 @@ _PROBE_COLOURS = [
 ]
 
 
+Rule = ImageCms.ImageCmsTransform | str | None  # a transform, KEEP, or None: drop the profile
+
+
 class _ColourRules:
     """What to do with each embedded profile, decided once per profile and image mode and
     kept by the profile's digest (not its bytes: a client's profile is up to 4 MiB). A
@@ -459,10 +485,12 @@ class _ColourRules:
 
     def __init__(self, capacity: int = 32) -> None:
         self.capacity = capacity
-        self._rules: OrderedDict[tuple[bytes, str], ImageCms.ImageCmsTransform | str | None] = OrderedDict()
+        self._rules: OrderedDict[tuple[bytes, str], Rule] = OrderedDict()
         self._lock = threading.Lock()
 
-    def rule(self, profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | str | None:
+    def rule(self, profile: bytes, mode: str) -> Rule:
+        if len(profile) > MAX_PROFILE_BYTES:  # before hashing it
+            return None
         key = (hashlib.sha256(profile).digest(), mode)
         with self._lock:
             if key in self._rules:
@@ -476,7 +504,7 @@ class _ColourRules:
         return rule
 
 
-def _colour_rule(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | str | None:
+def _colour_rule(profile: bytes, mode: str) -> Rule:
     """The transform to sRGB; KEEP for a greyscale profile on a greyscale image; None to drop
     the profile: sRGB already (judged by what it does to colours, not by its name: a linear
     "sRGB" is not sRGB), unreadable (a browser would ignore it too), too large, or not for
@@ -513,12 +541,22 @@ def _moves_nothing(transform: ImageCms.ImageCmsTransform, mode: str) -> bool:
 COLOUR_RULES = _ColourRules()
 
 
-def in_srgb(image: Image.Image) -> tuple[Image.Image, bytes | None]:
-    """The image in sRGB and no profile, or (greyscale) as it is and its greyscale profile."""
+def in_srgb(
+    image: Image.Image, known: dict[tuple[int, str], tuple[bytes, Rule]] | None = None
+) -> tuple[Image.Image, bytes | None]:
+    """The image in sRGB and no profile, or (greyscale) as it is and its greyscale profile.
+    `known`: the rules of the profiles seen so far in this encode (every frame of an animation
+    carries the same profile: it is hashed once, not once a frame)."""
     profile = image.info.get("icc_profile")
     if not profile or not isinstance(profile, bytes):
         return image, None
-    rule = COLOUR_RULES.rule(profile, image.mode)
+    seen = known.get((id(profile), image.mode)) if known is not None else None
+    if seen is not None and seen[0] is profile:
+        rule = seen[1]
+    else:
+        rule = COLOUR_RULES.rule(profile, image.mode)
+        if known is not None:  # the profile is kept with its rule, so its id is not reused
+            known[(id(profile), image.mode)] = (profile, rule)
     if rule is None:
         return image, None
     if isinstance(rule, str):
@@ -537,8 +575,9 @@ def encode_frames(frames: Frames, fmt: Format) -> bytes:
     # Taken from the frames as each is converted: one frame at a time has two copies.
     pending, frames.images = (frames.images if fmt in ANIMATED else frames.images[:1]), []
     pending.reverse()
+    known: dict[tuple[int, str], tuple[bytes, Rule]] = {}
     while pending:
-        converted, profile = in_srgb(pending.pop())
+        converted, profile = in_srgb(pending.pop(), known)
         ready.append(_for_format(converted, fmt))
     animated, durations = len(ready) > 1, frames.durations
     if fmt == "gif" and animated:

@@ -312,3 +312,67 @@ def test_an_avif_named_late_in_its_brands_is_still_served_as_avif() -> None:
     head = ftyp(b"mif1", *[b"miaf"] * 20, b"avif")
     assert len(head) > 64
     assert files.content_type(head[: imaging.SNIFF_BYTES]) == "image/avif"
+
+
+@st.composite
+def mangled_gifs(draw: st.DrawFn) -> bytes:
+    """GIFs as a writer makes them, then mangled the ways a reader can be led astray: bytes
+    flipped, empty sub-blocks and stray bytes put in, frames put where they do not fit."""
+    canvas = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    placed = st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(1, 8), st.integers(1, 8))
+    data = bytearray(gif_of_frames(canvas, draw(st.lists(placed, min_size=1, max_size=4))))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(13, len(data) - 1))
+        insert = draw(st.sampled_from([b"\x00", b"\x21\xf9\x00", b"\x21\xfe\x00", b"\x2c", b"\x01", b"\xff"]))
+        if draw(st.booleans()):
+            data[at:at] = insert
+        else:
+            data[at] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # headers made huge: refused
+@settings(max_examples=500, deadline=None)
+@given(data=mangled_gifs())
+def test_no_gif_frame_pillow_reads_grows_the_canvas_past_what_was_checked(data: bytes) -> None:
+    """The walker and Pillow read the same frames: whatever it lets through, Pillow never
+    grows the canvas while reading, and finds as many frames as were counted."""
+    try:
+        info = imaging.probe(data, LIMITS)
+    except Rejected:
+        return
+    image = Image.open(io.BytesIO(data))
+    canvas = image.size
+    try:
+        for index in range(1, 1000):
+            image.seek(index)
+            assert image.size == canvas, f"frame {index + 1} grew the canvas to {image.size}"
+    except EOFError:
+        assert index == info.frames, (index, info.frames)
+    except (OSError, ValueError, IndexError, struct.error, SyntaxError):
+        pass  # a frame that does not decode: a 400 when it is rendered
+    assert image.size == canvas, f"a frame grew the canvas to {image.size} before failing"
+
+
+def test_a_frame_hidden_behind_an_empty_sub_block_is_found_and_checked() -> None:
+    """After an extension's empty first sub-block Pillow reads on: a frame behind it is one
+    Pillow shows (and grows the canvas for), so it is counted and checked here too."""
+    pixel = bytes([2, 2, 0x4C, 0x01, 0])
+    head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    first = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + pixel
+    # Read as Pillow does, the 0x2C after the empty sub-block is a 44-byte sub-block.
+    decoy = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02" + bytes([255])
+    hidden = bytes(33) + b"\x00," + struct.pack("<HHHHB", 0, 0, 3000, 3000, 0) + b"\x02" + b"\x02\x4c\x01\x00"
+    data = head + first + b"\x21\xf9\x00" + decoy + hidden + bytes(255 - len(hidden)) + b"\x00;"
+    with pytest.raises(Rejected) as refused:
+        imaging.probe(data, LIMITS)
+    assert refused.value.status == 422
+    assert "(3000x3000 at 0,0) lies outside its 1x1 canvas" in refused.value.message
+
+
+def test_bytes_between_frames_that_pillow_passes_over_are_passed_over() -> None:
+    frames = [(0, 0, 2, 2)] * 3
+    data = gif_of_frames((2, 2), frames)
+    second = data.index(b"\x21\xf9", data.index(b",") + 1)  # the second frame's extension
+    stray = data[:second] + b"\x00\x07" + data[second:]
+    assert imaging.probe(stray, LIMITS).frames == getattr(Image.open(io.BytesIO(stray)), "n_frames", 1) == 3
