@@ -25,7 +25,7 @@ from typing import BinaryIO
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
-from imageserver.imaging import SNIFF_BYTES, content_format
+from imageserver.imaging import SNIFF_BYTES, sniff
 from imageserver.stores import Blob
 from imageserver.variants import CONTENT_TYPES
 from imageserver.web import error
@@ -41,7 +41,7 @@ class Unsatisfiable(Exception):
 
 
 def content_type(head: bytes) -> str:
-    fmt = content_format(head)
+    fmt = sniff(head)  # an original or a variant, from its first SNIFF_BYTES
     return CONTENT_TYPES[fmt] if fmt else "application/octet-stream"
 
 

@@ -608,11 +608,6 @@ def encode_frames(frames: Frames, fmt: Format) -> bytes:
     return out.getvalue()
 
 
-def content_format(head: bytes) -> Source | None:
-    """What a stored blob is, from its first `SNIFF_BYTES`: an original or a variant."""
-    return sniff(head)
-
-
 GIF_LONGEST_DELAY = 655_350  # ms: a GIF frame's delay is 16 bits of hundredths of a second
 
 
