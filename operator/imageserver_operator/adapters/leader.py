@@ -198,16 +198,27 @@ class LeaderElection:
             return
         self._renewed_at = None
         timeout = self.request_timeout_seconds
-        try:
-            lease = self.leases.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
-            if lease.spec is not None and lease.spec.holder_identity == self.identity:
+        # A renewal already in flight (its thread outlives the cancelled task) may land
+        # between our read and our write: a 409 then means "read again", not "give up".
+        for _ in range(3):
+            try:
+                lease = self.leases.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
+                if lease.spec is None or lease.spec.holder_identity != self.identity:
+                    return
                 lease.spec.holder_identity = ""
                 lease.spec.renew_time = None
                 self.leases.replace_namespaced_lease(
                     self.name, self.namespace, lease, _request_timeout=timeout
                 )
-        except Exception as error:  # shutting down: it expires anyway
-            log.warning("could not release the lease: %s", error)
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    log.warning("could not release the lease: %s %s", error.status, error.reason)
+                    return
+            except Exception as error:  # shutting down: it expires anyway
+                log.warning("could not release the lease: %s", error)
+                return
+        log.warning("could not release the lease: it kept changing under us; it expires anyway")
 
     def _elected(self) -> None:
         for callback in self.on_elected:

@@ -344,6 +344,37 @@ def test_release_hands_the_lease_over_at_once() -> None:
     assert not leader.try_acquire()  # a round after the release takes nothing back
 
 
+def test_a_release_raced_by_a_renewal_in_flight_still_hands_the_lease_over() -> None:
+    """The renewal thread outlives its cancelled task: its write may land between the
+    release's read and write, which then gets a 409 and must read again."""
+    time, leases = Time(), FakeLeases()
+    leader = replica(leases, "leader", Clocks(time))
+    assert leader.try_acquire()
+    read = leases.read_namespaced_lease
+    raced: list[bool] = []
+
+    def read_then_renewal_lands(name: str, namespace: str, _request_timeout: object = None) -> Any:
+        lease = read(name, namespace, _request_timeout)
+        if not raced:
+            raced.append(True)
+            leases.touch()
+        return lease
+
+    leases.read_namespaced_lease = read_then_renewal_lands  # type: ignore[method-assign]
+    leader.release()
+    assert leases.holder == ""
+
+
+def test_a_release_gives_up_on_an_api_error_without_raising(caplog: pytest.LogCaptureFixture) -> None:
+    time, leases = Time(), FakeLeases()
+    leader = replica(leases, "leader", Clocks(time))
+    assert leader.try_acquire()
+    leases.fail = ApiException(status=500, reason="etcd timeout")
+    leader.release()
+    assert not leads(leader)
+    assert "could not release the lease: 500 etcd timeout" in caplog.text
+
+
 def test_every_lease_call_has_a_timeout_under_the_renew_deadline() -> None:
     time, leases = Time(), FakeLeases()
     leader = replica(leases, "leader", Clocks(time))
