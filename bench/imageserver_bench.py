@@ -1,8 +1,10 @@
 """`make bench`: the data plane side by side with its peers, on one corpus, in one run.
 
   (a) allowlisted variant GET (300x300)      vs thumbor 7, uncached fit-in/300x300
-  (b) signed on-demand variant, uncached     vs thumbor 7, uncached 300x200 crop, and the
-      (300x200 cover)                           raw Pillow limit measured in this run
+  (b) signed on-demand variant, uncached,    vs thumbor 7, uncached, the same crop and
+      each engine (--engine pillow|vips):       format, and each engine's raw limit measured
+      300x200 and 1200x800 cover in JPEG,       in this run; and the peak RSS of each server
+      300x200 in WebP and AVIF                  under this load
   (c) original GET                           vs nginx serving the same files (sendfile)
   (d) uploads of 6 MP JPEGs (variants rendered, written to R=2 replicas, W=2, copied to a
       second datacenter)                     vs the raw Pillow cost of the same rendering
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import attacks
 import requests
@@ -55,6 +58,30 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    case: str = ""  # rows of one scenario and case are compared with each other
+
+
+# (b): what is asked of every server (query of ours, thumbor's path before the file name).
+COVERS = [
+    ("300x200 cover, JPEG", {"w": "300", "h": "200", "fit": "cover"}, "300x200"),
+    ("1200x800 cover, JPEG", {"w": "1200", "h": "800", "fit": "cover"}, "1200x800"),
+    (
+        "300x200 cover, WebP",
+        {"w": "300", "h": "200", "fit": "cover", "format": "webp"},
+        "300x200/filters:format(webp)",
+    ),
+    (
+        "300x200 cover, AVIF",
+        {"w": "300", "h": "200", "fit": "cover", "format": "avif"},
+        "300x200/filters:format(avif)",
+    ),
+]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def ensure_peers() -> Path:
@@ -264,12 +291,12 @@ def raw_pillow_rate(work: Callable[[bytes], object], images: list[bytes], second
 # -- the run ----------------------------------------------------------------------------------
 
 
-def run(seconds: int, count: int, only: str = "abcde") -> list[Result]:
+def run(seconds: int, count: int, only: str = "abcde") -> tuple[list[Result], dict[str, float]]:
+    """Every scenario's results, and the peak RSS (MB) of each server under the (b) load."""
     venv = ensure_peers()
     files = corpus(count)
     originals = [f.read_bytes() for f in files]
     limits = Limits()
-    cover = Variant(Size(300, 200), "cover")
     results: list[Result] = []
     work = Path(tempfile.mkdtemp(prefix="imageserver-bench-"))
     state = State(work / "peers")
@@ -277,7 +304,14 @@ def run(seconds: int, count: int, only: str = "abcde") -> list[Result]:
     processes = Processes(work / "processes")
     try:
         ours = processes.start("serve", "--data", str(work / "data"))
-        uncached = processes.start("serve", "--data", str(work / "data"), "--cache-bytes", "0")
+        # (b): one uncached server per engine, each its own process (its own peak RSS).
+        engines = {
+            engine: processes.start(
+                "serve", "--data", str(work / "data"), "--cache-bytes", "0", "--engine", engine
+            )
+            for engine in imaging.ENGINES
+        }
+        peaks: dict[str, float] = {}
         ids = []
         for data in originals:
             answer = requests.post(f"{ours.url}/v1/images", data=data, timeout=60)
@@ -287,12 +321,14 @@ def run(seconds: int, count: int, only: str = "abcde") -> list[Result]:
         nginx = start_nginx(state, files[0].parent) if "c" in only else ""
         names = [f.name for f in files]
 
-        def measure(scenario: str, server: str, base: str, script: str, connections: int = 4) -> None:
+        def measure(
+            scenario: str, server: str, base: str, script: str, *, connections: int = 4, case: str = ""
+        ) -> None:
             if scenario not in only:
                 return
-            say(f"{scenario}: {server}")
+            say(f"{scenario}: {server}" + (f", {case}" if case else ""))
             rps, p50, p99, errors = wrk(base, script, seconds=seconds, connections=connections)
-            results.append(Result(scenario, server, rps, p50, p99, errors))
+            results.append(Result(scenario, server, rps, p50, p99, errors, case))
 
         measure(
             "a",
@@ -307,24 +343,19 @@ def run(seconds: int, count: int, only: str = "abcde") -> list[Result]:
             rotate([f"/unsafe/fit-in/300x300/{n}" for n in names]),
         )
 
-        key = SIGNING_KEY.encode()
-        signed = []
-        for i in ids:
-            query = {"w": "300", "h": "200", "fit": "cover"}
-            signed.append(
-                f"/v1/images/{i}?w=300&h=200&fit=cover&sig={variants.sign(key, f'/v1/images/{i}', query)}"
-            )
-        measure("b", "imageserver (signed 300x200 cover, uncached)", uncached.url, rotate(signed))
-        measure(
-            "b",
-            "thumbor 7 (300x200 crop, uncached)",
-            thumbor,
-            rotate([f"/unsafe/300x200/{n}" for n in names]),
-        )
         if "b" in only:
-            say("b: raw Pillow limit (same work, in-process, 2 threads)")
-            raw = raw_pillow_rate(lambda data: imaging.render(data, cover, limits), originals, seconds)
-            results.append(Result("b", "raw Pillow limit (2 threads)", raw, 0, 0, 0))
+            on_demand(
+                measure,
+                ids=ids,
+                names=names,
+                engines=engines,
+                thumbor=thumbor,
+                originals=originals,
+                seconds=seconds,
+                results=results,
+            )
+            peaks = {f"imageserver --engine {e}": peak_rss_mb(s.managed.pid) for e, s in engines.items()}
+            peaks["thumbor 7"] = peak_rss_mb(state.processes["thumbor"].pid)
 
         measure(
             "c",
@@ -360,7 +391,58 @@ def run(seconds: int, count: int, only: str = "abcde") -> list[Result]:
         for managed in state.processes.values():
             stop(managed)
         shutil.rmtree(work, ignore_errors=True)
-    return results
+    return results, peaks
+
+
+Measure = Callable[..., None]
+
+
+def on_demand(
+    measure: Measure,
+    *,
+    ids: list[str],
+    names: list[str],
+    engines: dict[imaging.Engine, Server],
+    thumbor: str,
+    originals: list[bytes],
+    seconds: int,
+    results: list[Result],
+) -> None:
+    """(b): every cover variant from each engine and from thumbor, then each engine's raw
+    limit on the first case (the same work in-process, 2 threads, no HTTP)."""
+    key = SIGNING_KEY.encode()
+    for case, query, thumbor_path in COVERS:
+        signed = []
+        for i in ids:
+            path = f"/v1/images/{i}"
+            signed.append(f"{path}?{urlencode({**query, 'sig': variants.sign(key, path, query)})}")
+        for engine, server in engines.items():
+            measure(
+                "b",
+                f"imageserver --engine {engine} (signed, uncached)",
+                server.url,
+                rotate(signed),
+                case=case,
+            )
+        probe = requests.get(f"{thumbor}/unsafe/{thumbor_path}/{names[0]}", timeout=60)
+        if probe.status_code == 200:
+            measure(
+                "b",
+                "thumbor 7 (uncached)",
+                thumbor,
+                rotate([f"/unsafe/{thumbor_path}/{n}" for n in names]),
+                case=case,
+            )
+        else:
+            say(f"b: thumbor 7 cannot make {case} (HTTP {probe.status_code}): no peer for it")
+    case, query, _ = COVERS[0]
+    cover = Variant(Size(int(query["w"]), int(query["h"])), "cover")
+    for engine in imaging.ENGINES:
+        say(f"b: raw {engine} limit (same work, in-process, 2 threads)")
+        imaging.use_engine(engine)
+        raw = raw_pillow_rate(lambda data: imaging.render(data, cover, Limits()), originals, seconds)
+        results.append(Result("b", f"raw {engine} limit (2 threads)", raw, 0, 0, 0, case))
+    imaging.use_engine("pillow")
 
 
 def overload(processes: Processes, work: Path, seconds: int) -> list[Result]:
@@ -448,20 +530,46 @@ def start_upload_cluster(processes: Processes, work: Path) -> Server:
 
 
 def table(results: list[Result]) -> str:
+    """Each imageserver row against the peer of its scenario and case (the first other row);
+    in (b) also the libvips engine against Pillow's."""
     lines = [
-        "| scenario | server | req/s | p50 ms | p99 ms | errors | ratio |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| scenario | case | server | req/s | p50 ms | p99 ms | errors | ratio |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
-    for scenario in "abcde":
-        rows = [r for r in results if r.scenario == scenario]
-        if not rows:
-            continue
-        ours = next(r for r in rows if r.server.startswith("imageserver"))
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in sorted(results, key=lambda r: r.scenario):
+        groups.setdefault((r.scenario, r.case), []).append(r)
+    for (scenario, case), rows in groups.items():
+        peer = next((r for r in rows if not r.server.startswith("imageserver")), None)
+        pillow = next((r for r in rows if "--engine pillow" in r.server), None)
         for r in rows:
-            ratio = "" if r is ours else f"imageserver = {ours.rps / r.rps:.2f} x {r.server.split(' (')[0]}"
+            ratios = []
+            if r.server.startswith("imageserver") and peer is not None:
+                ratios.append(f"{r.rps / peer.rps:.2f} x {peer.server.split(' (')[0]}")
+            if "--engine vips" in r.server and pillow is not None:
+                ratios.append(f"{r.rps / pillow.rps:.2f} x Pillow's")
             p50 = f"{r.p50_ms:.1f}" if r.p50_ms else "—"
             p99 = f"{r.p99_ms:.1f}" if r.p99_ms else "—"
-            lines.append(f"| {scenario} | {r.server} | {r.rps:.1f} | {p50} | {p99} | {r.errors} | {ratio} |")
+            lines.append(
+                f"| {scenario} | {case or '—'} | {r.server} | {r.rps:.1f} | {p50} | {p99} | {r.errors} "
+                f"| {'; '.join(ratios)} |"
+            )
+    return "\n".join(lines)
+
+
+def verdict(results: list[Result]) -> str:
+    """Which engine renders (b) faster here, case by case: the default follows the first."""
+    lines = []
+    for case, _, _ in COVERS:
+        rates = {
+            engine: next((r.rps for r in results if r.case == case and f"--engine {engine}" in r.server), 0.0)
+            for engine in imaging.ENGINES
+        }
+        if all(rates.values()):
+            faster = max(rates, key=lambda e: rates[e])
+            lines.append(
+                f"- {case}: {faster} is faster (vips = {rates['vips'] / rates['pillow']:.2f} x pillow)"
+            )
     return "\n".join(lines)
 
 
@@ -475,8 +583,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=16, help="photos in the corpus")
     parser.add_argument("--only", default="abcde", help="the scenarios to run, e.g. c or ab")
     args = parser.parse_args()
-    results = run(args.seconds, args.images, args.only)
+    results, peaks = run(args.seconds, args.images, args.only)
     text = table(results)
+    if peaks:
+        text += "\n\nPeak RSS under the (b) load:\n\n| server | peak RSS MB |\n|---|---:|\n"
+        text += "\n".join(f"| {name} | {mb:.0f} |" for name, mb in peaks.items())
+        text += "\n\nFaster engine on this machine (`--engine`; the default follows the first case):\n\n"
+        text += verdict(results)
     out = REPO_ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "results.md").write_text(text + "\n")

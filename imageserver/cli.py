@@ -154,6 +154,14 @@ def parser() -> argparse.ArgumentParser:
         "WebP, else the original's, from the browser's Accept; answers say Vary: Accept)",
     )
     serving.add_argument(
+        "--engine",
+        choices=imaging.ENGINES,
+        default=_env("ENGINE", "pillow"),
+        help="what renders variants: pillow, or vips (libvips' shrink-on-load; stills from "
+        "JPEG, PNG, WebP and AVIF, Pillow renders the rest). Same sizes, limits and colour "
+        "rule; `make bench` compares them on this machine",
+    )
+    serving.add_argument(
         "--signing-key-file",
         default=_env("SIGNING_KEY_FILE"),
         help="HMAC key for on-demand variants (or IMAGESERVER_SIGNING_KEY); none: allowlist only",
@@ -301,7 +309,7 @@ def _settings(args: argparse.Namespace, admin_token: str | None) -> Settings:
             f"--max-upload-bytes needs {(2 * limits.max_bytes) >> 20} MiB. Raise the limit, or lower "
             "--cache-bytes or --max-upload-bytes"
         )
-    imaging.configure(limits)
+    imaging.configure(limits, args.engine)
     settings = Settings(
         datacenter=args.datacenter,
         revision=args.revision,

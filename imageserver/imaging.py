@@ -43,10 +43,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal, ParamSpec, TypeVar, cast
 
 from PIL import Image, ImageChops, ImageCms, features
 
+from imageserver import variants
 from imageserver.variants import ANIMATED, NEGOTIATED, Format, Size, Variant
 
 log = logging.getLogger(__name__)
@@ -157,12 +159,17 @@ def decoded_size(info: Probe, need: tuple[int, int]) -> tuple[int, int]:
     area matters here): JPEG
     decodes scaled by 1/2, 1/4 or 1/8 as far as that still covers it (Pillow's draft rule)."""
     # Displayed or stored orientation gives the same area: both sides swap together.
-    width, height = info.width, info.height
+    factor = jpeg_shrink(info, need)
+    return -(-info.width // factor), -(-info.height // factor)
+
+
+def jpeg_shrink(info: Probe, need: tuple[int, int]) -> int:
+    """The 1/2, 1/4 or 1/8 a JPEG is decoded at (1 for other formats): the largest that
+    still covers `need`."""
     if info.format != "jpeg":
-        return width, height
-    scale = min(width // max(1, need[0]), height // max(1, need[1]))
-    factor = next((f for f in (8, 4, 2) if f <= scale), 1)
-    return -(-width // factor), -(-height // factor)
+        return 1
+    scale = min(info.width // max(1, need[0]), info.height // max(1, need[1]))
+    return next((f for f in (8, 4, 2) if f <= scale), 1)
 
 
 def memory_cost(info: Probe, need: tuple[int, int], encoded_bytes: int, output: Format | None = None) -> int:
@@ -223,12 +230,35 @@ def _iso_brand(data: bytes) -> Source | None:
     return "heic" if brands & _HEIF_BRANDS else None
 
 
-def configure(limits: Limits) -> None:
+Engine = Literal["pillow", "vips"]
+ENGINES: tuple[Engine, ...] = ("pillow", "vips")
+_ENGINE: list[Engine] = ["pillow"]  # one per process, set at start-up
+
+
+def configure(limits: Limits, engine: Engine = "pillow") -> None:
     """Pillow's own bomb check at our limit, so the two never disagree (its default is ~89 MP).
     Past the limit Pillow only warns (`_open` refuses, with the exact count); past twice the
-    limit it refuses by itself."""
+    limit it refuses by itself. `engine`: who renders what it can (`vips_engine.takes`);
+    Pillow renders the rest, and probes every upload whichever engine renders it."""
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    use_engine(engine)
+
+
+def use_engine(engine: Engine) -> None:
+    """The engine of this process, and the renderer tag its variants are named by."""
+    if engine not in ENGINES:
+        raise ValueError(f"no engine {engine!r}: {', '.join(ENGINES)}")
+    _ENGINE[0] = engine
+    variants.use_renderer(engine, _vips().versions() if engine == "vips" else "")
+
+
+def _vips() -> ModuleType:
+    """The libvips engine, imported when chosen: it imports this module, and a Pillow
+    deployment never loads libvips."""
+    from imageserver import vips_engine  # noqa: PLC0415
+
+    return vips_engine
 
 
 @functools.cache
@@ -667,6 +697,8 @@ def render_allowlisted(
         key=lambda item: item[1][0] * item[1][1],
         reverse=True,
     )
+    if _ENGINE[0] == "vips" and _vips().takes(info, info.output):
+        return info, cast("dict[Size, bytes]", _vips().render_allowlisted(data, sizes, info))
     need = upload_need(info, sizes)
     if info.frames > 1 and info.output in ANIMATED:  # every size of every frame, then encoded
         shapes = [functools.partial(_resized, size=dims) for _, dims in targets]
@@ -705,6 +737,8 @@ def render(data: bytes, variant: Variant, limits: Limits, info: Probe | None = N
     `info`: the probe of these very bytes, when admission has made it already."""
     info = info or probe(data, limits)
     fmt = variant.format or info.output
+    if _ENGINE[0] == "vips" and _vips().takes(info, fmt):
+        return cast("tuple[bytes, Format]", _vips().render(data, variant, info))
     need = variant_need(info, variant)
     if variant.fit == "contain":
         shape: Shape = functools.partial(_resized, size=need)

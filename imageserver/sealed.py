@@ -1,6 +1,6 @@
 """Variants are derived data, so each stored one is sealed: a digest of its name and bytes
 goes in front of them. The name holds the image id and the renderer that made it
-(`variants.RENDERER`), so a sealed variant cannot pass for another image's, another size's,
+(`variants.renderer()`), so a sealed variant cannot pass for another image's, another size's,
 or another renderer's. Storage nodes check the seal when a variant is written and before
 they serve it (a damaged one is moved aside: a miss, which the frontend re-renders), and the
 frontend checks it again end to end. Originals need no seal: their name is their SHA-256.

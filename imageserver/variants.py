@@ -40,15 +40,27 @@ SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")  # an HMAC-SHA256 in unpadded base6
 MAX_VALUE_LENGTH = 64
 
 
-def _renderer() -> str:
-    """What makes a variant's bytes: the rendering code and the codec library. A build that
-    renders differently has another tag, so it never serves, or is served, another's variants."""
-    code = (Path(__file__).with_name("imaging.py")).read_bytes()
-    codecs = f"{metadata.version('pillow')} {metadata.version('pillow-heif')}".encode()
-    return hashlib.sha256(code + codecs).hexdigest()[:8]
+def _renderer(engine: str = "pillow", libraries: str = "") -> str:
+    """What makes a variant's bytes: the rendering code, the engine and the codec libraries.
+    A build that renders differently has another tag, so it never serves, or is served,
+    another's variants."""
+    modules = ("imaging.py", "vips_engine.py") if engine != "pillow" else ("imaging.py",)
+    code = b"".join(Path(__file__).with_name(name).read_bytes() for name in modules)
+    codecs = f"{metadata.version('pillow')} {metadata.version('pillow-heif')} {libraries}".strip()
+    tag = code + codecs.encode() + (b"" if engine == "pillow" else engine.encode())
+    return hashlib.sha256(tag).hexdigest()[:8]
 
 
-RENDERER = _renderer()
+_RENDERER = [_renderer()]  # one per process: set at start-up, with the engine (`imaging.configure`)
+
+
+def renderer() -> str:
+    """The tag of this process's renderer, in every variant's blob name and ETag."""
+    return _RENDERER[0]
+
+
+def use_renderer(engine: str, libraries: str) -> None:
+    _RENDERER[0] = _renderer(engine, libraries)
 
 
 class BadVariant(ValueError):
@@ -219,7 +231,7 @@ def is_allowlisted_size(variant: Variant, allowlist: Collection[Size]) -> bool:
 
 def blob_name(image_id: str, variant: Variant | None) -> str:
     """The original's name is its id; a variant's also names the renderer that made it."""
-    return image_id if variant is None else f"{image_id}.{variant.name}.r{RENDERER}"
+    return image_id if variant is None else f"{image_id}.{variant.name}.r{renderer()}"
 
 
 def etag(image_id: str, variant: Variant | None) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from servers import Processes
 
+from imageserver import imaging
+
 pytest_plugins = ["testbed.pytest_plugin"]
 
 
@@ -17,3 +19,13 @@ def imageserver(tmp_path: Path) -> Iterator[Processes]:
     processes = Processes(tmp_path / "processes")
     yield processes
     processes.stop_all()
+
+
+@pytest.fixture(params=imaging.ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[imaging.Engine]:
+    """Each rendering engine in turn, in this process: a test that takes it holds both to
+    the same promise (the golden tests of `--engine`)."""
+    chosen: imaging.Engine = request.param
+    imaging.use_engine(chosen)
+    yield chosen
+    imaging.use_engine("pillow")

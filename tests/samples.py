@@ -10,6 +10,7 @@ import struct
 import zlib
 
 import pillow_heif
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter
 
 pillow_heif.register_heif_opener()  # HEIC samples are made with Pillow's save
@@ -212,3 +213,19 @@ def in_srgb(
     back = _inverse(rgb_to_xyz_d50(SRGB_PRIMARIES))
     srgb_linear = [sum(row[k] * xyz[k] for k in range(3)) for row in back]
     return [255 * (srgb_encoded(v) if 0 <= v <= 1 else v) for v in srgb_linear]
+
+
+def damaged(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
+    """One of `seeds`, maybe cut short past its first 12 bytes, with up to 16 bytes changed:
+    what a fuzz of a decoder feeds it."""
+
+    @st.composite
+    def strategy(draw: st.DrawFn) -> bytes:
+        data = bytearray(draw(st.sampled_from(seeds)))
+        if draw(st.booleans()):
+            del data[draw(st.integers(12, len(data) - 1)) :]
+        for _ in range(draw(st.integers(0, 16))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data)
+
+    return strategy()

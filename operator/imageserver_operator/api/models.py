@@ -565,6 +565,13 @@ class ImageServerSpec(Model):
         "the highest weight; answers say Vary: Accept, and the format chosen is in the ETag and "
         "every cache key. format=auto in a URL asks for the same whatever this says.",
     )
+    engine: Literal["pillow", "vips"] = Field(
+        "pillow",
+        description="What renders variants: pillow, or vips (libvips' shrink-on-load, for stills from "
+        "JPEG, PNG, WebP and AVIF; Pillow renders animations, GIF, HEIC and CMYK either way). Both "
+        "make the same sizes and crops under the same limits and colour rule; `make bench` says "
+        "which is faster on your machines. A change re-renders variants on first request.",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pod resources.")
     trusted_proxies: list[str] = Field(
         default_factory=list,

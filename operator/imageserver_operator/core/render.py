@@ -325,6 +325,8 @@ def frontend_objects(
         # ignores it instead of refusing to start. Unset by default: frontends of an
         # ImageServer that never set it keep their pod template through an operator upgrade.
         container["env"].append({"name": "IMAGESERVER_VARIANT_FORMAT", "value": spec.variant_format})
+    if spec.engine != "pillow":  # likewise
+        container["env"].append({"name": "IMAGESERVER_ENGINE", "value": spec.engine})
     container["volumeMounts"] = [{"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True}]
     deployment = {
         "apiVersion": "apps/v1",

@@ -14,7 +14,7 @@ from clusters import eventually, metric, start_cluster
 from links import links
 from servers import Processes
 
-from imageserver.variants import RENDERER
+from imageserver.variants import renderer
 
 
 def _quantile(seconds: list[float], q: float) -> float:
@@ -105,7 +105,7 @@ def test_a_black_holed_datacenter_costs_local_uploads_nothing_and_gets_every_cop
                 )
                 >= 1
                 for image_id in acknowledged
-                for name in (image_id, f"{image_id}.300x300.r{RENDERER}")
+                for name in (image_id, f"{image_id}.300x300.r{renderer()}")
             )
 
         started = time.monotonic()

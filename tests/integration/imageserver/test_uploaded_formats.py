@@ -1,6 +1,7 @@
-"""GIF, animated WebP, HEIC and AVIF uploads against a real `imageserver serve`: each is
-stored byte-exact and served with its own type; its variants follow the documented rules
-(HEIC's are JPEGs, an animation stays one in GIF and WebP, colours come out in sRGB)."""
+"""GIF, animated WebP, HEIC and AVIF uploads against a real `imageserver serve`, with each
+rendering engine: each is stored byte-exact and served with its own type; its variants follow
+the documented rules (HEIC's are JPEGs, an animation stays one in GIF and WebP, colours come
+out in sRGB)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ P3 = samples.icc_profile("Display P3", samples.DISPLAY_P3_PRIMARIES, 2.2)
 WIDE = samples.encoded(Image.new("RGB", (640, 480), (200, 120, 90)), "JPEG", quality=95, icc_profile=P3)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["pillow", "vips"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Each engine: whatever renders, the rules are the same (libvips hands what it does not
+    take, animations and HEIC, to Pillow)."""
     processes = Processes(tmp_path_factory.mktemp("formats"))
-    yield processes.start("serve", "--data", str(tmp_path_factory.mktemp("data")))
+    data = str(tmp_path_factory.mktemp("data"))
+    yield processes.start("serve", "--data", data, "--engine", request.param)
     processes.stop_all()
 
 
@@ -101,3 +105,14 @@ def test_an_animation_past_the_pixel_limit_is_refused_with_the_reason(
     assert "21 frames of 100x100" in answer.json()["error"]
     fits = requests.post(f"{small.url}/v1/images", data=samples.animation(100, 100, frames=20), timeout=30)
     assert fits.status_code == 201
+
+
+def test_variants_are_named_by_the_engine_that_made_them(server: Server) -> None:
+    """A JPEG's variant, made by the chosen engine, is tagged with it: Pillow's tag only under
+    Pillow, so no cache or browser takes one engine's bytes for the other's."""
+    body = upload(server, samples.jpeg(640, 480, seed=11))
+    answer = requests.get(f"{server.url}/v1/images/{body['id']}?w=300&h=300", timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert Image.open(io.BytesIO(answer.content)).size == (300, 225)
+    pillows = answer.headers["ETag"].endswith(f'.r{variants.renderer()}"')
+    assert pillows == (server.argv[server.argv.index("--engine") + 1] == "pillow")

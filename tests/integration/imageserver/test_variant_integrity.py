@@ -15,7 +15,7 @@ from PIL import Image
 from servers import WRITER, Processes
 
 from imageserver import sealed
-from imageserver.variants import RENDERER
+from imageserver.variants import renderer
 
 
 def _damage(path: Path) -> bytes:
@@ -39,10 +39,10 @@ def test_only_the_storage_token_writes_and_a_damaged_variant_is_rendered_again(
     frontend = cluster.frontends["dc-a"]
     image = samples.jpeg(800, 600, seed=5)
     image_id = requests.post(f"{frontend.url}/v1/images", data=image, timeout=30).json()["id"]
-    name = f"{image_id}.300x300.r{RENDERER}"
+    name = f"{image_id}.300x300.r{renderer()}"
     node = cluster.storage[("dc-a", "s0", 0)]
     forged = sealed.seal(name, samples.jpeg(300, 225, seed=666))
-    other = f"{hashlib.sha256(b'x').hexdigest()}.300x300.r{RENDERER}"
+    other = f"{hashlib.sha256(b'x').hexdigest()}.300x300.r{renderer()}"
 
     # Writers other than the ImageServer's own are refused, however well-formed the blob.
     for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"}):
@@ -75,7 +75,7 @@ def test_a_damaged_variant_on_the_embedded_server_is_rendered_again(
     server = imageserver.start("serve", "--data", str(tmp_path / "data"))
     image = samples.jpeg(800, 600, seed=6)
     image_id = requests.post(f"{server.url}/v1/images", data=image, timeout=30).json()["id"]
-    name = f"{image_id}.300x300.r{RENDERER}"
+    name = f"{image_id}.300x300.r{renderer()}"
     path = tmp_path / "data" / "objects" / image_id[:2] / name
     damaged = _damage(path)
     answer = requests.get(f"{server.url}/v1/images/{image_id}?w=300&h=300", timeout=10)

@@ -9,11 +9,11 @@ import pytest
 
 from imageserver.blobstore import BadBlob, BlobStore
 from imageserver.sealed import seal
-from imageserver.variants import RENDERER
+from imageserver.variants import renderer
 
 DATA = b"image bytes"
 ID = hashlib.sha256(DATA).hexdigest()
-VARIANT = f"{ID}.300x300.r{RENDERER}"
+VARIANT = f"{ID}.300x300.r{renderer()}"
 VARIANT_BLOB = seal(VARIANT, b"variant")
 
 
@@ -32,7 +32,7 @@ def test_a_variant_must_come_sealed_to_its_name(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     with pytest.raises(BadBlob, match="sealed"):
         store.put(VARIANT, b"variant")
-    other = f"{ID}.1200x1200.r{RENDERER}"
+    other = f"{ID}.1200x1200.r{renderer()}"
     with pytest.raises(BadBlob, match="sealed"):
         store.put(other, VARIANT_BLOB)  # another variant's seal
 
@@ -75,7 +75,7 @@ def test_an_original_must_match_its_sha256_name(tmp_path: Path) -> None:
         "../../etc/passwd",
         f"{ID}/../../x",
         f"{ID}.300x300/../x",
-        f"{ID}.300x300.r{RENDERER}x",
+        f"{ID}.300x300.r{renderer()}x",
         ID.upper(),
         ID[:-1],
         f"{ID}.jpg",

@@ -17,6 +17,8 @@ from imageserver.imaging import Limits
 from imageserver.variants import Format, Size, Variant
 
 LIMITS = Limits()
+# Both engines follow the colour rule (vips: the same LittleCMS transform on its result).
+pytestmark = pytest.mark.usefixtures("engine")
 P3 = samples.icc_profile("Display P3", samples.DISPLAY_P3_PRIMARIES, 2.2)
 ADOBE = samples.icc_profile("Adobe RGB (1998)", samples.ADOBE_RGB_PRIMARIES, 563 / 256)
 SPACES = {

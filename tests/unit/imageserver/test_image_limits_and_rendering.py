@@ -8,11 +8,13 @@ import pytest
 import samples
 from PIL import Image
 
-from imageserver import imaging
+from imageserver import imaging, vips_engine
 from imageserver.imaging import Limits, Rejected
 from imageserver.variants import Size, Variant
 
 LIMITS = Limits(max_bytes=10 << 20, max_pixels=40_000_000)
+# Both engines keep every promise here (the geometry, orientation and limits of `--engine`).
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 def opened(data: bytes) -> Image.Image:
@@ -92,12 +94,15 @@ def test_transparent_png_becomes_a_jpeg_on_white() -> None:
 
 
 def test_whatever_pillow_still_raises_about_an_image_is_a_client_error(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, engine: imaging.Engine
 ) -> None:
     def choke(*_args: object, **_kwargs: object) -> bytes:
         raise OSError("cannot write mode I;16 as JPEG")
 
-    monkeypatch.setattr(imaging, "encode_frames", choke)
+    if engine == "vips":
+        monkeypatch.setattr(vips_engine, "_encoded", choke)
+    else:
+        monkeypatch.setattr(imaging, "encode_frames", choke)
     with pytest.raises(Rejected) as refused:
         imaging.render(samples.jpeg(64, 48), Variant(Size(32, 32)), LIMITS)
     assert refused.value.status == 422

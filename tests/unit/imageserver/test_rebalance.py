@@ -31,7 +31,7 @@ from imageserver.rebalance import Rebalancer
 from imageserver.sealed import seal
 from imageserver.storage_node import storage_app
 from imageserver.topology import Topology, TopologyWatcher, parse
-from imageserver.variants import RENDERER
+from imageserver.variants import renderer
 
 TOKEN = "t"
 REFUSED = "http://127.0.0.1:9"  # nothing listens on the discard port: refused at once
@@ -71,7 +71,7 @@ class Image:
 def put_image(store: BlobStore, data: bytes) -> Image:
     """An original and its sealed 300x300 variant."""
     image_id = sha256hex(data)
-    name = f"{image_id}.300x300.r{RENDERER}"
+    name = f"{image_id}.300x300.r{renderer()}"
     blob = seal(name, b"rendered " + data)
     store.put(image_id, data)
     store.put(name, blob)

@@ -230,18 +230,8 @@ SEEDS = [
 ]
 
 
-@st.composite
-def damaged(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    if draw(st.booleans()):
-        del data[draw(st.integers(12, len(data) - 1)) :]
-    for _ in range(draw(st.integers(0, 16))):
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data)
-
-
 @settings(max_examples=400, deadline=None)
-@given(data=damaged(), output=st.sampled_from([None, "jpeg", "gif", "webp"]))
+@given(data=samples.damaged(SEEDS), output=st.sampled_from([None, "jpeg", "gif", "webp"]))
 def test_damaged_files_of_every_new_format_are_refused_with_a_4xx_or_rendered(
     data: bytes, output: Format | None
 ) -> None:

@@ -52,7 +52,7 @@ def test_etags_are_known_without_rendering_and_differ_per_variant() -> None:
     assert variants.etag(ID, None) == f'"{ID}"'
     cover = Variant(Size(300, 200), "cover", "webp")
     # A variant's tag names the renderer: another rendering of it is another entity.
-    assert variants.etag(ID, cover) == f'"{ID}.300x200-cover.webp.r{variants.RENDERER}"'
+    assert variants.etag(ID, cover) == f'"{ID}.300x200-cover.webp.r{variants.renderer()}"'
     assert variants.etag(ID, Variant(Size(300, 200))) != variants.etag(ID, cover)
 
 

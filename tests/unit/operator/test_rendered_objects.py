@@ -187,15 +187,20 @@ def test_placement_reaches_every_pod_beside_its_region_and_nothing_when_unset() 
         assert "tolerations" not in workload["spec"]["template"]["spec"]
 
 
-def test_the_variant_format_reaches_the_frontends_only_when_set() -> None:
-    """`original`, the default, renders as before: frontends of an ImageServer that never set
-    it keep their pod template through an operator upgrade. It is an environment variable, so
-    a rollback to a release that does not know it still starts."""
+@pytest.mark.parametrize(
+    ("field", "value", "variable"),
+    [("variant_format", "auto", "IMAGESERVER_VARIANT_FORMAT"), ("engine", "vips", "IMAGESERVER_ENGINE")],
+)
+def test_frontend_settings_reach_the_frontends_only_when_set(field: str, value: str, variable: str) -> None:
+    """The default renders as before: frontends of an ImageServer that never set it keep their
+    pod template through an operator upgrade. It is an environment variable, so a rollback to
+    a release that does not know it still starts."""
     owner, spec, env = load("three-datacenters")
-    auto = spec.model_copy(update={"variant_format": "auto"})
-    for rendered, expected in ((spec, None), (auto, "auto")):
+    changed = spec.model_copy(update={field: value})
+    flag = "--" + field.replace("_", "-")
+    for rendered, expected in ((spec, None), (changed, value)):
         for deployment in by_kind(render(owner, rendered, env), "Deployment"):
             container = deployment["spec"]["template"]["spec"]["containers"][0]
-            given = {e["name"]: e.get("value") for e in container["env"]}.get("IMAGESERVER_VARIANT_FORMAT")
+            given = {e["name"]: e.get("value") for e in container["env"]}.get(variable)
             assert given == expected
-            assert not any(a.startswith("--variant-format") for a in container["args"])
+            assert not any(a.startswith(flag) for a in container["args"])

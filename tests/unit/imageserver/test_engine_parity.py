@@ -1,0 +1,233 @@
+"""`--engine vips` makes the variants `--engine pillow` makes: the same size, the same crop,
+the same orientation, colours within a few levels, no metadata; and it is libvips that made
+them (the cases it takes), while everything it does not take still renders, through Pillow.
+
+Golden comparison: each variant from both engines, reduced to 16x16 (so resampling noise
+averages out while a crop off by a few pixels, a turn or a colour shift does not) and
+compared level by level."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import cast
+
+import pytest
+import samples
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageChops, ImageStat
+
+from imageserver import imaging, variants, vips_engine
+from imageserver.imaging import Limits, Rejected
+from imageserver.variants import Format, Size, Variant
+
+LIMITS = Limits()
+# Reduced to 16x16, the engines differ by at most these levels (lossy outputs by their codecs).
+TOLERANCE: dict[Format, int] = {"png": 4, "jpeg": 12, "webp": 8, "avif": 8}
+MEAN_TOLERANCE = 2.5
+
+
+@pytest.fixture
+def vips_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
+    """The sizes libvips decoded to, in order."""
+    calls: list[tuple[int, int]] = []
+    loaded = vips_engine._loaded
+
+    def counted(data: bytes, size: tuple[int, int], info: imaging.Probe) -> object:
+        calls.append(size)
+        return loaded(data, size, info)
+
+    monkeypatch.setattr(vips_engine, "_loaded", counted)
+    yield calls
+    imaging.use_engine("pillow")
+
+
+def both(render: Callable[[], bytes]) -> tuple[Image.Image, Image.Image]:
+    images = []
+    for engine in imaging.ENGINES:
+        imaging.use_engine(engine)
+        images.append(Image.open(io.BytesIO(render())))
+    imaging.use_engine("pillow")
+    return images[0], images[1]
+
+
+def assert_alike(pillow: Image.Image, vips: Image.Image, fmt: Format) -> None:
+    assert vips.size == pillow.size
+    assert vips.format == pillow.format
+    assert vips.mode == pillow.mode or {vips.mode, pillow.mode} <= {"RGB", "RGBA"}
+    for name in ("exif", "icc_profile", "xmp", "comment"):
+        assert name not in vips.info, name
+    # Band by band: Pillow would premultiply an RGBA image again to reduce it.
+    bands = [
+        [band.resize((16, 16), Image.Resampling.BOX) for band in _seen(image)] for image in (pillow, vips)
+    ]
+    differences = [ImageChops.difference(a, b) for a, b in zip(*bands, strict=True)]
+    worst = max(cast("tuple[int, int]", difference.getextrema())[1] for difference in differences)
+    mean = sum(ImageStat.Stat(difference).mean[0] for difference in differences) / len(differences)
+    assert worst <= TOLERANCE[fmt] and mean <= MEAN_TOLERANCE, (worst, mean)
+
+
+def _seen(image: Image.Image) -> list[Image.Image]:
+    """Colours weighed by their alpha (premultiplied), and the alpha: what shows on any
+    background. Under a nearly clear pixel the colour is anyone's (AVIF's 3 % opaque pixels
+    differ by 32 levels, which is one level on the screen)."""
+    if "A" not in image.getbands():
+        return list(image.convert("RGB").split())
+    rgba = image.convert("RGBA")
+    return list(Image.frombytes("RGBA", rgba.size, rgba.convert("RGBa").tobytes()).split())
+
+
+def source(kind: str) -> bytes:
+    photo = samples.photo(900, 600, seed=3)
+    if kind == "jpeg":
+        return samples.encoded(photo, "JPEG", quality=92)
+    if kind == "png":
+        return samples.encoded(photo, "PNG")
+    if kind == "png-alpha":
+        rgba = photo.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+        return samples.encoded(rgba, "PNG")
+    if kind == "png-palette":
+        return samples.encoded(photo.quantize(64), "PNG")
+    if kind == "png-grey":
+        return samples.encoded(photo.convert("L"), "PNG")
+    if kind == "webp":
+        return samples.encoded(photo, "WEBP", quality=95)
+    return samples.encoded(photo, "AVIF", quality=95)
+
+
+KINDS = ["jpeg", "png", "png-alpha", "png-palette", "png-grey", "webp", "avif"]
+VARIANTS = [
+    Variant(Size(300, 300)),
+    Variant(Size(300, 200), "cover"),
+    Variant(Size(200, 300), "cover"),
+    Variant(Size(2000, 100), "cover"),  # wider than the original: cropped, never upscaled
+    Variant(Size(1200, 1200)),  # larger than the original: its own size
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_on_demand_variants_match_pillows(kind: str, variant: Variant, vips_calls: list[object]) -> None:
+    data = source(kind)
+    pillow, vips = both(lambda: imaging.render(data, variant, LIMITS)[0])
+    assert vips_calls, "libvips did not render it"
+    fmt = imaging.probe(data, LIMITS).output
+    assert_alike(pillow, vips, fmt)
+    if variant.fit == "cover" and kind == "jpeg":  # the tolerance tells crop boxes apart
+        shift = max(pillow.width, pillow.height) // 20
+        off = pillow.crop((shift, 0, pillow.width, pillow.height)).resize(pillow.size)
+        with pytest.raises(AssertionError):
+            assert_alike(off, vips, fmt)
+
+
+@pytest.mark.parametrize("output", ["jpeg", "png", "webp", "avif"])
+def test_each_output_format_matches_pillows(output: Format, vips_calls: list[object]) -> None:
+    data = source("png-alpha")
+    variant = Variant(Size(300, 200), "cover", output)
+    pillow, vips = both(lambda: imaging.render(data, variant, LIMITS)[0])
+    assert vips_calls
+    assert_alike(pillow, vips, output)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillows(orientation: int, vips_calls: list[object]) -> None:
+    data = samples.with_orientation(samples.photo(400, 200, seed=5), orientation)
+    for variant in (Variant(Size(100, 100)), Variant(Size(90, 60), "cover")):
+        pillow, vips = both(lambda: imaging.render(data, variant, LIMITS)[0])  # noqa: B023
+        assert_alike(pillow, vips, "jpeg")
+        # The tolerance tells orientations apart: Pillow's variant turned the other way fails.
+        for wrong in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM):
+            with pytest.raises(AssertionError):
+                assert_alike(pillow.transpose(wrong), vips, "jpeg")
+    assert len(vips_calls) == 2
+
+
+def test_upload_renderings_match_pillows_each_from_one_decode(vips_calls: list[object]) -> None:
+    data = source("jpeg")
+    sizes = [Size(100, 100), Size(300, 300), Size(4000, 4000)]
+    results = []
+    for engine in imaging.ENGINES:
+        imaging.use_engine(engine)
+        _, rendered = imaging.render_allowlisted(data, sizes, LIMITS)
+        results.append({size: Image.open(io.BytesIO(body)) for size, body in rendered.items()})
+    assert vips_calls == [(900, 600)]  # decoded once, the largest first
+    assert results[1][Size(4000, 4000)].size == (900, 600)
+    for size in sizes:
+        assert_alike(results[0][size], results[1][size], "jpeg")
+
+
+def test_what_libvips_does_not_take_pillow_renders(vips_calls: list[object]) -> None:
+    imaging.use_engine("vips")
+    cmyk = samples.encoded(samples.photo(64, 48).convert("CMYK"), "JPEG")
+    cases: list[tuple[bytes, Variant]] = [
+        (samples.animation(64, 48, "GIF"), Variant(Size(32, 32))),  # GIF
+        (samples.animation(64, 48, "WEBP"), Variant(Size(32, 32))),  # an animation
+        (samples.encoded(samples.photo(64, 48), "PNG"), Variant(Size(32, 32), format="gif")),
+        (cmyk, Variant(Size(32, 32))),
+    ]
+    for data, variant in cases:
+        body, _ = imaging.render(data, variant, LIMITS)
+        assert Image.open(io.BytesIO(body)).size[0] <= 32
+    assert vips_calls == []
+
+
+# What libvips parses: each of its four formats, small, with and without alpha and orientation.
+SEEDS = [
+    samples.encoded(samples.photo(48, 32, 1), "JPEG", quality=80),
+    samples.with_orientation(samples.photo(48, 32, 2), 6),
+    samples.encoded(samples.photo(48, 32, 3).convert("RGBA"), "PNG"),
+    samples.encoded(samples.photo(48, 32, 4).quantize(16), "PNG"),
+    samples.encoded(samples.photo(48, 32, 5), "WEBP", quality=80),
+    samples.encoded(samples.photo(48, 32, 6), "AVIF", quality=50),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=samples.damaged(SEEDS), output=st.sampled_from([None, "jpeg", "png", "webp", "avif"]))
+def test_damaged_files_are_refused_by_libvips_with_a_4xx_or_rendered(
+    data: bytes, output: Format | None
+) -> None:
+    imaging.use_engine("vips")
+    try:
+        imaging.render_allowlisted(data, [Size(30, 30)], LIMITS)
+        imaging.render(data, Variant(Size(20, 20), "cover", output), LIMITS)
+    except Rejected as refused:
+        assert 400 <= refused.status < 500
+    finally:
+        imaging.use_engine("pillow")
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
+def test_a_truncated_image_is_a_client_error_for_libvips_too(cut: float, vips_calls: list[object]) -> None:
+    imaging.use_engine("vips")
+    data = source("png")
+    with pytest.raises(Rejected) as refused:
+        imaging.render(data[: int(len(data) * cut)], Variant(Size(300, 300)), LIMITS)
+    assert refused.value.status == 400
+    assert vips_calls
+
+
+def test_libvips_reads_only_the_formats_it_is_given() -> None:
+    """Defence in depth behind the sniffing: libvips' other loaders (SVG, TIFF, its own
+    formats) are blocked, so bytes that reached it by some path could not pick a parser."""
+    pyvips = vips_engine._vips()
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"></svg>'
+    tiff = samples.encoded(samples.photo(8, 8), "TIFF")
+    for blocked in (svg, tiff):
+        with pytest.raises(pyvips.Error):
+            pyvips.Image.new_from_buffer(blocked, "").avg()
+    assert pyvips.Image.new_from_buffer(samples.jpeg(8, 8), "").avg() > 0
+
+
+def test_each_engine_names_its_variants_apart() -> None:
+    """A variant rendered by libvips never passes for Pillow's (nor the other way round)
+    in a cache, a storage node or a browser's ETag."""
+    tags = []
+    for engine in imaging.ENGINES:
+        imaging.use_engine(engine)
+        tags.append(variants.renderer())
+    imaging.use_engine("pillow")
+    assert tags[0] != tags[1]
+    assert tags[0] == variants.renderer()
