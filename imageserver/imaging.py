@@ -32,6 +32,7 @@ Every failure to read a user's bytes becomes `Rejected` (a 4xx), never an unhand
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -401,6 +402,26 @@ def probe(data: bytes, limits: Limits) -> Probe:
     return Probe(fmt, width, height, image.mode, frames)
 
 
+@dataclass(frozen=True)
+class Header:
+    """What Pillow reads of a file with its header, which every engine follows so that all
+    make the same variant of one file."""
+
+    orientation: int
+    profile: bytes | None
+    colour_key: bool  # an RGB or grey PNG's tRNS: Pillow's handling differs by output format
+
+
+def header(data: bytes, limits: Limits) -> Header:
+    image, _ = _open(data, limits)
+    profile = image.info.get("icc_profile")
+    return Header(
+        _orientation(image),
+        profile if isinstance(profile, bytes) and profile else None,
+        image.mode not in ("P", "PA") and "transparency" in image.info,
+    )
+
+
 def fit_within(width: int, height: int, box: Size) -> tuple[int, int]:
     """Scale (never up) to fit inside the box, keeping the aspect ratio."""
     scale = min(box.width / width, box.height / height, 1.0)
@@ -698,7 +719,8 @@ def render_allowlisted(
         reverse=True,
     )
     if _ENGINE[0] == "vips" and _vips().takes(info, info.output):
-        return info, cast("dict[Size, bytes]", _vips().render_allowlisted(data, sizes, info))
+        with contextlib.suppress(_vips().Unshared):  # read otherwise by libvips: Pillow renders it
+            return info, cast("dict[Size, bytes]", _vips().render_allowlisted(data, sizes, info, limits))
     need = upload_need(info, sizes)
     if info.frames > 1 and info.output in ANIMATED:  # every size of every frame, then encoded
         shapes = [functools.partial(_resized, size=dims) for _, dims in targets]
@@ -724,7 +746,9 @@ def _cover(image: Image.Image, info: Probe, box: Size) -> Image.Image:
     scale = min(max(box.width / info.width, box.height / info.height), 1.0)
     out_w, out_h = min(box.width, info.width), min(box.height, info.height)
     factor = image.width / info.width
-    crop_w, crop_h = out_w / scale * factor, out_h / scale * factor
+    # Never past the image: out / scale may land a hair beyond it (480.00000000000006 of 480),
+    # and Pillow refuses a box outside the image.
+    crop_w, crop_h = min(out_w / scale * factor, image.width), min(out_h / scale * factor, image.height)
     left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
     return image.resize(
         (out_w, out_h), RESAMPLE, box=(left, top, left + crop_w, top + crop_h), reducing_gap=REDUCING_GAP
@@ -738,7 +762,8 @@ def render(data: bytes, variant: Variant, limits: Limits, info: Probe | None = N
     info = info or probe(data, limits)
     fmt = variant.format or info.output
     if _ENGINE[0] == "vips" and _vips().takes(info, fmt):
-        return cast("tuple[bytes, Format]", _vips().render(data, variant, info))
+        with contextlib.suppress(_vips().Unshared):  # read otherwise by libvips: Pillow renders it
+            return cast("tuple[bytes, Format]", _vips().render(data, variant, info, limits))
     need = variant_need(info, variant)
     if variant.fit == "contain":
         shape: Shape = functools.partial(_resized, size=need)

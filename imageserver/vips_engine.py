@@ -1,16 +1,23 @@
 """The libvips rendering engine (`--engine vips`): the same variants as Pillow's, made by
 libvips' shrink-on-load and streaming pipeline (pyvips, with the libvips of pyvips-binary).
 
-It renders stills from JPEG, PNG, WebP and AVIF into JPEG, PNG, WebP or AVIF. Everything
-else goes through Pillow, whichever engine is chosen (`takes`): animations and GIF (their
-frames, delays and quantizer are Pillow's), HEIC (this libvips has no HEVC decoder), CMYK and
-16-bit greyscale (Pillow's conversions are the rule the docs state).
+It renders stills from JPEG, PNG and WebP into JPEG, PNG, WebP or AVIF. Everything else goes
+through Pillow, whichever engine is chosen (`takes`): animations and GIF (their frames,
+delays and quantizer are Pillow's), HEIC (this libvips has no HEVC decoder), AVIF sources
+(libheif applies a clean-aperture crop Pillow does not, and holds more than the memory price
+of a 10- or 12-bit or 4:4:4 AVIF), CMYK and 16-bit greyscale (Pillow's conversions are the
+rule the docs state).
 
-What is shared with Pillow, so the engines differ only in their pixels: the probe and every
-limit and admission price (the upload was already read by `imaging.probe`), the output
-geometry (exact sizes from `fit_within` and `variant_need`, the crop centred), the EXIF
-orientation applied, the colour rule (`imaging.COLOUR_RULES`: the same LittleCMS transform
-is applied to the result), no metadata kept, and the encoder settings.
+What Pillow read of the header rules, so the engines differ only in their pixels: the probe
+and every limit and admission price, the EXIF orientation and the ICC profile (libvips reads
+a broken EXIF block, a second eXIf or iCCP chunk, or a JPEG profile whose pieces do not add
+up, otherwise than Pillow). A file libvips would read otherwise still is not libvips' to
+render (`Unshared`), and Pillow renders it: one it decodes to another size than Pillow's
+header says, and an RGB or grey PNG with colour-key transparency (an alpha to libvips;
+Pillow honours it or not by output format). Shared too: the output geometry (exact sizes
+from `fit_within` and `variant_need`, the crop centred), the colour rule
+(`imaging.COLOUR_RULES`: the same LittleCMS transform on the result), no metadata kept, the
+encoder settings.
 
 libvips is locked down before its first use: only the loaders named here may run (SVG, TIFF,
 matrix and the rest refuse), one thread a render (the render pool is the parallelism), and no
@@ -26,14 +33,30 @@ from typing import Any, cast
 from PIL import Image, ImageCms
 
 from imageserver import imaging
-from imageserver.imaging import KEEP, Probe, Rejected
+from imageserver.imaging import KEEP, Limits, Probe, Rejected
 from imageserver.variants import Format, Size, Variant
 
-SOURCES = frozenset({"jpeg", "png", "webp", "avif"})
+SOURCES = frozenset({"jpeg", "png", "webp"})
 OUTPUTS: frozenset[Format] = frozenset({"jpeg", "png", "webp", "avif"})
 MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "1"})
 # libvips' loader classes for SOURCES: every other loader stays blocked.
-LOADERS = ("VipsForeignLoadJpeg", "VipsForeignLoadPng", "VipsForeignLoadWebp", "VipsForeignLoadHeif")
+LOADERS = ("VipsForeignLoadJpeg", "VipsForeignLoadPng", "VipsForeignLoadWebp")
+# Pillow's EXIF orientation -> the libvips operations that show it upright (imaging.TURNS).
+TURNS: dict[int, tuple[str, ...]] = {
+    2: ("fliphor",),
+    3: ("rot180",),
+    4: ("flipver",),
+    5: ("rot90", "fliphor"),
+    6: ("rot90",),
+    7: ("rot270", "fliphor"),
+    8: ("rot270",),
+}
+
+
+class Unshared(Exception):
+    """libvips reads this file otherwise than Pillow's header: Pillow renders it."""
+
+
 PIL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # by band count, for the colour rule
 
 
@@ -64,24 +87,44 @@ def takes(info: Probe, output: Format) -> bool:
     return info.format in SOURCES and output in OUTPUTS and info.frames == 1 and info.mode in MODES
 
 
-def _loaded(data: bytes, size: tuple[int, int], info: Probe) -> Any:
-    """The image at `size` exactly (displayed orientation), oriented by its EXIF tag, in 8 bits
-    a channel. Decoded as small as still covers `size`: a JPEG at Pillow's 1/2, 1/4 or 1/8
-    (the same decode as `imaging`, which the memory price assumes), a WebP scaled by libwebp
-    while it decodes; then one Lanczos resize, libvips shrinking by whole factors first.
-    Read sequentially, as it streams: a large PNG is never held whole, nor spilled to disk."""
+def _header(data: bytes, limits: Limits) -> imaging.Header:
+    read = imaging.header(data, limits)
+    if read.colour_key:  # libvips makes it an alpha; Pillow ignores it, or not, by format
+        raise Unshared("colour-key transparency")
+    return read
+
+
+def _loaded(data: bytes, size: tuple[int, int], info: Probe, orientation: int) -> Any:
+    """The image at `size` exactly (displayed orientation), turned as Pillow read its EXIF
+    orientation, in 8 bits a channel, without libvips' own reading of its metadata. Decoded
+    as small as still covers `size`: a JPEG at Pillow's 1/2, 1/4 or 1/8 (the same decode as
+    `imaging`, which the memory price assumes), a WebP scaled by libwebp while it decodes;
+    then one Lanczos resize, libvips shrinking by whole factors first. Read sequentially, as
+    it streams: a large PNG is never held whole, nor spilled to disk."""
     pyvips = _vips()
     options: dict[str, object] = {"fail_on": "truncated", "access": "sequential"}
+    turned = orientation in imaging.TRANSPOSED
+    stored = (info.height, info.width) if turned else (info.width, info.height)
     try:
         if info.format == "jpeg":
-            image = pyvips.Image.jpegload_buffer(data, shrink=imaging.jpeg_shrink(info, size), **options)
+            shrink = imaging.jpeg_shrink(info, size)
+            image = pyvips.Image.jpegload_buffer(data, shrink=shrink, **options)
+            expected = (-(-stored[0] // shrink), -(-stored[1] // shrink))
         elif info.format == "webp":
             scale = min(max(size[0] / info.width, size[1] / info.height), 1.0)
             image = pyvips.Image.webpload_buffer(data, scale=scale, **options)
+            expected = (round(stored[0] * scale), round(stored[1] * scale))
         else:
             image = pyvips.Image.new_from_buffer(data, "", **options)
-        if image.get_typeof("orientation") and image.get("orientation") not in (0, 1):
-            image = image.copy_memory().autorot()  # a turn reads out of order: held first
+            expected = stored
+        if abs(image.width - expected[0]) > 1 or abs(image.height - expected[1]) > 1:
+            raise Unshared(f"libvips decodes {image.width}x{image.height}, Pillow's header {stored}")
+        image = _without_metadata(image)  # Pillow's reading of it rules, not libvips'
+
+        if orientation in TURNS:
+            image = image.copy_memory()  # a turn reads out of order: held first
+            for operation in TURNS[orientation]:
+                image = getattr(image, operation)()
         if image.format != "uchar":  # a 16-bit PNG: Pillow reads 8 bits of it too
             image = image.colourspace("srgb" if image.bands >= 3 else "b-w")
         if (image.width, image.height) != size:
@@ -91,12 +134,25 @@ def _loaded(data: bytes, size: tuple[int, int], info: Probe) -> Any:
         raise Rejected(400, f"cannot decode the image: {str(error).strip()}") from None
 
 
-def _colour(image: Any) -> tuple[Any, bytes | None]:
+def _without_metadata(image: Any) -> Any:
+    """A copy with none of what libvips read of the file's metadata: EXIF, XMP, IPTC, the
+    profile, comments, the orientation. Nothing of it may reach a variant, and what Pillow
+    read of it is what rules."""
+    image = image.copy()
+    for name in image.get_fields():
+        if name.startswith(
+            ("exif", "xmp", "iptc", "icc-profile", "jpeg-comment", "png-comment", "orientation")
+        ):
+            image.remove(name)
+    return image
+
+
+def _colour(image: Any, profile: bytes | None) -> tuple[Any, bytes | None]:
     """The image in sRGB and no profile, or (greyscale) as it is and its profile: the rule of
-    `imaging.in_srgb`, the conversion by the very same LittleCMS transform."""
-    if image.get_typeof("icc-profile-data") == 0:
+    `imaging.in_srgb` for the profile Pillow read, the conversion by the same LittleCMS
+    transform."""
+    if not profile:
         return image, None
-    profile = cast(bytes, image.get("icc-profile-data"))
     mode = PIL_MODE[image.bands]
     rule = imaging.COLOUR_RULES.rule(profile, mode)
     if rule is None:
@@ -112,20 +168,18 @@ def _colour(image: Any) -> tuple[Any, bytes | None]:
     return out.copy(interpretation="srgb"), None
 
 
-def _encoded(image: Any, fmt: Format) -> bytes:
+def _encoded(image: Any, fmt: Format, profile: bytes | None) -> bytes:
     """As `imaging.encode_frames` encodes a still: the same quality and effort, sRGB, no
     EXIF, XMP or comment; a greyscale image's own greyscale profile only."""
-    image, profile = _colour(image)
-    image = image.copy()  # metadata is set on a copy: the source may be encoded again
-    for name in image.get_fields():
-        if name.startswith(("exif", "xmp", "iptc", "icc-profile", "jpeg-comment", "png-comment")):
-            image.remove(name)
+    image, profile = _colour(image, profile)
     if profile is not None:
+        image = image.copy()  # metadata is set on a copy: the source may be encoded again
         image.set_type(_vips().GValue.blob_type, "icc-profile-data", profile)
     keep = "icc" if profile is not None else "none"
     if fmt == "jpeg":
-        if image.hasalpha():
+        if image.hasalpha():  # on white, in colour (Pillow's RGB), as Pillow does
             image = image.flatten(background=[255] * (image.bands - 1))
+            image = image.colourspace("srgb") if image.bands == 1 else image
         data = image.jpegsave_buffer(Q=85, keep=keep)
     elif fmt == "png":
         data = image.pngsave_buffer(compression=6, keep=keep)
@@ -137,29 +191,31 @@ def _encoded(image: Any, fmt: Format) -> bytes:
     return cast(bytes, data)
 
 
-def render(data: bytes, variant: Variant, info: Probe) -> tuple[bytes, Format]:
+def render(data: bytes, variant: Variant, info: Probe, limits: Limits) -> tuple[bytes, Format]:
     fmt = variant.format or info.output
     need = imaging.variant_need(info, variant)
-    image = _loaded(data, need, info)
+    read = _header(data, limits)
+    image = _loaded(data, need, info, read.orientation)
     if variant.fit == "cover":
         out_w, out_h = min(variant.size.width, info.width), min(variant.size.height, info.height)
         image = image.crop((need[0] - out_w) // 2, (need[1] - out_h) // 2, out_w, out_h)
-    return _encoded(image, fmt), fmt
+    return _encoded(image, fmt, read.profile), fmt
 
 
-def render_allowlisted(data: bytes, sizes: Iterable[Size], info: Probe) -> dict[Size, bytes]:
+def render_allowlisted(data: bytes, sizes: Iterable[Size], info: Probe, limits: Limits) -> dict[Size, bytes]:
     """Decode once to the largest size, then each next size from the last, as Pillow does."""
     targets = sorted(
         {size: imaging.fit_within(info.width, info.height, size) for size in sizes}.items(),
         key=lambda item: item[1][0] * item[1][1],
         reverse=True,
     )
+    read = _header(data, limits)
     # With no sizes this decodes the whole image: an upload must still prove it decodes.
-    current = _loaded(data, targets[0][1] if targets else (info.width, info.height), info)
+    current = _loaded(data, targets[0][1] if targets else (info.width, info.height), info, read.orientation)
     rendered: dict[Size, bytes] = {}
     for size, dims in targets:
         if (current.width, current.height) != dims:
             scale = (dims[0] / current.width, dims[1] / current.height)
             current = current.resize(scale[0], vscale=scale[1], kernel="lanczos3").copy_memory()
-        rendered[size] = _encoded(current, info.output)
+        rendered[size] = _encoded(current, info.output, read.profile)
     return rendered
