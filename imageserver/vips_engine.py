@@ -128,17 +128,27 @@ def _loaded(data: bytes, size: tuple[int, int], info: Probe, orientation: int) -
         if image.format != "uchar":  # a 16-bit PNG: Pillow reads 8 bits of it too
             image = image.colourspace("srgb" if image.bands >= 3 else "b-w")
         if (image.width, image.height) != size:
-            image = image.resize(size[0] / image.width, vscale=size[1] / image.height, kernel="lanczos3")
+            image = _resized(image, size)
         return image.copy_memory()
     except pyvips.Error as error:
         raise Rejected(400, f"cannot decode the image: {str(error).strip()}") from None
+
+
+def _resized(image: Any, size: tuple[int, int]) -> Any:
+    """Lanczos to `size` exactly; with alpha, premultiplied (as Pillow does), or the colour
+    under clear pixels bleeds into the edges (a white disc on clear black got a grey rim)."""
+    scale = (size[0] / image.width, size[1] / image.height)
+    if not image.hasalpha():
+        return image.resize(scale[0], vscale=scale[1], kernel="lanczos3")
+    premultiplied = image.premultiply().resize(scale[0], vscale=scale[1], kernel="lanczos3")
+    return premultiplied.unpremultiply().cast("uchar")
 
 
 def _without_metadata(image: Any) -> Any:
     """A copy with none of what libvips read of the file's metadata: EXIF, XMP, IPTC, the
     profile, comments, the orientation. Nothing of it may reach a variant, and what Pillow
     read of it is what rules."""
-    image = image.copy()
+    image = image.copy(xres=1.0, yres=1.0)  # the source's resolution, which PNG output keeps
     for name in image.get_fields():
         if name.startswith(
             ("exif", "xmp", "iptc", "icc-profile", "jpeg-comment", "png-comment", "orientation")
@@ -198,7 +208,8 @@ def render(data: bytes, variant: Variant, info: Probe, limits: Limits) -> tuple[
     image = _loaded(data, need, info, read.orientation)
     if variant.fit == "cover":
         out_w, out_h = min(variant.size.width, info.width), min(variant.size.height, info.height)
-        image = image.crop((need[0] - out_w) // 2, (need[1] - out_h) // 2, out_w, out_h)
+        # Rounded up, as Pillow's crop box (an odd excess starts it half a pixel further).
+        image = image.crop((need[0] - out_w + 1) // 2, (need[1] - out_h + 1) // 2, out_w, out_h)
     return _encoded(image, fmt, read.profile), fmt
 
 
@@ -215,7 +226,6 @@ def render_allowlisted(data: bytes, sizes: Iterable[Size], info: Probe, limits: 
     rendered: dict[Size, bytes] = {}
     for size, dims in targets:
         if (current.width, current.height) != dims:
-            scale = (dims[0] / current.width, dims[1] / current.height)
-            current = current.resize(scale[0], vscale=scale[1], kernel="lanczos3").copy_memory()
+            current = _resized(current, dims).copy_memory()
         rendered[size] = _encoded(current, info.output, read.profile)
     return rendered

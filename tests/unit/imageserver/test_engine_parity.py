@@ -371,3 +371,45 @@ def test_a_file_libvips_reads_at_another_size_is_rendered_by_pillow(monkeypatch:
         imaging.use_engine("pillow")
     assert Image.open(io.BytesIO(body)).size == (150, 100)
     assert Image.open(io.BytesIO(rendered[Size(100, 100)])).size == (100, 67)
+
+
+@pytest.mark.parametrize("output", ["jpeg", "png", "webp"])
+def test_no_rim_where_transparency_meets_colour(output: Format, vips_calls: list[object]) -> None:
+    """Found by attacking the engine: resized without premultiplying, the black under clear
+    pixels bled into a white disc's edge (a grey rim, 182 at its darkest over white)."""
+    disc = Image.new("RGBA", (1000, 1000), (0, 0, 0, 0))
+    ImageDraw.Draw(disc).ellipse((100, 100, 900, 900), fill=(255, 255, 255, 255))
+    data = samples.encoded(disc, "PNG")
+    for render in (
+        lambda: imaging.render(data, Variant(Size(130, 130), format=output), LIMITS)[0],
+        lambda: imaging.render_allowlisted(data, [Size(130, 130)], LIMITS)[1][Size(130, 130)],
+    ):
+        pillow, vips = both(render)
+        for image in (pillow, vips):
+            over_white = Image.new("RGBA", image.size, "white")
+            over_white.alpha_composite(image.convert("RGBA"))
+            darkest = cast("tuple[int, int]", over_white.convert("L").getextrema())[0]
+            assert darkest >= 250, (image.format, darkest)
+    assert vips_calls
+
+
+@pytest.mark.parametrize("width", [200, 201])
+def test_an_odd_crop_excess_starts_where_pillows_does(width: int, vips_calls: list[object]) -> None:
+    """Both engines take the same columns: each column of the source says its number."""
+    ramp = Image.new("RGB", (width, 100))
+    ramp.putdata([(x, 0, 0) for _ in range(100) for x in range(width)])
+    data = samples.encoded(ramp, "PNG")
+    pillow, vips = both(lambda: imaging.render(data, Variant(Size(99, 100), "cover"), LIMITS)[0])
+    assert vips_calls
+    columns = [[image.convert("RGB").getpixel((x, 50))[0] for x in (0, 1, 98)] for image in (pillow, vips)]  # type: ignore[index]
+    assert columns[0] == columns[1]
+
+
+def test_a_png_variant_does_not_carry_the_sources_resolution(vips_calls: list[object]) -> None:
+    data = samples.encoded(samples.photo(300, 200), "PNG", dpi=(123, 123))
+    imaging.use_engine("vips")
+    body, _ = imaging.render(data, Variant(Size(150, 150)), LIMITS)
+    imaging.use_engine("pillow")
+    assert vips_calls
+    dpi = Image.open(io.BytesIO(body)).info.get("dpi")
+    assert dpi is None or round(dpi[0]) != 123
