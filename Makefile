@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 prometheus:  ## prometheus and promtool from Debian's package
 	hack/install-prometheus.sh
 
-node-packages:  ## what real nodes take from Debian: runc, CNI plugins, iptables, socat, buildah, debootstrap
+node-packages:  ## what real nodes take from Debian: runc, CNI plugins, iptables, socat, buildah, debootstrap, ipset
 	hack/install-node-packages.sh
 
 tools:  ## build etcd, Kubernetes, KWOK and helm from Go modules (cached outside git)

@@ -392,7 +392,7 @@ def _start(directory: Path, binaries: dict[str, Path]) -> Cluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki_dir / 'sa.pub'}",
             f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={nodes.SERVICE_NETWORK}",
             # No kubelet or kube-proxy could reach a loopback endpoint; nothing in-cluster uses it.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ NETNS = "isre-nodes"
 HOST_IF, NODE_IF = "isre-host", "isre-nodes"
 HOST_IP, NODE_IP = "10.200.0.1", "10.200.0.2"
 POD_NETWORK = "10.201.0.0/16"  # node i: 10.201.i.0/24
+SERVICE_NETWORK = "10.96.0.0/16"  # the API server's --service-cluster-ip-range
 CLUSTER_DNS = NODE_IP  # CoreDNS listens in the nodes' namespace
 REAL_LABEL = "imageserver-sre.dev/node"  # = "real"
 REAL_TAINT = "imageserver-sre.dev/real-node"
@@ -85,7 +88,13 @@ def _in_netns(argv: list[str]) -> list[str]:
 def missing_packages() -> list[str]:
     """Debian packages a real node needs that are not installed."""
     wanted = {"runc": RUNC, "containernetworking-plugins": CNI_BIN / "bridge"}
-    commands = {"iptables": "iptables", "conntrack": "conntrack", "socat": "socat", "buildah": "buildah"}
+    commands = {
+        "iptables": "iptables",
+        "conntrack": "conntrack",
+        "socat": "socat",
+        "buildah": "buildah",
+        "ipset": "ipset",  # kube-router's, while a test proves a NetworkPolicy
+    }
     missing = [name for name, path in wanted.items() if not path.exists()]
     missing += [name for name, command in commands.items() if shutil.which(command) is None]
     if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
@@ -480,7 +489,78 @@ def volume_manifests(state_directory: Path, regions: tuple[str, ...]) -> dict[st
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
-NODE_PROCESSES = ("kubelet", "kube-proxy", "coredns", "containerd", "apiserver-forwarder")
+NODE_PROCESSES = ("kube-router", "kubelet", "kube-proxy", "coredns", "containerd", "apiserver-forwarder")
+# What kube-router's policy controller adds to the nodes' filter table: its chains (jumped to
+# from INPUT, FORWARD and OUTPUT) and ipsets named KUBE-*.
+POLICY_CHAINS = ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")
+
+
+@contextlib.contextmanager
+def network_policies(state: State, kube_router: Path) -> Iterator[None]:
+    """NetworkPolicies enforced on the real nodes while inside: kube-router's policy
+    controller, one for all of them (they share one network namespace, and every real pod
+    has the same host IP, so one instance covers every node's pods, as kube-proxy does).
+    Only while inside: the test bed reaches pods from the host, which the policies (rightly)
+    do not name. Afterwards its rules and sets are gone."""
+    directory = state.directory / "nodes"
+    node = next(n for n in managed(state) if n.startswith("kubelet-")).removeprefix("kubelet-")
+    process = spawn(
+        state,
+        "kube-router",
+        _in_netns(
+            [
+                str(kube_router),
+                f"--kubeconfig={directory / 'admin.kubeconfig'}",
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                f"--hostname-override=node-{node}",
+                f"--service-cluster-ip-range={SERVICE_NETWORK}",
+                "--health-port=0",  # no listeners: nothing here reads them
+                "--metrics-port=0",
+            ]
+        ),
+        binary=str(kube_router),
+    )
+    try:
+        wait_until(
+            "kube-router's policy chains",
+            lambda: "-j KUBE-ROUTER-FORWARD" in _iptables_rules(),
+            process,
+            30,
+        )
+        yield
+    finally:
+        stop(process, grace=5)
+        del state.processes["kube-router"]
+        state.save()
+        _remove_policy_rules()
+
+
+def _iptables_rules() -> str:
+    done = subprocess.run(_in_netns(["iptables", "-S"]), capture_output=True, text=True, check=False)
+    return done.stdout
+
+
+def _remove_policy_rules() -> None:
+    """kube-router leaves its rules when it stops (its own cleanup does nothing in v2.1.0):
+    the jumps to its chains first, then the chains, then its ipsets."""
+    rules = _iptables_rules().splitlines()
+    for rule in rules:
+        if rule.startswith("-A ") and any(f"-j {prefix}" in rule for prefix in POLICY_CHAINS):
+            subprocess.run(_in_netns(["iptables", "-D", *shlex.split(rule)[1:]]), check=False)
+    chains = [
+        rule.split()[1]
+        for rule in rules
+        if rule.startswith("-N ") and rule.split()[1].startswith(POLICY_CHAINS)
+    ]
+    for verb in ("-F", "-X"):
+        for chain in chains:
+            subprocess.run(_in_netns(["iptables", verb, chain]), check=False, capture_output=True)
+    sets = subprocess.run(_in_netns(["ipset", "list", "-n"]), capture_output=True, text=True, check=False)
+    for name in sets.stdout.split():
+        if name.startswith("KUBE-"):
+            subprocess.run(_in_netns(["ipset", "destroy", name]), check=False, capture_output=True)
 
 
 def down(state: State | None, directory: Path) -> None:

@@ -66,6 +66,7 @@ class GoTool:
     tags: tuple[str, ...] = ()
     wrapper: str = ""  # the wrapper module's folder, when another tool's (default: the name)
     node: bool = False  # a real node's piece: built only when real nodes are asked for
+    on_demand: bool = False  # built only by what runs it (`build`), never by `build_all`
 
     @property
     def module_dir(self) -> Path:
@@ -116,6 +117,16 @@ TOOLS: tuple[GoTool, ...] = (
         "github.com/coredns/coredns",
         {"coredns": "imageserver-sre/hack/tools/coredns"},
         node=True,
+    ),
+    # The NetworkPolicy engine of the real nodes: its policy controller alone (no routing, no
+    # service proxy), run only while a test proves a policy (testbed.nodes.network_policies).
+    GoTool(
+        "kube-router",
+        "github.com/cloudnativelabs/kube-router/v2",
+        {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"},
+        lambda v: [f"-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={v}"],
+        node=True,
+        on_demand=True,
     ),
     GoTool(
         "kwok",
@@ -290,10 +301,14 @@ def module_source(tool_name: str, module: str) -> Path:
     return Path(info["Dir"])
 
 
+def tool(name: str) -> GoTool:
+    return next(t for t in TOOLS if t.name == name)
+
+
 def build_all(*, nodes: bool = False) -> dict[str, Path]:
     """Every binary of the test bed (with `nodes`, a real node's too), built if needed:
     name -> path."""
-    wanted = [tool for tool in TOOLS if nodes or not tool.node]
+    wanted = [tool for tool in TOOLS if (nodes or not tool.node) and not tool.on_demand]
     missing = [tool for tool in wanted if not is_built(tool)]
     if missing:
         say(

@@ -1,10 +1,12 @@
 """What only real pods prove: the chart's operator runs in the cluster as a container of the
 project's image (its ServiceAccount, its security context), and the ImageServer it makes
 runs as real containers that keep their volumes, take a new topology without a restart,
-and answer `kubectl logs`, `exec` and `port-forward`."""
+and answer `kubectl logs`, `exec` and `port-forward`; its storage NetworkPolicy, enforced by
+kube-router, keeps a stranger pod out and lets its frontends in."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import socket
@@ -19,9 +21,11 @@ from typing import Any
 import pytest
 from samples import jpeg
 
+from testbed import nodes, tools
 from testbed.cluster import Cluster
 from testbed.images import app_version
 from testbed.nodes import LOCAL_CLASS, REAL_LABEL, REAL_TAINT
+from testbed.processes import State
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "imageserver-operator"
 ON_REAL_NODES = [
@@ -349,3 +353,95 @@ def test_a_rolling_update_of_the_frontends_under_traffic_fails_no_request(
     statuses = {int(k): v for k, v in report["statuses"].items()}
     assert sum(statuses.values()) > 400, report
     assert set(statuses) <= {200, 201}, report
+
+
+# -- the storage NetworkPolicy, enforced by kube-router ----------------------------------------
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
+    "    print('connected')\n"
+    "except OSError as error:\n"
+    "    print('refused:', error)\n"
+)
+
+
+def connects(cluster: Cluster, namespace: str, pod: str, address: str, port: int) -> bool:
+    said = cluster.kubectl(
+        "exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT, address, str(port), check=False
+    )
+    assert "connected" in said or "refused:" in said, said
+    return "connected" in said
+
+
+def stranger(cluster: Cluster, namespace: str, name: str, node: str, image: str) -> str:
+    """A pod of nobody's: the project's image (it has Python to try a connection), on `node`."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "stranger"}},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"key": REAL_TAINT, "operator": "Exists"}],
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {"name": "stranger", "image": image, "imagePullPolicy": "Never", "command": ["sleep", "3600"]}
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    return name
+
+
+@pytest.fixture
+def enforced_policies(cluster: Cluster) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """NetworkPolicies enforced on the real nodes (kube-router), while inside."""
+    state = State.load(cluster.state)
+    assert state is not None
+    binary = tools.build(tools.tool("kube-router")) / "kube-router"
+    return functools.partial(nodes.network_policies, state, binary)
+
+
+@pytest.mark.disruptive  # the nodes' firewall is everyone's while it enforces
+def test_the_storage_network_policy_lets_frontends_in_and_keeps_a_stranger_out(
+    cluster: Cluster,
+    namespace: str,
+    operator: str,
+    enforced_policies: Callable[[], contextlib.AbstractContextManager[None]],
+) -> None:
+    serve(cluster, namespace)
+    (store,) = [p for p in pods(cluster, namespace, STORAGE) if ready(p)]
+    address = store["status"]["podIP"]
+    port = store["spec"]["containers"][0]["ports"][0]["containerPort"]
+    image = store["spec"]["containers"][0]["image"]
+    front = pods(cluster, namespace, "app.kubernetes.io/component=frontend")[0]["metadata"]["name"]
+    # Beside the storage pod (one bridge: bridged traffic) and on another node (routed).
+    others = sorted({"node-dc-a", "node-dc-b"} - {store["spec"]["nodeName"]}) or ["node-dc-b"]
+    strangers = [
+        stranger(cluster, namespace, "stranger-beside", store["spec"]["nodeName"], image),
+        stranger(cluster, namespace, "stranger-elsewhere", others[0], image),
+    ]
+    wait(
+        "the strangers running",
+        lambda: (
+            all(p["status"].get("phase") == "Running" for p in pods(cluster, namespace, "app=stranger"))
+            and len(pods(cluster, namespace, "app=stranger")) == 2
+        ),
+        120,
+    )
+    # Without an engine the policy is only words: the test can tell the difference.
+    assert all(connects(cluster, namespace, s, address, port) for s in strangers)
+
+    with enforced_policies():
+        for name in strangers:
+            wait(f"{name} kept out", lambda: not connects(cluster, namespace, name, address, port), 60)  # noqa: B023
+        assert connects(cluster, namespace, front, address, port)
+        # The service still works through the frontends, which the policy lets in.
+        urls = frontend_urls(cluster, namespace)
+        images = upload_all(urls, [jpeg(64, 48, seed=40 + i) for i in range(3)])
+        assert all(fetch(urls[0], i) == data for i, data in images.items())
+        assert all(not connects(cluster, namespace, s, address, port) for s in strangers)
+
+    # Stopped, it leaves nothing behind: the strangers reach storage again.
+    assert all(connects(cluster, namespace, s, address, port) for s in strangers)
