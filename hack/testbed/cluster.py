@@ -489,6 +489,7 @@ def add_real_nodes(cluster: Cluster) -> list[str]:
     binaries = {**cluster.binaries, **build_all(nodes=True)}
     progress = Progress("real nodes", every=0)
     if nodes.managed(state):  # already there: bring their images up to date with the sources
+        nodes.stop_network_policies(state)  # enforced still by a run killed in the policy test
         nodes.load_images(REGIONS, binaries["ctr"])
         names = sorted(
             f"node-{n.removeprefix('kubelet-')}" for n in nodes.managed(state) if n.startswith("kubelet-")

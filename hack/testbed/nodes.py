@@ -504,6 +504,7 @@ def network_policies(state: State, kube_router: Path) -> Iterator[None]:
     do not name. Afterwards its rules and sets are gone."""
     directory = state.directory / "nodes"
     node = next(n for n in managed(state) if n.startswith("kubelet-")).removeprefix("kubelet-")
+    stop_network_policies(state)  # one left by a killed run: never two engines
     process = spawn(
         state,
         "kube-router",
@@ -531,9 +532,16 @@ def network_policies(state: State, kube_router: Path) -> Iterator[None]:
         )
         yield
     finally:
+        stop_network_policies(state)
+
+
+def stop_network_policies(state: State) -> None:
+    """No policy enforced any more: kube-router stopped, its rules and sets removed."""
+    process = state.processes.pop("kube-router", None)
+    if process is not None:
         stop(process, grace=5)
-        del state.processes["kube-router"]
         state.save()
+    if (Path("/run/netns") / NETNS).exists():
         _remove_policy_rules()
 
 
