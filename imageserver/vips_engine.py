@@ -51,13 +51,11 @@ TURNS: dict[int, tuple[str, ...]] = {
     7: ("rot270", "fliphor"),
     8: ("rot270",),
 }
+PIL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # by band count, for the colour rule
 
 
 class Unshared(Exception):
     """libvips reads this file otherwise than Pillow's header: Pillow renders it."""
-
-
-PIL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # by band count, for the colour rule
 
 
 @functools.cache
@@ -120,7 +118,6 @@ def _loaded(data: bytes, size: tuple[int, int], info: Probe, orientation: int) -
         if abs(image.width - expected[0]) > 1 or abs(image.height - expected[1]) > 1:
             raise Unshared(f"libvips decodes {image.width}x{image.height}, Pillow's header {stored}")
         image = _without_metadata(image)  # Pillow's reading of it rules, not libvips'
-
         if orientation in TURNS:
             image = image.copy_memory()  # a turn reads out of order: held first
             for operation in TURNS[orientation]:
