@@ -10,6 +10,7 @@ import os
 from typing import BinaryIO
 
 import aiohttp
+from yarl import URL
 
 from imageserver.blobstore import BlobStore, is_variant
 
@@ -17,6 +18,24 @@ log = logging.getLogger(__name__)
 
 
 MIN_RATE = 1 << 20  # bytes a second a copy may take at worst before it counts as failed
+# Replicas are addressed by name (a StatefulSet pod's DNS name), and a pod that restarts keeps
+# its name, not its address. An address is kept as long as cluster DNS gives it (Kubernetes'
+# records live 5 s) and forgotten when a request to it fails: with aiohttp's 30 s, frontends
+# kept knocking at a restarted storage pod's old address, and a rollout failed reads and
+# uploads in its datacenter for a minute.
+DNS_TTL = 5
+
+
+def connector(limit: int, per_host: int) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(limit=limit, limit_per_host=per_host, ttl_dns_cache=DNS_TTL)
+
+
+def forget(session: aiohttp.ClientSession, base: str) -> None:
+    """After a request to a replica failed: its name is looked up again next time (it may
+    have moved)."""
+    url = URL(base)
+    if isinstance(session.connector, aiohttp.TCPConnector) and url.host is not None:
+        session.connector.clear_dns_cache(url.host, url.port)
 
 
 async def has(session: aiohttp.ClientSession, base: str, name: str) -> bool | None:
@@ -25,6 +44,7 @@ async def has(session: aiohttp.ClientSession, base: str, name: str) -> bool | No
         async with session.head(f"{base}/v1/blobs/{name}") as response:
             return response.status == 200 if response.status in (200, 404) else None
     except (aiohttp.ClientError, TimeoutError):
+        forget(session, base)
         return None
 
 
@@ -49,6 +69,7 @@ async def send(session: aiohttp.ClientSession, store: BlobStore, base: str, name
                     return False
         except (aiohttp.ClientError, TimeoutError, OSError) as why:
             log.debug("copy failed", extra={"replica": base, "blob": name, "error": repr(why)})
+            forget(session, base)
             return False
     return True
 
@@ -65,7 +86,7 @@ async def _put(session: aiohttp.ClientSession, base: str, name: str, body: bytes
 
 def session(timeout: float, token: str | None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=64, limit_per_host=8),
+        connector=connector(64, 8),
         timeout=aiohttp.ClientTimeout(total=timeout, connect=min(2.0, timeout), sock_read=timeout / 2),
         headers={"Authorization": f"Bearer {token}"} if token else None,
     )

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from imageserver import peers
 from imageserver.handoff import OWED_HEADER
 from imageserver.metrics import Metrics
 from imageserver.stores import Unavailable
@@ -69,9 +70,8 @@ class ReplicatedStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=30)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self.timeout, headers=self._headers
+            connector=peers.connector(256, 32), timeout=self.timeout, headers=self._headers
         )
 
     async def close(self) -> None:
@@ -117,6 +117,7 @@ class ReplicatedStore:
             async with self.session.put(f"{base}/v1/blobs/{name}", data=data, headers=headers) as response:
                 return "" if response.status in (200, 201) else f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError) as error:
+            peers.forget(self.session, base)
             return repr(error)[:200]
 
     async def _put_all(
@@ -143,6 +144,7 @@ class ReplicatedStore:
                     return 200, await response.read()
                 return response.status, None
         except (aiohttp.ClientError, TimeoutError):
+            peers.forget(self.session, base)
             return 0, None
 
     # -- writes ----------------------------------------------------------------------------
@@ -296,6 +298,7 @@ class ReplicatedStore:
             async with self.session.head(f"{base}/v1/blobs/{name}") as response:
                 return response.status == 200 if response.status in (200, 404) else None
         except (aiohttp.ClientError, TimeoutError):
+            peers.forget(self.session, base)
             return None
 
     def _repair_later(self, owners: Sequence[Place], name: str, data: bytes, evidence: _Evidence) -> None:
