@@ -9,6 +9,7 @@ there, so a killed build never leaves a cache that looks complete.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -207,13 +208,23 @@ def is_built(tool: GoTool) -> bool:
 
 
 def build(tool: GoTool) -> Path:
-    """Build one tool into the cache unless this exact pin is there already."""
+    """Build one tool into the cache unless this exact pin is there already. Two runs at
+    once (two checkouts share the cache) take turns: the second finds it built."""
     final = tool_dir(tool)
     if is_built(tool):
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.with_name(final.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if is_built(tool):
+            return final
+        return _build(tool, final)
+
+
+def _build(tool: GoTool, final: Path) -> Path:
     go = go_binary()
     partial = final.with_name(final.name + ".partial")
-    if partial.exists():
+    if partial.exists():  # no other run holds the lock: this one was interrupted
         say(f"removing a half-finished build of {tool.name} left by an interrupted run")
         shutil.rmtree(partial)
     if final.exists():  # present but incomplete: never trust it
