@@ -77,8 +77,8 @@ cluster-status:  ## what the running cluster looks like
 gateway-api: cluster-up  ## install the Gateway API CRDs (standard channel) into the cluster
 	$(TESTBED) gateway-api
 
-demo: dev prometheus tools  ## the whole mission on one machine: chart, traffic, a bad rollout, a sick datacenter (results in demo-out/)
-	PYTHONPATH=hack $(PY) -m testbed.demo $(DEMO_ARGS)
+demo: dev prometheus tools $(if $(filter 0,$(REAL_NODES)),,node-packages)  ## the whole mission on real containers: chart, traffic, a bad rollout, a sick datacenter (REAL_NODES=0: simulated nodes; results in demo-out/)
+	PYTHONPATH=hack $(PY) -m testbed.demo $(if $(filter 0,$(REAL_NODES)),--kwok,) $(DEMO_ARGS)
 
 generate: dev  ## CRDs from the pydantic models (crds/ and the chart's copy), the chart's values table, the README's capacity plan
 	$(VENV)/bin/imageserver-operator crds --write crds

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import nodes, pki
+from testbed import images, nodes, pki
 from testbed.paths import state_dir
 from testbed.processes import (
     Managed,
@@ -518,6 +518,15 @@ def add_real_nodes(cluster: Cluster) -> list[str]:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(manifest))
     progress.done(f"{', '.join(names)} ready")
     return names
+
+
+def load_releases(cluster: Cluster, releases: dict[str, dict[str, str]]) -> None:
+    """The imageserver build under each release's tag in the real nodes' containerd: version
+    -> the settings its frontends start with (none: the build as it is; see images.release)."""
+    binaries = {**cluster.binaries, **build_all(nodes=True)}
+    images.build()  # the releases are made from the current build
+    made = {f"{images.TARGETS['imageserver']}:{v}": images.release(v, env) for v, env in releases.items()}
+    nodes.load_images(REGIONS, binaries["ctr"], made)
 
 
 def _recycle_volumes(cluster: Cluster) -> None:

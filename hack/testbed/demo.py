@@ -1,13 +1,19 @@
 """`make demo`: the whole mission on one machine, told as it happens.
 
-The local cluster, the Helm chart, a three-datacenter ImageServer served by real imageserver
-processes under real traffic, Prometheus, the Slack API stub and the operator (run here with
-the chart's ServiceAccount token: the chart's own pod sits on a simulated KWOK node). Then two
-incidents: a bad rollout, rolled back; a sick datacenter, drained and, once it recovers,
-undrained. It writes what a reviewer needs into demo-out/ and exits 0 only when the story went
-as told; otherwise it says what diverged. It leaves nothing running.
+The local cluster with its real nodes, the Helm chart (its operator a container there, with
+its own ServiceAccount), a three-datacenter ImageServer whose frontends and storage nodes are
+containers of the project's image under real traffic, Prometheus and the Slack API stub. Then
+two incidents: a bad release (an image whose frontends fail 30 % of requests), rolled back; a
+sick datacenter (its frontends cut off from storage on the network), drained and, once it
+recovers, undrained. It writes what a reviewer needs into demo-out/ and exits 0 only when the
+story went as told; otherwise it says what diverged. It leaves nothing running.
 
-    python -m testbed.demo [--out demo-out] [--short]
+With `--kwok` the same story runs on simulated nodes: the pod runner plays each pod with an
+imageserver process, the operator runs here with the chart's ServiceAccount token, and faults
+come through the processes' admin endpoints. CI runs that one (the real nodes' cold build
+does not fit its time budget); `tests/e2e/nodes/` runs the real one with `REAL_NODES=1`.
+
+    python -m testbed.demo [--out demo-out] [--short] [--kwok]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from testbed import cluster as local_cluster
 from testbed.cluster import Cluster, install_gateway_api
 from testbed.demo_report import Incident, plot, summary
 from testbed.mission import Mission
+from testbed.nodes import CHART_ON_REAL_NODES, LOCAL_CLASS, REAL_PLACEMENT
 from testbed.paths import REPO_ROOT
 from testbed.progress import say
 
@@ -52,6 +59,19 @@ SPEC: dict[str, Any] = {  # examples/three-datacenters.yaml, scaled to one machi
     "notifications": {"slack": {"channel": "#imageserver-oncall", "tokenSecretRef": {"name": "slack"}}},
 }
 BAD_REVISION, BAD_RATIO = "1.1.0", 0.3
+# On the real nodes: one node per datacenter holds one replica of a shard (the operator spreads
+# a shard's replicas over nodes), on the nodes' local volumes, with requests that fit them.
+REAL_SPEC: dict[str, Any] = {
+    **SPEC,
+    "storage": {"replicas": 1, "writeQuorum": 1, "storageClassName": LOCAL_CLASS, "volumeSize": "1Gi"},
+    "resources": {
+        "frontend": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "storage": {"requests": {"cpu": "20m", "memory": "64Mi"}},
+    },
+    "placement": REAL_PLACEMENT,
+}
+# The releases as images: 1.0.0 is the build itself, 1.1.0 the build whose frontends fail.
+RELEASES = {SPEC["version"]: {}, BAD_REVISION: {"IMAGESERVER_FAULT_ERROR_RATIO": str(BAD_RATIO)}}
 LIMIT = 120.0  # seconds from the first errors to the mitigation, at most
 
 
@@ -65,12 +85,15 @@ def line(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, cluster: Cluster, namespace: str, out: Path, workdir: Path, *, short: bool) -> None:
+    def __init__(
+        self, cluster: Cluster, namespace: str, out: Path, workdir: Path, *, short: bool, real: bool
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.out = out
         self.workdir = workdir
         self.short = short
+        self.real = real
         self.mission: Mission | None = None
         self.incidents: list[Incident] = []
         self.release = "imageserver-operator"
@@ -79,18 +102,33 @@ class Demo:
 
     def play(self) -> None:
         say("[2/6] installing the Helm chart")
-        kubeconfig = self.install_chart()
-        say("[3/6] a three-datacenter ImageServer under real traffic")
-        mission = Mission(
-            self.cluster,
-            self.namespace,
-            self.workdir,
-            SPEC,
-            faults={BAD_REVISION: BAD_RATIO},
-            fault_roles=("frontend",),  # a bad frontend build: its rollback is clean and quick
-            operator_kubeconfig=kubeconfig,
-            say=line,
-        )
+        install_gateway_api(self.cluster)
+        if self.real:
+            self.cluster.kubectl("create", "namespace", self.namespace)  # the chart goes in with the mission
+            local_cluster.load_releases(self.cluster, RELEASES)
+            line(f"releases {', '.join(RELEASES)} imported into the nodes' containerd ({BAD_REVISION}: bad)")
+            mission = Mission(
+                self.cluster,
+                self.namespace,
+                self.workdir,
+                REAL_SPEC,
+                in_cluster=self.install_on_nodes,
+                say=line,
+            )
+            say("[3/6] a three-datacenter ImageServer under real traffic, on real containers")
+        else:
+            kubeconfig = self.install_chart()
+            say("[3/6] a three-datacenter ImageServer under real traffic")
+            mission = Mission(
+                self.cluster,
+                self.namespace,
+                self.workdir,
+                SPEC,
+                faults={BAD_REVISION: BAD_RATIO},
+                fault_roles=("frontend",),  # a bad frontend build: its rollback is clean and quick
+                operator_kubeconfig=kubeconfig,
+                say=line,
+            )
         self.mission = mission
         mission.start()
         self.wait("the operator judges the SLOs healthy", lambda: self.slo_status() == "True", 90)
@@ -102,19 +140,39 @@ class Demo:
         self.sick_datacenter()
         self.table()
 
-    def install_chart(self) -> Path:
-        install_gateway_api(self.cluster)
+    def helm_install(self, *values: str) -> None:
+        """The chart into the demo's namespace, the Slack token Secret named, until Ready."""
         self.cluster.helm(
             "install",
             self.release,
             str(CHART),
             "-n",
             self.namespace,
-            "--create-namespace",
             "--set=slack.tokenSecrets={slack}",
             "--wait",
-            "--timeout=2m",
+            *values,
         )
+
+    def install_on_nodes(self, prometheus: str, slack: str) -> None:
+        """The chart as users install it: its operator a container on a real node, talking to
+        the API server with its own ServiceAccount, Prometheus and Slack where pods reach them."""
+        self.helm_install(
+            f"--set=slack.baseUrl={slack}",
+            f"--set=prometheus.url={prometheus}",
+            "--set=prometheus.intervalSeconds=5",  # the chart's least
+            *CHART_ON_REAL_NODES,
+            "--timeout=3m",
+        )
+        selector = f"app.kubernetes.io/instance={self.release}"
+        listed = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", selector, "-o", "json")
+        (pod,) = json.loads(listed)["items"]
+        line(
+            f"helm install {self.release}: the operator runs in a container on {pod['spec']['nodeName']} "
+            f"as ServiceAccount {pod['spec']['serviceAccountName']}"
+        )
+
+    def install_chart(self) -> Path:
+        self.helm_install("--create-namespace", "--timeout=2m")
         line(f"helm install {self.release}: the operator's Deployment is Ready (on a simulated KWOK node)")
         account = f"{self.release}"
         kubeconfig = self.cluster.service_account_kubeconfig(
@@ -160,8 +218,11 @@ class Demo:
                 time.sleep(pause)
         incident = Incident("sick datacenter", time.time(), action="drain dc-b")
         self.incidents.append(incident)
-        mission.runner.sicken("dc-b", 1.0)
-        line("game day: dc-b's frontends now answer 500 to every request")
+        mission.pods.sicken("dc-b", 1.0)
+        if self.real:
+            line("game day: dc-b's frontends lose the network to every storage node")
+        else:
+            line("game day: dc-b's frontends now answer 500 to every request")
         incident.errors = self.wait(
             "Prometheus sees dc-b's errors", lambda: mission.errors_seen('datacenter="dc-b"'), 90
         )
@@ -178,7 +239,7 @@ class Demo:
             raise Diverged(f"images not served after the drain: {', '.join(lost[:5])}")
         incident.resolved = self.wait("users are fine again: incident resolved", self.incident_closed, 180)
         self.account(incident)
-        mission.runner.sicken("dc-b", 0.0)
+        mission.pods.sicken("dc-b", 0.0)
         healed = time.time()
         line("dc-b repaired; only the prober's trickle reaches it while it is drained")
         if self.short:
@@ -308,6 +369,11 @@ class Demo:
         evidence.mkdir(parents=True, exist_ok=True)
         for log in self.mission.operators.state.directory.glob("logs/*.log"):
             (evidence / log.name).write_text(log.read_text())
+        if self.real:
+            logs = self.cluster.kubectl(
+                "logs", "-n", self.namespace, f"deployment/{self.release}", "--tail=-1", check=False
+            )
+            (evidence / "operator.log").write_text(logs)
         if self.mission.prometheus is not None:
             ratios = self.mission.prometheus.query(
                 f'{{__name__=~"imageserver:.*", namespace="{self.namespace}"}}'
@@ -362,14 +428,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="testbed.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo-out", help="where the results go")
     parser.add_argument("--short", action="store_true", help="do not wait for the undrain (CI)")
+    parser.add_argument(
+        "--kwok", action="store_true", help="on simulated nodes, the pod runner playing the pods (CI)"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    say("[1/6] the local cluster")
+    say("[1/6] the local cluster" + ("" if args.kwok else ", with a real node per datacenter"))
     running = local_cluster.running()
-    cluster = running or local_cluster.up()
+    cluster = running or local_cluster.up(real_nodes=not args.kwok)
+    if running is not None and not args.kwok:
+        local_cluster.add_real_nodes(cluster)  # the running cluster's, or added to it
     namespace = f"demo-{uuid.uuid4().hex[:6]}"
     workdir = Path(tempfile.mkdtemp(prefix="imageserver-demo-"))
-    demo = Demo(cluster, namespace, args.out, workdir, short=args.short)
+    demo = Demo(cluster, namespace, args.out, workdir, short=args.short, real=not args.kwok)
     problems: list[str] = []
     try:
         demo.play()

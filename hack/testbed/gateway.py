@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from testbed.cluster import Cluster
-from testbed.podrunner import PodRunner
+from testbed.pods import Pods
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Gateway:
         cluster: Cluster,
         namespace: str,
         imageserver: str,
-        runner: PodRunner,
+        runner: Pods,
         image: Callable[[int], bytes],
         *,
         per_second: float = 20.0,

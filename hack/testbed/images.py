@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -230,10 +231,36 @@ def build() -> dict[str, str]:
     return {name: _buildah("images", "--quiet", "--no-trunc", name).splitlines()[0] for name in names}
 
 
-def load(nodes: list[tuple[Path, Path]], ctr: Path) -> None:
+def release(version: str, frontend_env: dict[str, str] | None = None) -> str:
+    """The imageserver build tagged as a shop's release `version` (what an ImageServer's
+    spec.version names), or with `frontend_env`, a build whose frontends start with those
+    settings: a bad release for game days, its storage nodes sound. Returns the image id."""
+    built = f"{TARGETS['imageserver']}:{app_version()}"
+    image = f"{TARGETS['imageserver']}:{version}"
+    source = _buildah("images", "--quiet", "--no-trunc", built).splitlines()[0]
+    if not frontend_env:
+        _buildah("tag", built, image)
+        return source
+    settings = " ".join(f"{name}={shlex.quote(value)}" for name, value in sorted(frontend_env.items()))
+    key = _hash([source, settings])
+    if _label(image) != key:
+        # The shell's $1 is the role (`imageserver frontend ...`): only frontends change.
+        script = f'if [ "$1" = frontend ]; then export {settings}; fi; exec imageserver "$@"'
+        container = _buildah("from", "--pull-never", built)
+        try:
+            entrypoint = json.dumps(["/bin/sh", "-c", script, "imageserver"])
+            _buildah("config", f"--label={CONTENT_LABEL}={key}", f"--entrypoint={entrypoint}", container)
+            _buildah("commit", "--quiet", container, image)
+        finally:
+            _buildah("rm", container, check=False)
+    return _buildah("images", "--quiet", "--no-trunc", image).splitlines()[0]
+
+
+def load(nodes: list[tuple[Path, Path]], ctr: Path, extra: dict[str, str] | None = None) -> None:
     """Build the images if needed and import into each node's containerd (socket, root)
-    the builds it lacks: a record next to its root says which it has."""
-    built = build()
+    the builds it lacks (and the `extra` images made here: name -> id): a record next to
+    its root says which it has."""
+    built = {**build(), **(extra or {})}
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         archives: dict[str, Path] = {}
 

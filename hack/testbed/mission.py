@@ -6,6 +6,11 @@ the operator (reconcile only), the ImageServer, Prometheus with the rule file th
 rendered into the `<name>-slo-rules` ConfigMap and a file_sd list of the pod processes, a
 seed upload, the Gateway's traffic, and then the operator again with its SLO loop (it judges
 only once Prometheus has something to judge).
+
+On the real nodes (`in_cluster`), kubelets run the pods (`RealPods` follows them) and the
+operator is the chart's pod, installed by the caller once Prometheus' and Slack's addresses
+are known: they listen where pods reach the host. Its SLO loop runs from the start and
+judges nothing until Prometheus has data.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from urllib.parse import quote
 
 from testbed.cluster import Cluster
 from testbed.gateway import Gateway
+from testbed.nodes import HOST_IP
 from testbed.operators import OperatorProcesses
 from testbed.podrunner import PodRunner
+from testbed.pods import Pods
 from testbed.prometheus import Prometheus
+from testbed.realpods import RealPods
 from testbed.slack_stub import SlackStub
 
 IMAGESERVERS = "/apis/imageserver.dev/v1alpha1"
@@ -57,8 +65,11 @@ class Mission:
         slo_seconds: float = 2.0,
         operator_env: Mapping[str, str] | None = None,
         operator_kubeconfig: Path | None = None,
+        in_cluster: Callable[[str, str], None] | None = None,
         say: Callable[[str], None] = lambda _line: None,
     ) -> None:
+        """`in_cluster`: the pods run on the real nodes, and this installs the operator in the
+        cluster, given Prometheus' and Slack's URLs (faults are then the images' own)."""
         self.cluster = cluster
         self.namespace = namespace
         self.workdir = workdir
@@ -68,13 +79,26 @@ class Mission:
         self.slo_seconds = slo_seconds
         self.operator_env = dict(operator_env or {})
         self.say = say
-        self.runner = PodRunner(
-            cluster, namespace, workdir / "pods", faults=dict(faults or {}), fault_roles=fault_roles
-        )
+        self.in_cluster = in_cluster
+        self.pods: Pods
+        if in_cluster is None:
+            self.pods = PodRunner(
+                cluster, namespace, workdir / "pods", faults=dict(faults or {}), fault_roles=fault_roles
+            )
+        else:
+            assert not faults, "a real pod's faults are its image's"
+            self.pods = RealPods(cluster, namespace, workdir / "pods")
         self.operators = OperatorProcesses(cluster, namespace, workdir / "operators", operator_kubeconfig)
-        self.stub = SlackStub()
+        self.host = "127.0.0.1" if in_cluster is None else HOST_IP  # where pods reach the host
+        self.stub = SlackStub(host=self.host)
         self.prometheus: Prometheus | None = None
         self.gateway: Gateway | None = None
+
+    @property
+    def runner(self) -> PodRunner:
+        """The pod runner, for what only it can say (its processes' logs)."""
+        assert isinstance(self.pods, PodRunner), "the real nodes run these pods"
+        return self.pods
 
     # -- bring-up --------------------------------------------------------------------------
 
@@ -83,38 +107,46 @@ class Mission:
         self.cluster.kubectl(
             "create", "secret", "generic", "slack", "-n", self.namespace, "--from-literal=token=xoxb-test"
         )
-        self.runner.start()
-        self.operators.start()
-        self.say("operator reconciling; applying the ImageServer")
-        self.apply()
-        self.cluster.kubectl(
-            "wait", "--for=condition=Ready", "--timeout=120s", f"imgs/{self.name}", "-n", self.namespace
-        )
+        self.pods.start()
         rules = self.workdir / "rules.yml"
-        rules.write_text(self._rule_file())
-        self.prometheus = Prometheus(
+        prometheus = Prometheus(
             [
                 {
                     # Each target's own `job` label (its ImageServer's) replaces this name on its series.
                     "job_name": "imageserver",
-                    "file_sd_configs": [{"files": [str(self.runner.targets)], "refresh_interval": "1s"}],
+                    "file_sd_configs": [{"files": [str(self.pods.targets)], "refresh_interval": "1s"}],
                 }
             ],
             [rules],
             workdir=self.workdir / "prometheus",
-        ).start()
-        self.runner.wait_healthy(self._pods(), timeout=90)
+            host=self.host,
+        )
+        if self.in_cluster is None:
+            self.operators.start()
+        else:
+            self.in_cluster(prometheus.url, self.stub.base_url)
+        self.say("operator reconciling; applying the ImageServer")
+        self.apply()
+        ready = "120s" if self.in_cluster is None else "300s"  # real volumes and containers
+        self.cluster.kubectl(
+            "wait", "--for=condition=Ready", f"--timeout={ready}", f"imgs/{self.name}", "-n", self.namespace
+        )
+        rules.write_text(self._rule_file())
+        self.prometheus = prometheus.start()
+        self.pods.wait_healthy(self._pods(), timeout=90)
         frontends = sum(int(dc.get("frontendReplicas", 2)) for dc in self.spec["datacenters"])
-        self.runner.wait_for_frontends(frontends, timeout=30)  # ready, and scraped: they take traffic
-        self.say(f"{len(self.runner.runners)} imageserver processes healthy; Prometheus scraping them")
+        self.pods.wait_for_frontends(frontends, timeout=30)  # ready, and scraped: they take traffic
+        where = "imageserver processes" if self.in_cluster is None else "imageserver containers"
+        self.say(f"{self.pods.count()} {where} healthy; Prometheus scraping them")
         seed = self._seed()
         self.gateway = Gateway(
-            self.cluster, self.namespace, self.name, self.runner, small_jpeg, per_second=self.per_second
+            self.cluster, self.namespace, self.name, self.pods, small_jpeg, per_second=self.per_second
         )
         self.gateway.uploaded.update(seed)
         self.gateway.start()
-        self.operators.stop_all()
-        self.start_operator()
+        if self.in_cluster is None:
+            self.operators.stop_all()
+            self.start_operator()
         self.say(f"traffic flowing at {self.per_second:g} req/s; operator watching the SLOs")
         return self
 
@@ -149,7 +181,7 @@ class Mission:
     def _seed(self) -> dict[str, str]:
         """One upload, retried while frontends' shard maps catch up (a 503), as a client would."""
         data = small_jpeg(0)
-        frontend = self.runner.wait_for_frontends(1)[0]
+        frontend = self.pods.wait_for_frontends(1)[0]
         last = ""
         for _ in range(60):
             request = urllib.request.Request(f"{frontend.url}/v1/images", data=data)
@@ -194,11 +226,10 @@ class Mission:
             for e in p["spec"]["containers"][0].get("env", [])
             if e["name"] == "IMAGESERVER_REVISION"
         }
-        runner = self.runner
         return (
             revisions == {revision}
-            and runner.settled(names)
-            and len(runner.frontends()) == len(runner.frontends(routable=False))
+            and self.pods.settled(names)
+            and len(self.pods.frontends()) == len(self.pods.frontends(routable=False))
         )
 
     def rollout(self) -> dict[str, Any]:
@@ -259,7 +290,7 @@ class Mission:
     def errors_seen(self, selector: str) -> bool:
         """Prometheus has scraped a 5xx from processes matching the label selector."""
         assert self.prometheus is not None
-        return bool(self.prometheus.query(f'imageserver_http_requests_total{{code="500", {selector}}} > 0'))
+        return bool(self.prometheus.query(f'imageserver_http_requests_total{{code=~"5..", {selector}}} > 0'))
 
     def messages(self, containing: str = "") -> list[dict[str, Any]]:
         return [m for m in self.stub.messages() if containing in m.get("text", "")]
@@ -271,7 +302,7 @@ class Mission:
         if self.gateway is not None:
             self.gateway.stop()
         self.operators.stop_all()
-        self.runner.stop()
+        self.pods.stop()
         if self.prometheus is not None:
             self.prometheus.stop()
         self.stub.stop()

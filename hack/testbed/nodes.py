@@ -37,6 +37,18 @@ CLUSTER_DNS = NODE_IP  # CoreDNS listens in the nodes' namespace
 REAL_LABEL = "imageserver-sre.dev/node"  # = "real"
 REAL_TAINT = "imageserver-sre.dev/real-node"
 CGROUP_PREFIX = "isre-"
+# What an ImageServer's spec.placement says to run on the real nodes.
+REAL_PLACEMENT = {
+    "nodeSelector": {REAL_LABEL: "real"},
+    "tolerations": [{"key": REAL_TAINT, "operator": "Exists"}],
+}
+# helm's values that put the chart's operator on a real node, from the image built here.
+CHART_ON_REAL_NODES = (
+    f"--set-string=nodeSelector.{REAL_LABEL.replace('.', chr(92) + '.')}=real",
+    f"--set=tolerations[0].key={REAL_TAINT}",
+    "--set=tolerations[0].operator=Exists",
+    "--set=image.pullPolicy=Never",  # never a registry's
+)
 CNI_BIN = Path("/usr/lib/cni")
 RUNC = Path("/usr/sbin/runc")
 
@@ -79,7 +91,7 @@ def _ip(*args: str, netns: bool = False, check: bool = True) -> subprocess.Compl
     return done
 
 
-def _in_netns(argv: list[str]) -> list[str]:
+def in_netns(argv: list[str]) -> list[str]:
     # nsenter enters the network namespace alone: `ip netns exec` would also remount /sys,
     # hiding the cgroup mounts the kubelet and runc need.
     return ["nsenter", f"--net=/run/netns/{NETNS}", *argv]
@@ -113,7 +125,7 @@ def _network(nodes: list[Node]) -> None:
     _ip("route", "add", "default", "via", HOST_IP, netns=True)
     _ip("route", "add", POD_NETWORK, "via", NODE_IP)
     # The nodes' namespace routes between its bridges; its own sysctls, not the host's.
-    subprocess.run(_in_netns(["sysctl", "-qw", "net.ipv4.ip_forward=1"]), check=True)
+    subprocess.run(in_netns(["sysctl", "-qw", "net.ipv4.ip_forward=1"]), check=True)
     # Bridges made up front, so that the namespace is complete before the first pod.
     for node in nodes:
         _ip("link", "add", node.bridge, "type", "bridge", netns=True)
@@ -317,7 +329,7 @@ def up(
         spawn(
             state,
             f"containerd-{node.region}",
-            _in_netns([str(containerd), f"--config={mine / 'containerd.toml'}"]),
+            in_netns([str(containerd), f"--config={mine / 'containerd.toml'}"]),
             # The shim is found next to containerd on PATH.
             env={"PATH": f"{containerd.parent}:{os.environ.get('PATH', '')}"},
             binary=str(containerd),
@@ -336,7 +348,7 @@ def up(
         spawn(
             state,
             f"kubelet-{node.region}",
-            _in_netns(
+            in_netns(
                 [
                     str(kubelet),
                     f"--config={mine / 'kubelet.yaml'}",
@@ -362,7 +374,7 @@ def up(
     spawn(
         state,
         "kube-proxy",
-        _in_netns(
+        in_netns(
             [
                 str(binaries["kube-proxy"]),
                 f"--kubeconfig={directory / 'kube-proxy.kubeconfig'}",
@@ -381,7 +393,7 @@ def up(
     coredns = spawn(
         state,
         "coredns",
-        _in_netns([str(binaries["coredns"]), f"-conf={directory / 'Corefile'}"]),
+        in_netns([str(binaries["coredns"]), f"-conf={directory / 'Corefile'}"]),
         env={"KUBECONFIG": str(directory / "admin.kubeconfig"), "HEALTH_PORT": str(free_port())},
         binary=str(binaries["coredns"]),
     )
@@ -420,10 +432,11 @@ def up(
     return [node.name for node in nodes]
 
 
-def load_images(regions: tuple[str, ...], ctr: Path) -> None:
-    """The project's images, built if the sources changed, into every node's containerd."""
+def load_images(regions: tuple[str, ...], ctr: Path, extra: dict[str, str] | None = None) -> None:
+    """The project's images, built if the sources changed, into every node's containerd
+    (with `extra` images made here: name -> id)."""
     nodes = [Node(region, i) for i, region in enumerate(regions)]
-    images.load([(node.socket(), _image_root() / node.region) for node in nodes], ctr)
+    images.load([(node.socket(), _image_root() / node.region) for node in nodes], ctr, extra)
 
 
 def _image_root() -> Path:
@@ -508,7 +521,7 @@ def network_policies(state: State, kube_router: Path) -> Iterator[None]:
     process = spawn(
         state,
         "kube-router",
-        _in_netns(
+        in_netns(
             [
                 str(kube_router),
                 f"--kubeconfig={directory / 'admin.kubeconfig'}",
@@ -546,7 +559,7 @@ def stop_network_policies(state: State) -> None:
 
 
 def _iptables_rules() -> str:
-    done = subprocess.run(_in_netns(["iptables", "-S"]), capture_output=True, text=True, check=False)
+    done = subprocess.run(in_netns(["iptables", "-S"]), capture_output=True, text=True, check=False)
     return done.stdout
 
 
@@ -556,7 +569,7 @@ def _remove_policy_rules() -> None:
     rules = _iptables_rules().splitlines()
     for rule in rules:
         if rule.startswith("-A ") and any(f"-j {prefix}" in rule for prefix in POLICY_CHAINS):
-            subprocess.run(_in_netns(["iptables", "-D", *shlex.split(rule)[1:]]), check=False)
+            subprocess.run(in_netns(["iptables", "-D", *shlex.split(rule)[1:]]), check=False)
     chains = [
         rule.split()[1]
         for rule in rules
@@ -564,11 +577,11 @@ def _remove_policy_rules() -> None:
     ]
     for verb in ("-F", "-X"):
         for chain in chains:
-            subprocess.run(_in_netns(["iptables", verb, chain]), check=False, capture_output=True)
-    sets = subprocess.run(_in_netns(["ipset", "list", "-n"]), capture_output=True, text=True, check=False)
+            subprocess.run(in_netns(["iptables", verb, chain]), check=False, capture_output=True)
+    sets = subprocess.run(in_netns(["ipset", "list", "-n"]), capture_output=True, text=True, check=False)
     for name in sets.stdout.split():
         if name.startswith("KUBE-"):
-            subprocess.run(_in_netns(["ipset", "destroy", name]), check=False, capture_output=True)
+            subprocess.run(in_netns(["ipset", "destroy", name]), check=False, capture_output=True)
 
 
 def down(state: State | None, directory: Path) -> None:

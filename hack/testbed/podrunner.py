@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 from imageserver_operator.core.slo import job_label
 from testbed.cluster import Cluster
+from testbed.pods import Poller, wait_for_frontends
 from testbed.processes import Managed, State, free_port, is_running, spawn, stop
 
 SELECTOR = "app.kubernetes.io/name=imageserver"
@@ -145,8 +146,7 @@ class PodRunner:
         # A StatefulSet's pod keeps its DNS name when replaced: its process keeps its port.
         self.storage_ports: dict[str, int] = {}
         self.targets = workdir / "targets.json"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller("pod runner", self.sync, interval)
         self._lock = threading.Lock()
         workdir.mkdir(parents=True, exist_ok=True)
         self.targets.write_text("[]")
@@ -176,6 +176,10 @@ class PodRunner:
                 and is_running(r.managed)
             ]
             return ready + old
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.runners)
 
     def settled(self, pods: set[str]) -> bool:
         """Each of these pods has its process, and no replaced process is on its way out."""
@@ -377,26 +381,11 @@ class PodRunner:
         tmp.replace(self.targets)
 
     def start(self) -> PodRunner:
-        def loop() -> None:
-            said = ""
-            while not self._stop.is_set():
-                try:
-                    self.sync()
-                    said = ""
-                except Exception as error:  # the cluster may be busy; the next pass retries
-                    if str(error) != said:  # once per outage, not twice a second
-                        said = str(error)
-                        print(f"pod runner: {error}", file=sys.stderr)
-                self._stop.wait(self.interval)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._poller.stop()
         with self._lock:
             for runner in [
                 *self.runners.values(),
@@ -453,10 +442,4 @@ class PodRunner:
         raise TimeoutError(f"only {healthy} of {count} processes healthy")
 
     def wait_for_frontends(self, count: int, timeout: float = 60) -> list[Runner]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready = self.frontends()
-            if len(ready) >= count:
-                return ready
-            time.sleep(0.25)
-        raise TimeoutError(f"only {len(self.frontends())} of {count} frontends started")
+        return wait_for_frontends(self.frontends, count, timeout)

@@ -44,11 +44,13 @@ class Prometheus:
         *,
         interval: str = "1s",
         workdir: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="prometheus-"))
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host  # another address where pods must reach it (the real nodes' host end)
+        self.url = f"http://{host}:{self.port}"
         self.config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(Path(f).resolve()) for f in rule_files],
@@ -67,7 +69,7 @@ class Prometheus:
                 binary("prometheus"),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d",
             ],

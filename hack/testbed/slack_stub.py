@@ -39,6 +39,7 @@ class Call:
 @dataclass
 class SlackStub:
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"  # another address where pods must reach it (the real nodes' host end)
     calls: list[Call] = field(default_factory=list)
     down: bool = False
     _failures: list[tuple[int, int]] = field(default_factory=list)
@@ -48,7 +49,7 @@ class SlackStub:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/"
+        return f"http://{self.host}:{self.port}/api/"
 
     def fail(self, status: int, count: int = 1, retry_after: int = 1) -> None:
         """The next `count` calls answer `status` (429s with Retry-After in whole seconds, as Slack)."""
@@ -124,7 +125,7 @@ class SlackStub:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -24,16 +24,10 @@ from samples import jpeg
 from testbed import nodes, tools
 from testbed.cluster import Cluster
 from testbed.images import app_version
-from testbed.nodes import LOCAL_CLASS, REAL_LABEL, REAL_TAINT
+from testbed.nodes import CHART_ON_REAL_NODES, LOCAL_CLASS, REAL_LABEL, REAL_PLACEMENT, REAL_TAINT
 from testbed.processes import State
 
 CHART = Path(__file__).resolve().parents[3] / "charts" / "imageserver-operator"
-ON_REAL_NODES = [
-    f"--set-string=nodeSelector.{REAL_LABEL.replace('.', chr(92) + '.')}=real",
-    f"--set=tolerations[0].key={REAL_TAINT}",
-    "--set=tolerations[0].operator=Exists",
-    "--set=image.pullPolicy=Never",  # the image built here, never a registry's
-]
 
 pytestmark = pytest.mark.usefixtures("real_nodes")
 
@@ -65,7 +59,7 @@ def ready(pod: dict[str, Any]) -> bool:
 def operator(cluster: Cluster, imageserver_crd: str, namespace: str) -> Iterator[str]:
     """The chart installed onto the real nodes; the operator watches the release namespace."""
     name = f"op-{uuid.uuid4().hex[:6]}"
-    cluster.helm("install", name, str(CHART), "-n", namespace, "--wait", "--timeout=3m", *ON_REAL_NODES)
+    cluster.helm("install", name, str(CHART), "-n", namespace, "--wait", "--timeout=3m", *CHART_ON_REAL_NODES)
     yield name
     cluster.helm("uninstall", name, "-n", namespace, "--ignore-not-found")
 
@@ -90,10 +84,7 @@ def imageserver(namespace: str, shards: int = 1) -> dict[str, Any]:
                 "frontend": {"requests": {"cpu": "50m", "memory": "64Mi"}},
                 "storage": {"requests": {"cpu": "20m", "memory": "64Mi"}},
             },
-            "placement": {
-                "nodeSelector": {REAL_LABEL: "real"},
-                "tolerations": [{"key": REAL_TAINT, "operator": "Exists"}],
-            },
+            "placement": REAL_PLACEMENT,
         },
     }
 
