@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 MIN_RATE = 1 << 20  # bytes a second a copy may take at worst before it counts as failed
 # Replicas are addressed by name (a StatefulSet pod's DNS name), and a pod that restarts keeps
 # its name, not its address. An address is kept as long as cluster DNS gives it (Kubernetes'
-# records live 5 s) and forgotten when a request to it fails: with aiohttp's 30 s, frontends
-# kept knocking at a restarted storage pod's old address, and a rollout failed reads and
-# uploads in its datacenter for a minute.
+# records live 5 s) and forgotten when a request to it fails: kept 30 s (10 s between storage
+# nodes, aiohttp's default), frontends knocked at a restarted storage pod's old address, and
+# a rollout failed reads and uploads in its datacenter for a minute.
 DNS_TTL = 5
 
 
@@ -33,9 +33,9 @@ def connector(limit: int, per_host: int) -> aiohttp.TCPConnector:
 def forget(session: aiohttp.ClientSession, base: str) -> None:
     """After a request to a replica failed: its name is looked up again next time (it may
     have moved)."""
-    url = URL(base)
-    if isinstance(session.connector, aiohttp.TCPConnector) and url.host is not None:
-        session.connector.clear_dns_cache(url.host, url.port)
+    url = URL(base)  # keyed as aiohttp keys its cache: the name as written, the port
+    if isinstance(session.connector, aiohttp.TCPConnector) and url.raw_host is not None:
+        session.connector.clear_dns_cache(url.raw_host, url.port)
 
 
 async def has(session: aiohttp.ClientSession, base: str, name: str) -> bool | None:

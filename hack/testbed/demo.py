@@ -11,7 +11,7 @@ story went as told; otherwise it says what diverged. It leaves nothing running.
 With `--kwok` the same story runs on simulated nodes: the pod runner plays each pod with an
 imageserver process, the operator runs here with the chart's ServiceAccount token, and faults
 come through the processes' admin endpoints. CI runs that one (the real nodes' cold build
-does not fit its time budget); `tests/e2e/nodes/` runs the real one with `REAL_NODES=1`.
+does not fit its time budget); `tests/e2e/demo/` runs the real one too with `REAL_NODES=1`.
 
     python -m testbed.demo [--out demo-out] [--short] [--kwok]
 """
@@ -224,7 +224,9 @@ class Demo:
         else:
             line("game day: dc-b's frontends now answer 500 to every request")
         incident.errors = self.wait(
-            "Prometheus sees dc-b's errors", lambda: mission.errors_seen('datacenter="dc-b"'), 90
+            "Prometheus sees dc-b's errors",
+            lambda: mission.errors_seen('datacenter="dc-b"', fresh=self.real),
+            90,
         )
         incident.detected = self.wait("the operator opens an incident", self.incident_open, LIMIT)
         incident.mitigated = self.wait(

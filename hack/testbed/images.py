@@ -242,10 +242,10 @@ def release(version: str, frontend_env: dict[str, str] | None = None) -> str:
         _buildah("tag", built, image)
         return source
     settings = " ".join(f"{name}={shlex.quote(value)}" for name, value in sorted(frontend_env.items()))
-    key = _hash([source, settings])
+    # The shell's $1 is the role (`imageserver frontend ...`): only frontends change.
+    script = f'if [ "$1" = frontend ]; then export {settings}; fi; exec imageserver "$@"'
+    key = _hash([source, script])
     if _label(image) != key:
-        # The shell's $1 is the role (`imageserver frontend ...`): only frontends change.
-        script = f'if [ "$1" = frontend ]; then export {settings}; fi; exec imageserver "$@"'
         container = _buildah("from", "--pull-never", built)
         try:
             entrypoint = json.dumps(["/bin/sh", "-c", script, "imageserver"])

@@ -109,21 +109,11 @@ class Mission:
         )
         self.pods.start()
         rules = self.workdir / "rules.yml"
-        prometheus = Prometheus(
-            [
-                {
-                    # Each target's own `job` label (its ImageServer's) replaces this name on its series.
-                    "job_name": "imageserver",
-                    "file_sd_configs": [{"files": [str(self.pods.targets)], "refresh_interval": "1s"}],
-                }
-            ],
-            [rules],
-            workdir=self.workdir / "prometheus",
-            host=self.host,
-        )
+        prometheus = None
         if self.in_cluster is None:
             self.operators.start()
-        else:
+        else:  # the chart names Prometheus' address, so it is chosen first (and free till then)
+            prometheus = self._prometheus(rules)
             self.in_cluster(prometheus.url, self.stub.base_url)
         self.say("operator reconciling; applying the ImageServer")
         self.apply()
@@ -132,7 +122,7 @@ class Mission:
             "wait", "--for=condition=Ready", f"--timeout={ready}", f"imgs/{self.name}", "-n", self.namespace
         )
         rules.write_text(self._rule_file())
-        self.prometheus = prometheus.start()
+        self.prometheus = (prometheus or self._prometheus(rules)).start()
         self.pods.wait_healthy(self._pods(), timeout=90)
         frontends = sum(int(dc.get("frontendReplicas", 2)) for dc in self.spec["datacenters"])
         self.pods.wait_for_frontends(frontends, timeout=30)  # ready, and scraped: they take traffic
@@ -149,6 +139,20 @@ class Mission:
             self.start_operator()
         self.say(f"traffic flowing at {self.per_second:g} req/s; operator watching the SLOs")
         return self
+
+    def _prometheus(self, rules: Path) -> Prometheus:
+        return Prometheus(
+            [
+                {
+                    # Each target's own `job` label (its ImageServer's) replaces this name on its series.
+                    "job_name": "imageserver",
+                    "file_sd_configs": [{"files": [str(self.pods.targets)], "refresh_interval": "1s"}],
+                }
+            ],
+            [rules],
+            workdir=self.workdir / "prometheus",
+            host=self.host,
+        )
 
     def start_operator(self, env: Mapping[str, str] | None = None) -> None:
         """The operator with its SLO loop (again, after a crash)."""
@@ -287,10 +291,16 @@ class Mission:
                 raise AssertionError(f"no longer true: {what}")
             time.sleep(poll)
 
-    def errors_seen(self, selector: str) -> bool:
-        """Prometheus has scraped a 5xx from processes matching the label selector."""
+    def errors_seen(self, selector: str, *, fresh: bool = False) -> bool:
+        """Prometheus has scraped a 500 (the faults' answer) from processes matching the label
+        selector; `fresh`: any 5xx in the last 10 s (a network fault's 503s, apart from those
+        a rollout left on the same counters)."""
         assert self.prometheus is not None
-        return bool(self.prometheus.query(f'imageserver_http_requests_total{{code=~"5..", {selector}}} > 0'))
+        if fresh:
+            query = f'increase(imageserver_http_requests_total{{code=~"5..", {selector}}}[10s]) > 0'
+        else:
+            query = f'imageserver_http_requests_total{{code="500", {selector}}} > 0'
+        return bool(self.prometheus.query(query))
 
     def messages(self, containing: str = "") -> list[dict[str, Any]]:
         return [m for m in self.stub.messages() if containing in m.get("text", "")]

@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,19 +97,43 @@ def cut_rule(namespace: str, frontend: Pod, storage_port: int) -> list[str]:
     ]
 
 
-def heal(namespace: str = "") -> None:
-    """Every game-day rule of a namespace's pods gone (of every namespace's: a killed run's
-    would cut whichever pod gets its address next)."""
-    for rule in _iptables("-S", "FORWARD").stdout.splitlines():
-        if rule.startswith("-A FORWARD ") and f"{GAME_DAY} {namespace}" in rule:
-            _iptables("-D", *shlex.split(rule)[1:])
+def rules_of(listed: str) -> dict[str, list[list[str]]]:
+    """The game-day rules in `iptables -S FORWARD` output, by namespace, as `-D` takes them."""
+    found: dict[str, list[list[str]]] = {}
+    for line in listed.splitlines():
+        if line.startswith("-A FORWARD ") and GAME_DAY in line:
+            rule = shlex.split(line)[1:]
+            namespace = rule[rule.index("--comment") + 1].removeprefix(GAME_DAY).split()[0]
+            found.setdefault(namespace, []).append(rule)
+    return found
+
+
+def heal(keep: Callable[[str], bool] = lambda _namespace: False) -> None:
+    """The game-day rules gone, but those of namespaces `keep` names."""
+    for namespace, rules in rules_of(_iptables("-S", "FORWARD").stdout).items():
+        if not keep(namespace):
+            for rule in rules:
+                _iptables("-D", *rule)
+
+
+def filter_bridged_traffic() -> None:
+    """A frontend and the storage pod beside it share a bridge, whose traffic iptables sees
+    only through br_netfilter: switched on in the nodes' namespace, or a clear refusal."""
+    setting = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    subprocess.run(in_netns(["sh", "-c", f"echo 1 > {setting}"]), capture_output=True, check=False)
+    said = subprocess.run(in_netns(["cat", setting]), capture_output=True, text=True, check=False)
+    if said.stdout.strip() != "1":
+        raise RuntimeError(
+            "bridged traffic bypasses iptables here, so a frontend would still reach the storage "
+            f"pod beside it: {setting} is not 1 ({(said.stdout or said.stderr).strip()}); "
+            "`modprobe br_netfilter` loads it"
+        )
 
 
 class RealPods:
     def __init__(self, cluster: Cluster, namespace: str, workdir: Path, interval: float = 1.0) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.interval = interval
         self.targets = workdir / "targets.json"
         self.pods: dict[str, Pod] = {}
         self.sick: set[str] = set()  # datacenters whose frontends cannot reach storage
@@ -116,7 +141,7 @@ class RealPods:
         self._ready_since: dict[str, float] = {}
         self._poller = Poller("real pods", self.sync, interval)
         self._lock = threading.Lock()
-        self._rules = threading.Lock()  # the loop and sicken() both enforce
+        self._rules = threading.Lock()  # the poller and sicken() both enforce, one at a time
         workdir.mkdir(parents=True, exist_ok=True)
         self.targets.write_text("[]")
 
@@ -160,7 +185,9 @@ class RealPods:
         tmp.replace(self.targets)
 
     def start(self) -> RealPods:
-        heal()  # what a killed run left (one game day at a time on the real nodes)
+        # What a killed run left would cut whichever pod gets its address next.
+        live = {n["metadata"]["name"] for n in self.cluster.read("/api/v1/namespaces")["items"]}
+        heal(keep=lambda namespace: namespace in live and namespace != self.namespace)
         self.sync()
         self._poller.start()
         return self
@@ -169,7 +196,7 @@ class RealPods:
         self._poller.stop()
         self.sick.clear()
         self._enforce()
-        heal(f"{self.namespace} ")
+        heal(keep=lambda namespace: namespace != self.namespace)
 
     # -- what the Gateway and the missions ask -----------------------------------------------
 
@@ -220,6 +247,7 @@ class RealPods:
         if error_ratio not in (0.0, 1.0):
             raise ValueError("on real pods a datacenter is sick (1) or not (0), nothing between")
         if error_ratio:
+            filter_bridged_traffic()
             self.sick.add(datacenter)
         else:
             self.sick.discard(datacenter)
@@ -228,9 +256,9 @@ class RealPods:
     def _enforce(self) -> None:
         """The rules of each frontend of a sick datacenter (one per storage port), none for the
         others'."""
-        with self._lock:
-            pods = list(self.pods.values())
-        with self._rules:
+        with self._rules:  # the pods read inside: an older copy never undoes a newer one
+            with self._lock:
+                pods = list(self.pods.values())
             self._apply_rules(pods)
 
     def _apply_rules(self, pods: list[Pod]) -> None:
@@ -246,8 +274,9 @@ class RealPods:
         for name, rules in wanted.items():
             if name in self._cut:
                 continue
+            self._cut[name] = []
             for rule in rules:
                 done = _iptables("-I", *rule)
                 if done.returncode != 0:
                     raise RuntimeError(f"iptables refused the game-day rule: {done.stderr.strip()}")
-            self._cut[name] = rules
+                self._cut[name].append(rule)  # each as it goes in: a failure leaks none

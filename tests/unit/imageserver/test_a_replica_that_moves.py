@@ -129,3 +129,30 @@ async def test_an_upload_fails_at_most_once_then_is_stored_at_the_new_address(
 
 def test_an_address_lives_no_longer_than_cluster_dns_says() -> None:
     assert peers.DNS_TTL <= 5  # the TTL Kubernetes' DNS gives pod records
+
+
+async def test_a_storage_node_finds_a_moved_peer_for_the_copies_it_owes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dns = Dns(monkeypatch)
+    before = replica(tmp_path / "peer", "127.0.0.1", 0)
+    await before.start_server()
+    port = before.port
+    assert port is not None
+    BlobStore(tmp_path / "peer").put(ID, DATA)
+    base = f"http://{NAME}:{port}"
+    session = peers.session(2.0, None)
+    try:
+        assert await peers.has(session, base, ID) is True  # the old address cached
+        await before.close()
+        after = replica(tmp_path / "peer", "127.0.0.2", port)
+        await after.start_server()
+        dns.address = "127.0.0.2"
+        try:
+            answers = [await peers.has(session, base, ID) for _ in range(2)]
+        finally:
+            await after.close()
+    finally:
+        await session.close()
+    assert answers[-1] is True, answers  # a hint's next attempt, not one a DNS TTL later
+    assert dns.lookups == 2

@@ -1,14 +1,18 @@
-"""What the demo's real-pod follower reads from a pod, and the game-day rule it writes: the
-Gateway sends only to frontends the API says are ready and not leaving, and a sick
-datacenter's rule names its frontend and the storage port alone."""
+"""What the demo's real-pod follower reads from a pod, where the Gateway may send, and the
+game-day rules: a sick datacenter's rule names its frontend and the storage port alone, and
+the rules are read back by namespace (to heal one demo's and not another's)."""
 
 from __future__ import annotations
 
-from typing import Any
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from testbed.realpods import GAME_DAY, cut_rule, observed
+from testbed.cluster import Cluster
+from testbed.realpods import GAME_DAY, Pod, RealPods, cut_rule, observed, rules_of
 
 
 def pod(
@@ -67,7 +71,53 @@ def test_the_game_day_rule_refuses_one_frontends_connections_to_storage_only() -
     rule = cut_rule("demo-1a2b3c", frontend, 8080)
     assert rule[0] == "FORWARD"
     assert rule[rule.index("-s") + 1] == "10.201.1.7"  # its own address, as the source
-    assert rule[rule.index("--dport") + 1] == "8080"  # storage's port: probes and scrapes pass
+    assert rule[rule.index("--dport") + 1] == "8080"  # the frontend's connections to storage:
+    # what reaches it (probes, scrapes, users) comes from elsewhere, and its answers go out
+    # from port 8080 to theirs
     assert "-d" not in rule  # every storage node, in any datacenter
     assert rule[rule.index("--comment") + 1] == f"{GAME_DAY} demo-1a2b3c dc-b"
     assert rule[-3:] == ["REJECT", "--reject-with", "tcp-reset"]  # refused at once, no timeout
+
+
+def test_game_day_rules_are_read_back_by_namespace_and_others_left_alone() -> None:
+    def game_day(address: str, namespace: str) -> str:
+        return (
+            f"-A FORWARD -s {address}/32 -p tcp -m tcp --dport 8080 -m comment "
+            f'--comment "{GAME_DAY} {namespace} dc-b" -j REJECT --reject-with tcp-reset'
+        )
+
+    listed = "\n".join(
+        [
+            "-P FORWARD ACCEPT",
+            '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+            game_day("10.201.1.7", "demo-1"),
+            game_day("10.201.1.9", "demo-10"),
+        ]
+    )
+    found = rules_of(listed)
+    assert set(found) == {"demo-1", "demo-10"}  # one namespace is no prefix of another
+    (rule,) = found["demo-1"]
+    assert rule[:3] == ["FORWARD", "-s", "10.201.1.7/32"]  # as `iptables -D` takes it
+    assert rule[rule.index("--comment") + 1] == f"{GAME_DAY} demo-1 dc-b"  # unquoted
+
+
+def following(*pods: Pod, ready_for: float = 10.0) -> RealPods:
+    """RealPods that saw these pods, the ready ones `ready_for` seconds ago (no API read)."""
+    follower = RealPods(cast(Cluster, None), "demo-1", Path(tempfile.mkdtemp()))
+    follower.pods = {p.pod: p for p in pods}
+    follower._ready_since = {p.pod: time.monotonic() - ready_for for p in pods if p.ready and not p.leaving}
+    return follower
+
+
+def frontend(name: str, datacenter: str, *, ready: bool = True, leaving: bool = False) -> Pod:
+    return Pod(name, "frontend", datacenter, "shop", "10.201.1.7", 8080, ready=ready, leaving=leaving)
+
+
+def test_the_gateway_sends_to_ready_frontends_and_to_draining_ones_only_when_none_is_ready() -> None:
+    old, new = frontend("old", "dc-a", ready=False, leaving=True), frontend("new", "dc-a")
+    other = frontend("b", "dc-b")
+    assert [p.pod for p in following(old, new, other).frontends("dc-a")] == ["new"]
+    # The new one not ready yet (or not scraped yet): the old one drains the datacenter's traffic.
+    assert [p.pod for p in following(old, frontend("new", "dc-a", ready=False)).frontends("dc-a")] == ["old"]
+    assert [p.pod for p in following(old, new, ready_for=0.5).frontends("dc-a")] == ["old"]
+    assert {p.pod for p in following(old, new, other).frontends(routable=False)} == {"old", "new", "b"}
