@@ -81,8 +81,15 @@ class Cluster:
     def read(self, path: str, *, missing_ok: bool = False) -> Any:
         """GET an API path as JSON with the admin's certificate. The test bed's polling loops
         (pod runner, gateway, missions) read through this: a kubectl process per read costs
-        some 0.1 s of CPU, which on two cores starved the processes under test."""
+        some 0.1 s of CPU, which on two cores starved the processes under test. A 429 (a new
+        resource's storage still initializing, or API priority and fairness) is waited out
+        for a few seconds, as client-go does."""
         status, body = self._api.get(path)
+        for _ in range(10):
+            if status != 429:
+                break
+            time.sleep(0.5)
+            status, body = self._api.get(path)
         if status == 404 and missing_ok:
             return None
         if status != 200:

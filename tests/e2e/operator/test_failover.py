@@ -57,6 +57,7 @@ def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incide
     popen = processes[leader].popen
     assert popen is not None
     popen.kill()
+    killed = time.time()
     took_over = one.until("the standby leads", lambda: holder(one) == standby, 4 * LEASE_SECONDS, 0.2)
     rolled_back = took_over + one.until("rolled back", lambda: one.rolled_back("1.0.0"), 60, 0.5)
     print(
@@ -94,10 +95,14 @@ def test_a_leader_killed_mid_incident_is_followed_by_one_that_carries_the_incide
     users = one.gateway.between(applied, ended)
     answered = users.failed - users.unanswered
     counted = postmortems[0]["spec"]["impact"]["failedRequestsEstimate"]
+    leaderless = one.gateway.between(killed, killed + took_over).failed
     print(
         f"failover: {counted} failed requests in the Postmortem; the Gateway saw {answered} failed "
-        f"answers and {users.unanswered} requests unanswered"
+        f"answers ({leaderless} while no one led) and {users.unanswered} requests unanswered"
     )
-    # Counted from rates cycle by cycle: within 10 %, or within half a second of the 20 req/s
-    # (one scrape) when a wave keeps the incident small.
-    assert answered > 0 and abs(counted - answered) <= max(0.1 * answered, 10)
+    # Counted from the 5m rates cycle by cycle, which a burst this short (some 25 s, on
+    # processes that live as long) leaves 18 % under to 7 % over the Gateway's count (seven
+    # runs). Within 20 % then, or half a second of the 20 req/s: what the leaderless seconds
+    # cost (44-45 of 77-88 failures, the rollout's errors for 7 s) is far outside that, lost or
+    # counted twice.
+    assert answered > 0 and abs(counted - answered) <= max(0.2 * answered, 10)
