@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from imageserver_operator.core.slo import job_label
 from testbed.cluster import Cluster
-from testbed.pods import Poller, wait_for_frontends
+from testbed.pods import Poller, wait_for_frontends, write_targets
 from testbed.processes import Managed, State, free_port, is_running, spawn, stop
 
 SELECTOR = "app.kubernetes.io/name=imageserver"
@@ -357,28 +356,16 @@ class PodRunner:
             return None
 
     def _write_targets(self) -> None:
-        # As the rendered ServiceMonitor does: the SLO rules count only series of the
-        # ImageServer's own job, and a target's `job` label overrides the scrape config's job_name.
         with self._lock:
-            groups = [
-                {
-                    "targets": [f"127.0.0.1:{r.port}"],
-                    "labels": {
-                        "namespace": self.namespace,
-                        "imageserver": r.imageserver,
-                        "job": job_label(self.namespace, r.imageserver),
-                        "pod": r.pod,
-                    },
-                }
+            targets = [
+                (f"127.0.0.1:{r.port}", r.imageserver, r.pod)
                 for r in [
                     *self.runners.values(),
                     *(r for r, _ in self.leaving),
                     *(r for r, _ in self.retiring.values()),
                 ]
             ]
-        tmp = self.targets.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(self.targets)
+        write_targets(self.targets, self.namespace, targets)
 
     def start(self) -> PodRunner:
         self._poller.start()

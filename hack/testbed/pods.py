@@ -3,12 +3,15 @@ them: the pod runner (processes for KWOK's pods) or the real nodes' kubelets (`R
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
+
+from imageserver_operator.core.slo import job_label
 
 
 class Frontend(Protocol):
@@ -83,3 +86,24 @@ class Poller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+
+
+def write_targets(path: Path, namespace: str, targets: Sequence[tuple[str, str, str]]) -> None:
+    """A Prometheus file_sd list of (address, ImageServer, pod), swapped in whole. Labelled as
+    the rendered ServiceMonitor does: the SLO rules count only series of the ImageServer's own
+    job, and a target's `job` label overrides the scrape config's job_name."""
+    groups = [
+        {
+            "targets": [address],
+            "labels": {
+                "namespace": namespace,
+                "imageserver": imageserver,
+                "job": job_label(namespace, imageserver),
+                "pod": pod,
+            },
+        }
+        for address, imageserver, pod in targets
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups))
+    tmp.replace(path)

@@ -14,7 +14,6 @@ store, while their own probes and metrics stay up. Healing removes the rules.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import threading
@@ -25,11 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from imageserver_operator.core.slo import job_label
 from testbed.cluster import Cluster
 from testbed.nodes import in_netns
 from testbed.podrunner import SCRAPE_GRACE, SELECTOR
-from testbed.pods import Poller, wait_for_frontends
+from testbed.pods import Poller, wait_for_frontends, write_targets
 
 GAME_DAY = "imageserver-sre game day"  # the comment on every rule this module adds
 
@@ -167,22 +165,8 @@ class RealPods:
 
     def _write_targets(self) -> None:
         with self._lock:
-            pods = list(self.pods.values())
-        groups = [
-            {
-                "targets": [f"{p.address}:{p.port}"],
-                "labels": {
-                    "namespace": self.namespace,
-                    "imageserver": p.imageserver,
-                    "job": job_label(self.namespace, p.imageserver),
-                    "pod": p.pod,
-                },
-            }
-            for p in pods
-        ]
-        tmp = self.targets.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(self.targets)
+            targets = [(f"{p.address}:{p.port}", p.imageserver, p.pod) for p in self.pods.values()]
+        write_targets(self.targets, self.namespace, targets)
 
     def start(self) -> RealPods:
         # What a killed run left would cut whichever pod gets its address next.
